@@ -1,0 +1,210 @@
+"""Jitted prefill and `lax.while_loop` decoding over a KV cache.
+
+The decoder never imports a model class. It drives a callback
+
+    step_fn(params, tokens[b, t], token_mask[b, t], cache) -> (logits[b, t, V], cache)
+
+(`ttcjax.models.decode_step_fn(config)` builds one), so search code and tests
+can plug in any model, including hand-written toy ones.
+
+Decoding is resumable: `Decoder.decode(..., until="step")` returns as soon as
+every row has ended its current reasoning step (sampled a delimiter), EOS, or
+the token cap, with the whole state in a `DecodeState`. The caller may score,
+select, gather rows (`DecodeState.take`, beam reorder) and continue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ttcjax.decoding.samplers import Sampler
+
+StepFn = Callable[..., tuple[jax.Array, Any]]
+
+
+@struct.dataclass
+class DecodeState:
+  """Everything a decode loop carries; a pytree, rows along axis 0.
+
+  Attributes:
+    cache: the model's cache (e.g. `ttcjax.models.KVCache`); must support
+      `.take(rows)`, `.index` ([] int32 next slot) and `.max_len`.
+    pending: `[batch] int32` last sampled token, not yet fed to the model.
+    tokens: `[batch, max_gen] int32` generated tokens, in order per row.
+    logprobs: `[batch, max_gen] float32` model log-prob of each generated
+      token (temperature 1, before any filtering).
+    num_generated: `[batch] int32` valid prefix length of `tokens`.
+    step_start: `[batch] int32` value of `num_generated` when the current
+      step began (its tokens are `tokens[step_start:num_generated]`).
+    finished: `[batch] bool` row emitted EOS or filled `max_gen`.
+    step_done: `[batch] bool` row emitted a step delimiter in this step.
+    rngs: `[batch]` PRNG keys; a row's draws depend only on its key and
+      how many tokens it has generated, never on the rest of the batch.
+  """
+  cache: Any
+  pending: jax.Array
+  tokens: jax.Array
+  logprobs: jax.Array
+  num_generated: jax.Array
+  step_start: jax.Array
+  finished: jax.Array
+  step_done: jax.Array
+  rngs: jax.Array
+
+  @property
+  def batch_size(self) -> int:
+    return self.pending.shape[0]
+
+  def take(self, rows: jax.Array) -> "DecodeState":
+    """Gathers rows `[new_batch] int32` (beam reorder, fan-out).
+
+    Gathered rows keep their parents' keys; give children new keys with
+    `with_rngs` when they must sample differently.
+    """
+    leaves = lambda x: jnp.take(x, rows, axis=0)
+    rest = jax.tree.map(leaves, self.replace(cache=None))
+    return rest.replace(cache=self.cache.take(rows))
+
+  def with_rngs(self, rngs: jax.Array) -> "DecodeState":
+    return self.replace(rngs=rngs)
+
+
+def _sample(sampler: Sampler, logits: jax.Array, rngs: jax.Array,
+            counts: jax.Array):
+  keys = jax.vmap(jax.random.fold_in)(rngs, counts)
+  tokens = sampler(logits, keys)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  token_logp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+  return tokens, token_logp
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+  """Static decoding setup; hashable, so its methods jit with `self` static.
+
+  Attributes:
+    step_fn: the model callback (see module docstring).
+    eos_id: end-of-sequence token id.
+    stop_ids: step-delimiter token ids (end a step, not the solution).
+    max_gen: generated tokens kept per row; a row that fills it is finished.
+  """
+  step_fn: StepFn
+  eos_id: int
+  stop_ids: tuple[int, ...] = ()
+  max_gen: int = 256
+
+  def __post_init__(self):
+    if self.max_gen <= 0:
+      raise ValueError(f"Decoder.max_gen must be positive, got {self.max_gen}")
+    object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
+
+  def _record(self, state: DecodeState, tokens, logp, active) -> DecodeState:
+    rows = jnp.arange(state.batch_size)
+    idx = jnp.where(active, state.num_generated, self.max_gen)  # OOB: dropped
+    out_tokens = state.tokens.at[rows, idx].set(tokens, mode="drop")
+    out_logp = state.logprobs.at[rows, idx].set(logp, mode="drop")
+    num = state.num_generated + active.astype(jnp.int32)
+    is_stop = jnp.isin(tokens, jnp.asarray(self.stop_ids, jnp.int32)) if (
+        self.stop_ids) else jnp.zeros_like(active)
+    finished = state.finished | (active & ((tokens == self.eos_id) |
+                                           (num >= self.max_gen)))
+    return state.replace(
+        pending=jnp.where(active, tokens, state.pending), tokens=out_tokens,
+        logprobs=out_logp, num_generated=num, finished=finished,
+        step_done=state.step_done | (active & is_stop))
+
+  @functools.partial(jax.jit, static_argnums=(0, 7))
+  def prefill(self, params, prompts: jax.Array, prompt_mask: jax.Array,
+              cache, sampler: Sampler, rngs: jax.Array,
+              num_samples: int = 1) -> DecodeState:
+    """Feeds the prompts and samples each row's first token.
+
+    Shared-prefix fan-out: each prompt is processed once, then its cache and
+    last logits are broadcast to `num_samples` consecutive rows, each of
+    which draws its own first token.
+
+    Args:
+      params: model parameters passed to `step_fn`.
+      prompts: `[num_prompts, prompt_len] int32`; any padding (left or right).
+      prompt_mask: `[num_prompts, prompt_len] bool`, True on real tokens;
+        every row needs at least one.
+      cache: an empty cache with `num_prompts` rows.
+      sampler: a `Greedy` or `Sampling` instance.
+      rngs: `[num_prompts * num_samples]` PRNG keys.
+      num_samples: rows per prompt.
+
+    Returns:
+      The state of `num_prompts * num_samples` rows after one generated
+      token per row.
+    """
+    logits, cache = self.step_fn(params, prompts, prompt_mask, cache)
+    last = jnp.max(jnp.where(prompt_mask, jnp.arange(prompts.shape[1]), 0), 1)
+    logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+    if num_samples > 1:
+      rows = jnp.repeat(jnp.arange(prompts.shape[0]), num_samples)
+      cache = cache.take(rows)
+      logits = logits[rows]
+    batch = logits.shape[0]
+    zeros = jnp.zeros((batch,), jnp.int32)
+    state = DecodeState(
+        cache=cache, pending=zeros,
+        tokens=jnp.zeros((batch, self.max_gen), jnp.int32),
+        logprobs=jnp.zeros((batch, self.max_gen), jnp.float32),
+        num_generated=zeros, step_start=zeros,
+        finished=jnp.zeros((batch,), bool), step_done=jnp.zeros((batch,), bool),
+        rngs=rngs)
+    tokens, logp = _sample(sampler, logits, rngs, zeros)
+    return self._record(state, tokens, logp, jnp.ones((batch,), bool))
+
+  @functools.partial(jax.jit, static_argnums=(0, 4, 5))
+  def decode(self, params, state: DecodeState, sampler: Sampler,
+             max_steps: int, until: Literal["eos", "step"] = "eos"
+             ) -> DecodeState:
+    """Continues decoding every unfinished row.
+
+    Args:
+      params: model parameters passed to `step_fn`.
+      state: from `prefill` or an earlier `decode` (possibly gathered).
+      sampler: a `Greedy` or `Sampling` instance.
+      max_steps: at most this many decode iterations (tokens per row).
+      until: 'eos' decodes whole solutions; 'step' returns once every row
+        has ended its current step (delimiter), finished, or hit a cap.
+
+    Returns:
+      The new state. Rows stop at the end of the cache too: check
+      `finished`/`step_done` to see which rows ended normally.
+    """
+    if until not in ("eos", "step"):
+      raise ValueError(f"until must be 'eos' or 'step', got {until!r}")
+    stop_on_step = until == "step"
+    if stop_on_step:
+      # A row that ended its previous step starts a new one now.
+      state = state.replace(step_done=jnp.zeros_like(state.step_done),
+                            step_start=state.num_generated)
+
+    def active_rows(s: DecodeState):
+      done = s.finished | (s.step_done if stop_on_step else False)
+      return ~done
+
+    def cond(carry):
+      s, i = carry
+      return (jnp.any(active_rows(s)) & (i < max_steps) &
+              (s.cache.index < s.cache.max_len))
+
+    def body(carry):
+      s, i = carry
+      active = active_rows(s)
+      logits, cache = self.step_fn(params, s.pending[:, None],
+                                   active[:, None], s.cache)
+      tokens, logp = _sample(sampler, logits[:, 0], s.rngs, s.num_generated)
+      return self._record(s.replace(cache=cache), tokens, logp, active), i + 1
+
+    state, _ = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
+    return state
+

@@ -1,0 +1,78 @@
+"""Functional entry points to the decoder: init, logits, rewards, decode step."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ttcjax.models.config import ModelConfig
+from ttcjax.models.kv_cache import KVCache
+from ttcjax.models.transformer import Transformer
+
+Params = Any
+
+
+def _init_variables(config: ModelConfig, rng: jax.Array):
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return Transformer(config).init(rng, tokens, heads=("lm", "reward"))
+
+
+def abstract_params(config: ModelConfig) -> Params:
+  """Shapes of the parameters, boxed with their logical axis names."""
+  return jax.eval_shape(functools.partial(_init_variables, config),
+                        jax.random.key(0))["params"]
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> Params:
+  """Randomly initialised parameters (plain arrays, no metadata boxes)."""
+  return nn.unbox(_init_variables(config, rng)["params"])
+
+
+def apply(config: ModelConfig, params: Params, tokens: jax.Array,
+          token_mask: jax.Array | None = None, cache: KVCache | None = None,
+          heads: tuple[str, ...] = ("lm",)):
+  """Runs the decoder; see `Transformer.__call__` for arguments."""
+  return Transformer(config).apply({"params": params}, tokens, token_mask,
+                                   cache, heads)
+
+
+def lm_logits(config: ModelConfig, params: Params, tokens: jax.Array,
+              token_mask: jax.Array | None = None) -> jax.Array:
+  """Causal next-token logits without a cache.
+
+  Args:
+    config: model shape.
+    params: parameters from `init_params`, `hf_import.load_hf` or a checkpoint.
+    tokens: `[batch, length] int32`.
+    token_mask: optional `[batch, length] bool`; False marks padding.
+
+  Returns:
+    `[batch, length, vocab] float32`.
+  """
+  return apply(config, params, tokens, token_mask)[0]["lm"]
+
+
+def reward_scores(config: ModelConfig, params: Params, tokens: jax.Array,
+                  token_mask: jax.Array | None = None) -> jax.Array:
+  """The scalar reward head at every position, `[batch, length] float32`."""
+  return apply(config, params, tokens, token_mask, heads=("reward",))[0]["reward"]
+
+
+@functools.cache
+def decode_step_fn(config: ModelConfig):
+  """The `(params, tokens, token_mask, cache) -> (logits, cache)` callback.
+
+  This is what `ttcjax.decoding` drives; it never sees the model class.
+  Cached per config, so a `Decoder` holding it hashes the same each time and
+  its jitted methods compile once.
+  """
+
+  def step(params, tokens, token_mask, cache):
+    outputs, cache = apply(config, params, tokens, token_mask, cache)
+    return outputs["lm"], cache
+
+  return step

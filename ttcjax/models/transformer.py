@@ -1,0 +1,274 @@
+"""Llama/Qwen2-shaped decoder-only transformer in Flax linen.
+
+RoPE (rotate-half convention, as in Hugging Face), RMSNorm, SwiGLU MLP,
+grouped-query attention with optional q/k/v bias, tied or untied embeddings,
+and an optional scalar reward head on the same backbone (PRM / ORM).
+
+Every parameter carries logical axis names (`ttcjax.partitioning` maps them to
+the mesh); activations are constrained with logical names too, which is a
+no-op outside a mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ttcjax.partitioning import constrain
+from ttcjax.models.config import ModelConfig, as_dtype
+from ttcjax.models.kv_cache import KVCache
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+# Logical names of activations (separate from weight axes, as in MaxText).
+BATCH, LENGTH, EMBED = "activation_batch", "activation_length", "activation_embed"
+HEADS, KV_HEADS, MLP, VOCAB = ("activation_heads", "activation_kv_heads",
+                               "activation_mlp", "activation_vocab")
+
+
+def _param(module, name, init, shape, axes, config):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape,
+                      as_dtype(config.param_dtype))
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Applies rotary embeddings.
+
+  Args:
+    x: `[batch, length, heads, head_dim]`.
+    positions: `[batch, length] int32`.
+    theta: base frequency.
+
+  Returns:
+    `x` rotated, same shape and dtype.
+  """
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (theta**(jnp.arange(0, half, dtype=jnp.float32) / half))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, half]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array,
+           mask: jax.Array) -> jax.Array:
+  """Grouped-query dot-product attention.
+
+  Queries are grouped under their key/value head so both products are plain
+  batched matmuls over `(batch, kv_heads)`: no copy of the cache is made.
+
+  Args:
+    q: `[batch, q_len, heads, head_dim]`.
+    k: `[batch, kv_heads, kv_len, head_dim]`.
+    v: `[batch, kv_heads, kv_len, head_dim]`.
+    mask: `[batch, q_len, kv_len] bool`, True where a query may attend.
+
+  Returns:
+    `[batch, q_len, heads, head_dim]`.
+  """
+  b, t, h, d = q.shape
+  kh = k.shape[1]
+  g = h // kh
+  q = q.reshape(b, t, kh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, d)
+  scores = jnp.einsum("bkqd,bkTd->bkqT", q, k,
+                      preferred_element_type=jnp.float32) / math.sqrt(d)
+  mask = jnp.broadcast_to(mask[:, None, None], (b, 1, g, t, mask.shape[-1]))
+  scores = jnp.where(mask.reshape(b, 1, g * t, -1), scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkqT,bkTd->bkqd", probs, v)
+  return out.reshape(b, kh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm, computed in float32."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],),
+                   ("norm",), self.config)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) +
+                              self.config.norm_eps)
+    dtype = as_dtype(self.config.dtype)
+    return x32.astype(dtype) * scale.astype(dtype)
+
+
+class Projection(nn.Module):
+  """`einsum` projection with logically named kernel (and optional bias)."""
+  config: ModelConfig
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  in_dims: int = 1
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    fan_in = math.prod(self.shape[:self.in_dims])
+    init = nn.initializers.normal(stddev=1.0 / math.sqrt(fan_in))
+    kernel = _param(self, "kernel", init, self.shape, self.axes, cfg)
+    dtype = as_dtype(cfg.dtype)
+    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype),
+                      axes=self.in_dims)
+    if self.use_bias:
+      bias = _param(self, "bias", nn.initializers.zeros,
+                    self.shape[self.in_dims:], self.axes[self.in_dims:], cfg)
+      y = y + bias.astype(dtype)
+    return y
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention over the current tokens and the cache."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, kv, index):
+    """See `Transformer.__call__`; `kv` is this layer's (k, v) or None."""
+    cfg = self.config
+    d, h, kh, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    q = Projection(cfg, (d, h, hd), ("embed", "heads", "head_dim"),
+                   use_bias=cfg.qkv_bias, name="q_proj")(x)
+    k = Projection(cfg, (d, kh, hd), ("embed", "kv_heads", "head_dim"),
+                   use_bias=cfg.qkv_bias, name="k_proj")(x)
+    v = Projection(cfg, (d, kh, hd), ("embed", "kv_heads", "head_dim"),
+                   use_bias=cfg.qkv_bias, name="v_proj")(x)
+    q = constrain(rope(q, positions, cfg.rope_theta),
+                                   (BATCH, LENGTH, HEADS, None))
+    k = rope(k, positions, cfg.rope_theta).transpose(0, 2, 1, 3)
+    v = v.transpose(0, 2, 1, 3)  # [b, kv_heads, t, head_dim]
+    if kv is not None:
+      k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype),
+                                       (0, 0, index, 0))
+      v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype),
+                                       (0, 0, index, 0))
+    out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+    out = Projection(cfg, (h, hd, d), ("heads", "head_dim", "embed"),
+                     in_dims=2, name="o_proj")(out)
+    return constrain(out, (BATCH, LENGTH, EMBED)), (k, v)
+
+
+class MLP(nn.Module):
+  """SwiGLU feed-forward block."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    gate = Projection(cfg, (cfg.d_model, cfg.d_ff), ("embed", "mlp"),
+                      name="gate_proj")(x)
+    up = Projection(cfg, (cfg.d_model, cfg.d_ff), ("embed", "mlp"),
+                    name="up_proj")(x)
+    hidden = constrain(jax.nn.silu(gate) * up,
+                                        (BATCH, LENGTH, MLP))
+    return Projection(cfg, (cfg.d_ff, cfg.d_model), ("mlp", "embed"),
+                      name="down_proj")(hidden)
+
+
+class Block(nn.Module):
+  """Pre-norm decoder block."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, kv, index):
+    attn_out, kv = Attention(self.config, name="attn")(
+        RMSNorm(self.config, name="attn_norm")(x), positions, mask, kv, index)
+    x = x + attn_out
+    x = x + MLP(self.config, name="mlp")(RMSNorm(self.config,
+                                                 name="mlp_norm")(x))
+    return constrain(x, (BATCH, LENGTH, EMBED)), kv
+
+
+class Transformer(nn.Module):
+  """Decoder-only transformer with LM and (optional) reward heads."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(
+      self,
+      tokens: jax.Array,
+      token_mask: jax.Array | None = None,
+      cache: KVCache | None = None,
+      heads: Sequence[str] = ("lm",),
+  ) -> tuple[dict[str, jax.Array], KVCache | None]:
+    """Runs the decoder.
+
+    Args:
+      tokens: `[batch, length] int32`.
+      token_mask: `[batch, length] bool`, False for padding (left or right).
+        Padding neither attends nor is attended to, nor advances positions.
+      cache: if given, tokens are written at slots `cache.index + arange(len)`
+        and attend to the cache's valid slots; the updated cache is returned.
+      heads: which outputs to compute: 'lm' (`[b, t, vocab] float32`),
+        'reward' (`[b, t] float32`), 'hidden' (`[b, t, d_model]`).
+
+    Returns:
+      (dict of the requested head outputs, updated cache or None).
+    """
+    cfg = self.config
+    b, t = tokens.shape
+    if token_mask is None:
+      token_mask = jnp.ones((b, t), bool)
+    token_mask = token_mask.astype(bool)
+    step = token_mask.astype(jnp.int32)
+    offset = jnp.cumsum(step, axis=1) - step  # exclusive count of real tokens
+    if cache is None:
+      positions = offset
+      slots = jnp.arange(t)
+      valid = token_mask
+      index = 0
+    else:
+      positions = cache.next_pos[:, None] + offset
+      index = cache.index
+      slots = index + jnp.arange(t)
+      valid = jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, index))
+    key_slots = jnp.arange(valid.shape[1])
+    mask = valid[:, None, :] & (key_slots[None, None, :] <= slots[None, :, None])
+
+    embedding = _param(self, "embedding",
+                       nn.initializers.normal(stddev=cfg.d_model**-0.5),
+                       (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg)
+    x = jnp.take(embedding, tokens, axis=0).astype(as_dtype(cfg.dtype))
+    x = constrain(x, (BATCH, LENGTH, EMBED))
+    new_k, new_v = [], []
+    for i in range(cfg.n_layers):
+      kv = None if cache is None else (cache.k[i], cache.v[i])
+      x, (k, v) = Block(cfg, name=f"layer_{i}")(x, positions, mask, kv, index)
+      new_k.append(k)
+      new_v.append(v)
+    x = RMSNorm(cfg, name="final_norm")(x)
+
+    outputs = {}
+    if "hidden" in heads:
+      outputs["hidden"] = x
+    if "lm" in heads:
+      if cfg.tie_embeddings:
+        logits = jnp.einsum("btd,vd->btv", x, embedding.astype(x.dtype),
+                            preferred_element_type=jnp.float32)
+      else:
+        logits = Projection(cfg, (cfg.d_model, cfg.vocab_size),
+                            ("embed", "vocab"), name="lm_head")(x)
+      outputs["lm"] = constrain(
+          logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
+    if cfg.reward_head and ("reward" in heads or self.is_initializing()):
+      reward = Projection(cfg, (cfg.d_model, 1), ("embed", None),
+                          use_bias=True, name="reward_head")(x)
+      outputs["reward"] = reward[..., 0].astype(jnp.float32)
+    elif "reward" in heads and not self.is_initializing():
+      raise ValueError("heads=('reward',) needs ModelConfig.reward_head=True")
+    if not cfg.tie_embeddings and self.is_initializing() and "lm" not in heads:
+      Projection(cfg, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                 name="lm_head")(x)
+
+    if cache is None:
+      return outputs, None
+    new_cache = cache.replace(
+        k=tuple(new_k), v=tuple(new_v), valid=valid, index=index + t,
+        next_pos=cache.next_pos + jnp.sum(step, axis=1))
+    return outputs, new_cache

@@ -1,0 +1,19 @@
+"""Study analysis: FLOPs accounting, difficulty bins, compute-optimal choice.
+
+Reads search records; never runs a model.
+"""
+
+from ttcjax.study.flops import (FlopsCount, attention_flops, decode_flops,
+                                flops_matched_budget, forward_flops,
+                                generation_flops, inference_flops,
+                                inference_flops_2nd, matmul_flops_per_token,
+                                prefill_flops, pretrain_flops_6nd, score_flops,
+                                search_flops, train_step_flops, xla_flops)
+
+__all__ = [
+    "FlopsCount", "attention_flops", "decode_flops", "flops_matched_budget",
+    "forward_flops", "generation_flops", "inference_flops",
+    "inference_flops_2nd", "matmul_flops_per_token", "prefill_flops",
+    "pretrain_flops_6nd", "score_flops", "search_flops", "train_step_flops",
+    "xla_flops",
+]
