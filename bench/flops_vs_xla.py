@@ -34,18 +34,11 @@ SIZES = {
 BATCH = 2
 
 
-def abstract_params(cfg):
-  # Initialise with the LM head only so configs without a reward head work.
-  init = lambda key: models.Transformer(cfg).init(
-      key, jnp.zeros((1, 1), jnp.int32), heads=("lm",))
-  return nn.unbox(jax.eval_shape(init, jax.random.key(0))["params"])
-
-
 def main():
   print(f"{'size':30s} {'pass':14s} {'ours':>12s} {'xla':>12s} "
         f"{'xla/ours':>9s} {'xla/ours+ew':>11s}")
   for name, cfg in SIZES.items():
-    params = abstract_params(cfg)
+    params = nn.unbox(models.abstract_params(cfg))
     for length in (128, 256):
       tokens = jax.ShapeDtypeStruct((BATCH, length), jnp.int32)
       xla = flops.xla_flops(lambda p, t: models.lm_logits(cfg, p, t), params,

@@ -7,11 +7,20 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ttcjax import checkpoint
-from ttcjax.models import ModelConfig, init_params
+from ttcjax.models import ModelConfig, abstract_params
 
 _CONFIG = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4,
                       n_kv_heads=2, d_ff=64, qkv_bias=True,
                       tie_embeddings=False, reward_head=True, max_len=64)
+
+
+def _random_params(config, seed):
+  """Random numpy parameters; avoids compiling the threefry-heavy init."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.tree.map(lambda x: x.value, abstract_params(config),
+                        is_leaf=lambda x: hasattr(x, "value"))
+  return jax.tree.map(
+      lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
 
 
 def _assert_bitwise_equal(a, b):
@@ -27,7 +36,7 @@ def _assert_bitwise_equal(a, b):
 @pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
 def test_round_trip_is_bitwise(tmp_path, param_dtype):
   config = _CONFIG.replace(param_dtype=param_dtype)
-  params = init_params(config, jax.random.key(0))
+  params = jax.device_put(_random_params(config, 0))  # jax arrays
   checkpoint.save(tmp_path / "ckpt", params, config, step=7)
   restored_config, restored = checkpoint.restore(tmp_path / "ckpt")
   assert restored_config == config
@@ -37,7 +46,7 @@ def test_round_trip_is_bitwise(tmp_path, param_dtype):
 
 
 def test_numpy_params_round_trip(tmp_path):
-  params = jax.tree.map(np.asarray, init_params(_CONFIG, jax.random.key(1)))
+  params = _random_params(_CONFIG, 1)
   checkpoint.save(tmp_path / "ckpt", params, _CONFIG)
   assert checkpoint.load_step(tmp_path / "ckpt") is None
   _assert_bitwise_equal(params, checkpoint.restore(tmp_path / "ckpt")[1])
@@ -47,7 +56,7 @@ def test_sharded_restore(tmp_path):
   assert jax.device_count() == 8, "tests expect 8 host devices (XLA_FLAGS)"
   mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2),
               ("data", "fsdp", "model"))
-  params = init_params(_CONFIG, jax.random.key(2))
+  params = _random_params(_CONFIG, 2)
   checkpoint.save(tmp_path / "ckpt", params, _CONFIG)
   replicated = NamedSharding(mesh, P())
   shardings = jax.tree.map(lambda _: replicated, params)
@@ -65,23 +74,32 @@ def test_sharded_restore(tmp_path):
   _assert_bitwise_equal(params, restored)
 
 
-def test_killed_write_leaves_no_checkpoint(tmp_path, monkeypatch):
-  params = init_params(_CONFIG, jax.random.key(3))
-  target = tmp_path / "ckpt"
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+  def fail(tmp, target):
+    raise KeyboardInterrupt("interrupted before the rename")
 
-  def killed(tmp, target):
-    raise KeyboardInterrupt("killed before the rename")
-
-  monkeypatch.setattr(checkpoint, "_commit", killed)
+  monkeypatch.setattr(checkpoint, "_commit", fail)
   with pytest.raises(KeyboardInterrupt):
-    checkpoint.save(target, params, _CONFIG)
+    checkpoint.save(tmp_path / "ckpt", _random_params(_CONFIG, 3), _CONFIG)
+  assert not list(tmp_path.iterdir())
+
+
+def test_killed_write_leaves_no_checkpoint(tmp_path):
+  params = _random_params(_CONFIG, 3)
+  target = tmp_path / "ckpt"
+  # What a process killed before its last write leaves: a temp dir with the
+  # params and config but no metadata, and no target.
+  checkpoint.save(target, params, _CONFIG)
   leftover = tmp_path / ".ckpt.tmp"
-  assert leftover.exists() and not target.exists()
+  target.rename(leftover)
+  (leftover / "metadata.json").unlink()
   assert not checkpoint.exists(target)
+  assert not checkpoint.exists(leftover)
   with pytest.raises(FileNotFoundError, match="not a complete"):
     checkpoint.restore(target)
+  with pytest.raises(FileNotFoundError, match="not a complete"):
+    checkpoint.restore(leftover)
 
-  monkeypatch.undo()
   checkpoint.save(target, params, _CONFIG)
   assert not leftover.exists()
   _assert_bitwise_equal(params, checkpoint.restore(target)[1])
@@ -90,9 +108,9 @@ def test_killed_write_leaves_no_checkpoint(tmp_path, monkeypatch):
 def test_overwrite(tmp_path):
   target = tmp_path / "ckpt"
   target.mkdir()  # an empty directory may be filled
-  first = init_params(_CONFIG, jax.random.key(4))
+  first = _random_params(_CONFIG, 4)
   checkpoint.save(target, first, _CONFIG, step=1)
-  second = init_params(_CONFIG, jax.random.key(5))
+  second = _random_params(_CONFIG, 5)
   with pytest.raises(FileExistsError, match="overwrite"):
     checkpoint.save(target, second, _CONFIG, step=2)
   checkpoint.save(target, second, _CONFIG, step=2, overwrite=True)
@@ -102,7 +120,7 @@ def test_overwrite(tmp_path):
 
 
 def test_mismatched_params_refused(tmp_path):
-  params = init_params(_CONFIG, jax.random.key(6))
+  params = _random_params(_CONFIG, 6)
   with pytest.raises(ValueError, match=r"params\['embedding'\].*float32"):
     checkpoint.save(tmp_path / "a", jax.tree.map(
         lambda x: x.astype(jnp.bfloat16), params), _CONFIG)

@@ -8,7 +8,8 @@ A checkpoint is a directory::
 
 Everything is written into a hidden sibling `.<name>.tmp` and renamed into
 place last, so a write killed half-way never leaves a directory that `exists`
-or `restore` accepts. No pickle is involved anywhere.
+or `restore` accepts (a failed write removes its temp dir; one left by a killed
+process is removed by the next `save`). No pickle is involved anywhere.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _sync(name: str) -> None:
 
 
 def _expected_leaves(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
-  leaves = jax.tree_util.tree_leaves_with_path(nn.unbox(abstract_params(config)))
+  shapes = nn.unbox(abstract_params(config))
+  leaves = jax.tree_util.tree_leaves_with_path(shapes)
   return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
 
@@ -72,7 +74,11 @@ def exists(directory: PathLike) -> bool:
 
 
 def _commit(tmp: epath.Path, target: epath.Path) -> None:
-  """Moves a finished checkpoint into place, replacing `target` if present."""
+  """Moves a finished checkpoint into place, replacing `target` if present.
+
+  When replacing, a kill between the two renames leaves the previous
+  checkpoint in `.<name>.old` and no `target`, never a mix of the two.
+  """
   old = target.parent / f".{target.name}.old"
   if old.exists():
     old.rmtree()
@@ -114,15 +120,21 @@ def save(directory: PathLike, params: Params, config: ModelConfig,
       tmp.rmtree()
     tmp.mkdir(parents=True)
   _sync("ttcjax_checkpoint_mkdir")
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(tmp / _PARAMS, params)
-    checkpointer.wait_until_finished()
-  if primary:
-    (tmp / _CONFIG).write_text(
-        json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True))
-    # Written last: a tmp dir without it is visibly unfinished.
-    (tmp / _METADATA).write_text(json.dumps({"format": _FORMAT, "step": step}))
-    _commit(tmp, target)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(tmp / _PARAMS, params)
+      checkpointer.wait_until_finished()
+    if primary:
+      (tmp / _CONFIG).write_text(
+          json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True))
+      # Written last: a tmp dir without it is visibly unfinished.
+      (tmp / _METADATA).write_text(
+          json.dumps({"format": _FORMAT, "step": step}))
+      _commit(tmp, target)
+  except BaseException:
+    if primary and tmp.exists():
+      tmp.rmtree()
+    raise
   _sync("ttcjax_checkpoint_commit")
 
 

@@ -1,4 +1,4 @@
-"""Parity of imported Hugging Face Llama / Qwen2 models, and refusal of bad input."""
+"""Parity of imported Hugging Face Llama / Qwen2 models; bad input refused."""
 
 import json
 import os
@@ -98,10 +98,14 @@ def test_lm_logits_match_transformers(name, tmp_path):
   assert (config.n_kv_heads, config.tie_embeddings, config.rope_theta,
           config.qkv_bias) == (kv_heads, tied, theta, family == "qwen2")
 
-  # Both sides run in float32 on the same (possibly 16-bit-rounded) weights.
+  # Both sides run in float32 on the same (possibly 16-bit-rounded) weights;
+  # torch reloads them, as `.float()` would keep a 16-bit-rounded RoPE table.
   config, params = hf_import.load_hf(tmp_path, param_dtype="float32")
+  if dtype is not None:
+    model = type(model).from_pretrained(tmp_path, dtype=torch.float32,
+                                        attn_implementation="eager").eval()
   tokens, mask = _batch()
-  want = _torch_forward(model.float(), tokens, mask)
+  want = _torch_forward(model, tokens, mask)
   got = np.asarray(lm_logits(config, params, tokens, mask))
   diff = np.abs(got - want)[mask].max()
   print(f"{name}: max |logit diff| {diff:.2e} (max |logit| "
@@ -118,6 +122,7 @@ def test_reward_model_matches_sequence_classification(family, tmp_path):
   tokens, mask = _batch()
   want = _torch_forward(model, tokens, mask)[:, 0]  # pooled at last real token
   got = np.asarray(reward_scores(config, params, tokens, mask))[:, -1]
+  print(f"{family} reward: max |diff| {np.abs(got - want).max():.2e}")
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
@@ -208,7 +213,8 @@ def test_extra_tensor_named_but_inv_freq_ignored(tmp_path):
       {"model.layers.0.self_attn.rotary_emb.inv_freq": extra}))
   hf_import.load_hf(tmp_path)
   _edit_tensors(tmp_path, lambda t: t.update({"model.mystery.weight": extra}))
-  with pytest.raises(hf_import.HFImportError, match=r"'model\.mystery\.weight'"):
+  with pytest.raises(hf_import.HFImportError,
+                     match=r"'model\.mystery\.weight'"):
     hf_import.load_hf(tmp_path)
 
 

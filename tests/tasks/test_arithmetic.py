@@ -162,3 +162,12 @@ def test_config_rejects_non_int():
 def test_generate_rejects_negative_count():
     with pytest.raises(ValueError, match="num_problems"):
         arithmetic.generate(CONFIG, -1, seed=0)
+
+
+def test_hostile_text_is_rejected_not_crashing():
+    huge = "9" * 100_000
+    assert arithmetic.check_solution_steps("1+2", f"{huge}+1=2\n1+2=3\n#### 3\n")[0] is False
+    assert arithmetic.check_solution_steps("1+2", f"{huge[:500]}+1=2\n")[0] is False
+    assert arithmetic.evaluate(huge) is None
+    assert arithmetic.evaluate("١+2") is None  # non-ASCII digits are not numbers here
+    assert not arithmetic.grade(f"#### {huge}\n", "9")

@@ -79,9 +79,8 @@ def _sample(sampler: Sampler, logits: jax.Array, rngs: jax.Array,
             counts: jax.Array):
   keys = jax.vmap(jax.random.fold_in)(rngs, counts)
   tokens = sampler(logits, keys)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  token_logp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
-  return tokens, token_logp
+  chosen = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+  return tokens, chosen - jax.nn.logsumexp(logits, axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ def abstract_params(config: ModelConfig) -> Params:
                         jax.random.key(0))["params"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_params(config: ModelConfig, rng: jax.Array) -> Params:
   """Randomly initialised parameters (plain arrays, no metadata boxes)."""
   return nn.unbox(_init_variables(config, rng)["params"])

@@ -1,10 +1,17 @@
 """Imports Hugging Face Llama / Qwen2 checkpoints into ttcjax's parameter tree.
 
 Only safetensors files are read: pickle-based weights (`pytorch_model.bin`,
-`*.pt`, ...) can run arbitrary code when loaded and are refused. Neither torch
+`*.pt`, ...) can run arbitrary code when loaded and are never opened (a
+directory holding only those is refused; one that also has safetensors is read
+from the safetensors). Neither torch
 nor transformers is imported; tensors are read with `safetensors`' numpy
 backend (bfloat16 through `ml_dtypes`) and returned as host numpy arrays, so
 the caller decides where they go (`jax.device_put(params, shardings)`).
+
+Causal LMs (`LlamaForCausalLM`, `Qwen2ForCausalLM`) map one to one. One-label
+`*ForSequenceClassification` reward models put their `score` layer in the
+reward head (bias zero); having no LM head, they are imported with tied
+embeddings, so their LM logits mean nothing.
 
 Our RoPE uses the same rotate-half convention as Hugging Face, so q/k weights
 are only transposed and reshaped, never permuted.
@@ -201,7 +208,7 @@ def _read_tensors(directory: str) -> dict[str, tuple[np.ndarray, str]]:
 
 def _to_params(config: ModelConfig, tensors: dict[str, tuple[np.ndarray, str]],
                directory: str) -> Params:
-  """Maps HF tensor names and layouts onto the ttcjax tree (consumes tensors)."""
+  """Maps HF tensor names and layouts onto ttcjax's tree; consumes `tensors`."""
   dtype = np.dtype(as_dtype(config.param_dtype))
   d, h, kh, hd = (config.d_model, config.n_heads, config.n_kv_heads,
                   config.head_dim)

@@ -3,10 +3,10 @@
 Every count here is in floating-point operations (FLOPs) and counts one
 multiply-add as 2 FLOPs. Per token and per decoder layer a forward pass costs
 
-  projections   2 * d * (n_heads + 2 * n_kv_heads) * head_dim   (q, k, v; GQA)
-              + 2 * n_heads * head_dim * d                       (o)
-              + 2 * 3 * d * d_ff                                 (gate, up, down)
-  attention     2 * 2 * n_heads * head_dim * n_keys              (q.k and p.v)
+  projections  2 * d * (n_heads + 2 * n_kv_heads) * head_dim  (q, k, v; GQA)
+             + 2 * n_heads * head_dim * d                       (o)
+             + 2 * 3 * d * d_ff                                 (gate, up, down)
+  attention    2 * 2 * n_heads * head_dim * n_keys              (q.k and p.v)
 
 plus, once per token, the output head: `2 * d * vocab` for the LM head (tied or
 not: the product is the same) or `2 * d` for a scalar reward head (PRM/ORM).

@@ -36,8 +36,8 @@ QUESTION_PREFIX = "Compute: "
 
 _OPERATORS = "+-*"
 _MAX_INT_CHARS = 32  # bounded int() parsing of untrusted model output
-_TOKEN = re.compile(r"\d+|[+\-*]")
-_STEP = re.compile(r"(\d+)([+\-*])(\d+)=(\d+)(?:, so (.+))?")
+_TOKEN = re.compile(r"[0-9]+|[+\-*]")
+_STEP = re.compile(r"([0-9]+)([+\-*])([0-9]+)=([0-9]+)(?:, so (.+))?")
 _ATTEMPTS = 100
 
 
@@ -172,7 +172,7 @@ def _solve(tokens: list) -> Optional[list[str]]:
     lines = []
     while len(tokens) > 1:
         k, reduced = _reduce_once(tokens)
-        value = reduced[(k - 1)]
+        value = reduced[k - 1]
         if value < 0:
             return None
         step = f"{tokens[k - 1]}{tokens[k]}{tokens[k + 1]}={value}"
@@ -329,13 +329,14 @@ def check_solution_steps(problem_or_expression: Union[Problem, str], text: str) 
             verdicts.append(ok)
             previous = None
             continue
-        match = _STEP.fullmatch(line)
+        match = _STEP.fullmatch(line) if len(line) <= 512 else None
         if match is None or previous is None:
             verdicts.append(False)
             previous = None if match is None else _tokenize(match.group(5) or match.group(4))
             continue
         a, op, b, c, rest = match.groups()
-        claim_ok = len(c) <= _MAX_INT_CHARS and _apply(int(a), op, int(b)) == int(c)
+        claim_ok = (max(len(a), len(b), len(c)) <= _MAX_INT_CHARS
+                    and _apply(int(a), op, int(b)) == int(c))
         current = _tokenize(rest if rest is not None else c)
         operands = [int(a), op, int(b)]
         # The step must rewrite one occurrence of "a op b" and keep the value,

@@ -44,13 +44,12 @@ _SPACING = re.compile(r"\\\\|\\[,;:! ]")  # a "\\\\" row break matches first
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big)(?![a-zA-Z])")
 _UNIT_POWER = re.compile(r"\s*\^\s*(?:\{\s*[23]\s*\}|[23])")
 _UNITS = frozenset(
-    "unit units cm centimeter centimeters m meter meters km kilometer kilometers mm inch "
-    "inches in ft foot feet yard yards mile miles sq square cubic degree degrees deg "
-    "second seconds sec minute minutes min hour hours hr day days week weeks year years "
-    "cent cents dollar dollars mph gram grams g kg pound pounds lb oz liter liters l ml "
-    "gallon gallons percent radian radians".split())
+    "unit units cm centimeter centimeters meter meters km kilometer kilometers mm inch "
+    "inches ft foot feet yard yards mile miles degree degrees second seconds minute "
+    "minutes hour hours day days week weeks year years cent cents dollar dollars mph "
+    "gram grams kg pound pounds liter liters ml gallon gallons percent radians".split())
 _SCRIPT_BRACES = re.compile(r"([_^])\{([a-zA-Z0-9]+)\}")
-_LEADING_POINT = re.compile(r"(?<![0-9])\.(?=[0-9])")
+_LEADING_POINT = re.compile(r"(?<![0-9.])\.(?=[0-9])")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"(-?)(\d+)(?:\.(\d+))?")
 _SLASH_FRACTION = re.compile(r"(-?)(\d+)/(\d+)")
@@ -229,7 +228,7 @@ def _strip_text_groups(s: str) -> str:
         tail_end = power.end() if power else after
         has_value = has_value or bool(s[pos:match.start()].strip())
         is_unit = (has_value and not s[tail_end:].strip(" .")
-                   and content.replace(" ", "").isalpha())
+                   and content.replace(" ", "").replace(".", "").isalpha())
         out.append(s[pos:match.start()])
         if is_unit:
             pos = tail_end
@@ -461,34 +460,46 @@ def _structure(s: str):
     return ("list", elements, False) if len(elements) > 1 else None
 
 
-def _equiv(a: str, b: str, budget: list[int]) -> bool:
-    budget[0] -= 1
-    if budget[0] < 0:
-        return False
-    if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
-        return "".join(a.split()) == "".join(b.split())
-    na, nb = normalize_answer(a), normalize_answer(b)
-    if not na or not nb:
-        return False
-    if na == nb:
-        return True
-    if na.isalpha() and nb.isalpha() and len(na) >= 3 and na.lower() == nb.lower():
-        return True
-    x, y = _to_number(na), _to_number(nb)
-    if x is not None and y is not None:
-        return _close(x, y)
-    sa, sb = _structure(na), _structure(nb)
-    if sa is None or sb is None or sa[0] != sb[0] or len(sa[1]) != len(sb[1]):
-        return False
-    if sa[2]:
-        return all(_equiv(p, q, budget) for p, q in zip(sa[1], sb[1]))
-    unused = list(sb[1])
-    for p in sa[1]:
-        hit = next((k for k, q in enumerate(unused) if _equiv(p, q, budget)), None)
-        if hit is None:
+class _Judge:
+    """One is_equiv call: a budget of sub-comparisons and a normalisation memo."""
+
+    def __init__(self):
+        self.calls_left = MAX_COMPARISONS
+        self.normal = {}
+
+    def _normalize(self, s: str) -> str:
+        if s not in self.normal:
+            self.normal[s] = normalize_answer(s)
+        return self.normal[s]
+
+    def equiv(self, a: str, b: str) -> bool:
+        self.calls_left -= 1
+        if self.calls_left < 0:
             return False
-        unused.pop(hit)
-    return True
+        if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
+            return "".join(a.split()) == "".join(b.split())
+        na, nb = self._normalize(a), self._normalize(b)
+        if not na or not nb:
+            return False
+        if na == nb:
+            return True
+        if na.isalpha() and nb.isalpha() and len(na) >= 3 and na.lower() == nb.lower():
+            return True
+        x, y = _to_number(na), _to_number(nb)
+        if x is not None and y is not None:
+            return _close(x, y)
+        sa, sb = _structure(na), _structure(nb)
+        if sa is None or sb is None or sa[0] != sb[0] or len(sa[1]) != len(sb[1]):
+            return False
+        if sa[2]:
+            return all(self.equiv(p, q) for p, q in zip(sa[1], sb[1]))
+        unused = list(sb[1])
+        for p in sa[1]:
+            hit = next((k for k, q in enumerate(unused) if self.equiv(p, q)), None)
+            if hit is None:
+                return False
+            unused.pop(hit)
+        return True
 
 
 def is_equiv(pred: Optional[str], target: Optional[str]) -> bool:
@@ -507,4 +518,4 @@ def is_equiv(pred: Optional[str], target: Optional[str]) -> bool:
     """
     if pred is None or target is None:
         return False
-    return _equiv(str(pred), str(target), [MAX_COMPARISONS])
+    return _Judge().equiv(str(pred), str(target))
