@@ -18,6 +18,7 @@ _EXTRAS = {
         "seqio>=0.0.19",
         "tensorflow-datasets>=4.9",
         "clu>=0.0.12",
+        "tensorboard>=2.15",  # clu's TensorBoard writer needs it
         "matplotlib>=3.8",
     ],
     # Hugging Face import and parity tests. torch is pinned to the CPU build

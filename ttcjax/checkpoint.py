@@ -25,7 +25,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from ttcjax.models.api import abstract_params
+from ttcjax.models.api import param_shapes
 from ttcjax.models.config import ModelConfig, as_dtype
 
 Params = Any
@@ -43,7 +43,7 @@ def _sync(name: str) -> None:
 
 
 def _expected_leaves(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
-  shapes = nn.unbox(abstract_params(config))
+  shapes = param_shapes(config)
   leaves = jax.tree_util.tree_leaves_with_path(shapes)
   return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
@@ -195,7 +195,7 @@ def restore(directory: PathLike, shardings: Any = None
                             f"{_CONFIG}, {_METADATA} and {_PARAMS}/)")
   load_step(path)  # validates the format
   config = load_config(path)
-  shapes = nn.unbox(abstract_params(config))
+  shapes = param_shapes(config)
   if shardings is None:
     shardings = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   if isinstance(shardings, jax.sharding.Sharding):

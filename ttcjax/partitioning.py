@@ -132,10 +132,10 @@ def resolve_spec(shape: Sequence[int], logical_axes: Sequence[str | None],
 def param_shardings(config: ModelConfig, mesh: Mesh,
                     rules: Rules | None = None) -> Any:
   """NamedSharding per parameter, from the logical names on the params."""
-  from ttcjax.models import abstract_params  # pylint: disable=g-import-not-at-top
+  from ttcjax.models import abstract_params, strip_boxes  # pylint: disable=g-import-not-at-top
   boxed = abstract_params(config)
   logical = nn.get_partition_spec(boxed)
-  shapes = nn.unbox(boxed)
+  shapes = strip_boxes(boxed)
   return jax.tree.map(
       lambda spec, x: NamedSharding(mesh, resolve_spec(x.shape, spec, mesh,
                                                        rules)),

@@ -21,6 +21,21 @@ def _init_variables(config: ModelConfig, rng: jax.Array):
   return Transformer(config).init(rng, tokens, heads=("lm", "reward"))
 
 
+def strip_boxes(tree: Any) -> Any:
+  """Removes flax's logical-axis boxes without applying any constraint.
+
+  `nn.unbox` applies sharding constraints whenever a mesh is current, which
+  fails on shape structs; plain stripping is what every caller here needs.
+  """
+  return jax.tree.map(lambda x: x.value, tree,
+                      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+def param_shapes(config: ModelConfig) -> Params:
+  """`jax.ShapeDtypeStruct` per parameter (no boxes)."""
+  return strip_boxes(abstract_params(config))
+
+
 def abstract_params(config: ModelConfig) -> Params:
   """Shapes of the parameters, boxed with their logical axis names."""
   return jax.eval_shape(functools.partial(_init_variables, config),
@@ -30,7 +45,7 @@ def abstract_params(config: ModelConfig) -> Params:
 @functools.partial(jax.jit, static_argnums=0)
 def init_params(config: ModelConfig, rng: jax.Array) -> Params:
   """Randomly initialised parameters (plain arrays, no metadata boxes)."""
-  return nn.unbox(_init_variables(config, rng)["params"])
+  return strip_boxes(_init_variables(config, rng)["params"])
 
 
 def apply(config: ModelConfig, params: Params, tokens: jax.Array,

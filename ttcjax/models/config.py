@@ -80,6 +80,9 @@ class ModelConfig:
       raise ValueError(
           f"ModelConfig.n_kv_heads={self.n_kv_heads} must be positive and "
           f"divide n_heads={self.n_heads}")
+    if not isinstance(self.head_dim, int) or self.head_dim <= 0:
+      raise ValueError(
+          f"ModelConfig.head_dim must be a positive int, got {self.head_dim!r}")
     if self.head_dim % 2:
       raise ValueError(
           f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
