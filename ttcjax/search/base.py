@@ -1,0 +1,331 @@
+"""The one interface every search strategy shares: inputs, config, results.
+
+A strategy takes problems (`SearchProblem`: uid and prompt ids), a budget and
+three bundles of callbacks, and never sees which model is behind them:
+
+* `PolicyFns`: a `ttcjax.decoding.Decoder` (its `step_fn`, EOS and step
+  delimiters), the policy's params, a cache factory and the sampler;
+* `VerifierFns`: a `score_fn` (see `ttcjax.verifiers`), its params, and how
+  to lay out the verifier input from prompt ids and solution ids;
+* `TaskFns`: `answer_fn(token_ids) -> str | None` and `equiv_fn(a, b)`.
+
+Budgets are counted in *generations*: best-of-N, beam search and DVTS with
+budget N use N generations; lookahead search with k roll-out steps uses
+N * (k + 1) (Snell et al. 2024, Sec. 5). Every `SearchResult` also carries
+exact token counts (tokens the policy sampled, prompt tokens prefilled once
+per problem, tokens the verifier read), so FLOPs follow exactly from
+`ttcjax.study.flops.search_flops`.
+
+Randomness: `search_key(key, uid, strategy, budget)` folds a problem's uid
+(hashed stably), the strategy name and the budget into the base key, so a
+problem's samples depend on nothing else: not on the other problems of its
+batch, and not on which other budgets are run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+
+from ttcjax.decoding import Decoder, Sampler, Sampling
+from ttcjax.verifiers.scoring import AGGREGATIONS, ScoreFn
+
+STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts")
+SELECTIONS = ("plain", "weighted", "majority")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchProblem:
+  """One query: a stable id (it seeds the search) and its prompt ids."""
+  uid: str
+  prompt_ids: tuple[int, ...]
+
+  def __post_init__(self):
+    object.__setattr__(self, "prompt_ids", tuple(int(i) for i in
+                                                 self.prompt_ids))
+    if not self.prompt_ids:
+      raise ValueError(f"SearchProblem {self.uid!r} has an empty prompt")
+
+
+def concat_input(prompt_ids: Sequence[int], solution_ids: Sequence[int],
+                 step_ends: Sequence[int]) -> tuple[list[int], list[int]]:
+  """Verifier input = prompt then solution; a step's score is read at its
+  last token (the delimiter).
+
+  Args:
+    prompt_ids: the policy prompt.
+    solution_ids: generated ids, EOS removed.
+    step_ends: exclusive end of each step in `solution_ids`.
+
+  Returns:
+    `(verifier_ids, score_positions)`, one position per step.
+  """
+  offset = len(prompt_ids)
+  return list(prompt_ids) + list(solution_ids), [offset + e - 1
+                                                 for e in step_ends]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTagInput:
+  """Verifier input with tag ids inserted after every step (Math-Shepherd
+  style PRMs); the score is read at each tag's last id."""
+  tag_ids: tuple[int, ...]
+
+  def __call__(self, prompt_ids, solution_ids, step_ends):
+    ids, positions, start = list(prompt_ids), [], 0
+    for end in step_ends:
+      ids += list(solution_ids[start:end]) + list(self.tag_ids)
+      positions.append(len(ids) - 1)
+      start = end
+    return ids, positions
+
+
+BuildInput = Callable[[Sequence[int], Sequence[int], Sequence[int]],
+                      tuple[list[int], list[int]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyFns:
+  """The policy, as callbacks and values.
+
+  Attributes:
+    decoder: drives the policy's `step_fn`; gives `eos_id`, the step
+      delimiters `stop_ids` and `max_gen` (tokens per candidate).
+    params: passed to the decoder's `step_fn`.
+    init_cache: `(batch, max_len) -> empty cache` (a `KVCache` or any
+      object with `take`, `index`, `max_len`, `valid`, `next_pos` and
+      `rollback`).
+    max_len: cache slots per row. Every decode iteration of a search takes
+      one slot for all rows, so tree searches need more than prompt width +
+      `max_gen`; rows still going when the cache is full end unfinished.
+    sampler: proposal sampler (roll-outs use the same at temperature 0).
+    pad_id: prompt padding id.
+    prompt_len: fixed prompt width (None: the longest prompt of a batch);
+      fixing it avoids recompiling for every batch.
+    detokenize: optional ids -> text, filling `Candidate.text`.
+    shard: optional placement of a pytree whose arrays have rows on axis 0,
+      e.g. `functools.partial(partitioning.shard_rows, mesh=mesh)`.
+  """
+  decoder: Decoder
+  params: Any
+  init_cache: Callable[[int, int], Any]
+  max_len: int
+  sampler: Sampler = Sampling(1.0)
+  pad_id: int = 0
+  prompt_len: int | None = None
+  detokenize: Callable[[Sequence[int]], str] | None = None
+  shard: Callable[[Any], Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifierFns:
+  """The verifier (PRM/ORM), as callbacks and values.
+
+  Attributes:
+    score_fn: `(params, tokens[n, L], token_mask[n, L]) -> [n, L]` scores
+      in [0, 1]; keep one object (it is a static jit argument).
+    params: passed to `score_fn`.
+    max_len: verifier input width `L` (fixed, so one compile serves all).
+    build_input: `(prompt_ids, solution_ids, step_ends) -> (ids,
+      score_positions)`; `concat_input` or a `StepTagInput`.
+    pad_id: padding id.
+    shard: like `PolicyFns.shard`, for the verifier batch.
+  """
+  score_fn: ScoreFn
+  params: Any
+  max_len: int
+  build_input: BuildInput = concat_input
+  pad_id: int = 0
+  shard: Callable[[Any], Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFns:
+  """Task callbacks: final answer of generated ids, answer equivalence."""
+  answer_fn: Callable[[Sequence[int]], str | None]
+  equiv_fn: Callable[[str, str], bool]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+  """Strategy and its hyper-parameters.
+
+  Attributes:
+    strategy: 'best_of_n', 'beam', 'lookahead' or 'dvts'.
+    selection: final answer choice: 'plain' (highest score), 'weighted'
+      (sum of scores per equivalent answer) or 'majority'.
+    aggregation: step scores -> candidate score: 'last', 'min', 'prod',
+      'mean'.
+    beam_width: M, expansions per kept beam: an int (clamped to N), or
+      'sqrt' (the divisor of N closest to sqrt(N)).
+    lookahead: k, greedy roll-out steps per candidate ('lookahead' only).
+    max_rounds: most steps a tree search takes (the paper's 40).
+    stop_at_answer: a step after which `answer_fn` finds an answer ends
+      its candidate, as EOS does (tree searches).
+    problems_per_batch: problems per batch (rows = problems x N); the last
+      batch is padded, so every batch compiles to the same shapes. None:
+      all problems in one batch.
+    trace: keep a per-round `RoundTrace` in each result.
+  """
+  strategy: str = "best_of_n"
+  selection: str = "weighted"
+  aggregation: str = "last"
+  beam_width: int | str = 4
+  lookahead: int = 0
+  max_rounds: int = 40
+  stop_at_answer: bool = True
+  problems_per_batch: int | None = None
+  trace: bool = False
+
+  def __post_init__(self):
+    for name, value, allowed in (("strategy", self.strategy, STRATEGIES),
+                                 ("selection", self.selection, SELECTIONS),
+                                 ("aggregation", self.aggregation,
+                                  AGGREGATIONS)):
+      if value not in allowed:
+        raise ValueError(f"SearchConfig.{name} must be one of {allowed}, "
+                         f"got {value!r}")
+    if self.beam_width != "sqrt" and (not isinstance(self.beam_width, int)
+                                      or self.beam_width < 1):
+      raise ValueError(f"SearchConfig.beam_width must be a positive int or "
+                       f"'sqrt', got {self.beam_width!r}")
+    if self.lookahead < 0 or (self.lookahead and
+                              self.strategy != "lookahead"):
+      raise ValueError(f"SearchConfig.lookahead={self.lookahead} needs "
+                       f"strategy='lookahead' and must be >= 0")
+    if self.max_rounds < 1:
+      raise ValueError(f"SearchConfig.max_rounds must be >= 1, got "
+                       f"{self.max_rounds}")
+    if self.problems_per_batch is not None and self.problems_per_batch < 1:
+      raise ValueError(f"SearchConfig.problems_per_batch must be >= 1, got "
+                       f"{self.problems_per_batch}")
+
+  def width(self, budget: int) -> int:
+    """Beam width M for budget N; N must be a multiple of it."""
+    if self.beam_width == "sqrt":
+      divisors = [m for m in range(1, budget + 1) if budget % m == 0]
+      return min(divisors, key=lambda m: (abs(m - math.sqrt(budget)), m))
+    width = min(self.beam_width, budget)
+    if budget % width:
+      raise ValueError(f"budget N={budget} is not a multiple of "
+                       f"SearchConfig.beam_width={width}")
+    return width
+
+  def generations(self, budget: int) -> int:
+    """Generations a run with budget N costs: N, or N * (k + 1)."""
+    return budget * (self.lookahead + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """One solution a search produced.
+
+  Attributes:
+    token_ids: generated ids (EOS included when sampled).
+    step_ends: exclusive end of each step in `token_ids` (EOS excluded).
+    step_scores: the value the search gave each step (the PRM score at the
+      step's end; for lookahead, at the end of the step's roll-out).
+    score: `step_scores` aggregated with `SearchConfig.aggregation`.
+    answer: `answer_fn(token_ids)`.
+    finished: ended with EOS or (stop_at_answer) a final-answer step;
+      unfinished candidates (cut by max_gen, the cache or max_rounds) are
+      never chosen.
+    verifier_tokens: tokens the verifier read for this candidate alone
+      (best-of-N); None where prefixes were shared (tree searches).
+    text: `detokenize(token_ids)`, if a detokenizer was given.
+  """
+  token_ids: tuple[int, ...]
+  step_ends: tuple[int, ...]
+  step_scores: tuple[float, ...]
+  score: float
+  answer: str | None
+  finished: bool
+  verifier_tokens: int | None = None
+  text: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundTrace:
+  """What one round of a tree search did to one problem (debugging, tests).
+
+  Attributes:
+    slots: slots (row within the problem) that decoded a step.
+    parents: per slot, the previous round's slot it was expanded from (-1 in
+      round 0).
+    new_tokens: per slot, tokens sampled for its step.
+    rollout_tokens: per slot, tokens sampled by its roll-out (lookahead).
+    values: per slot, the value given to its step (nan: no new step).
+    status: per slot, 'step', 'complete' or 'truncated'.
+    survivors: slots kept for expansion.
+  """
+  slots: tuple[int, ...]
+  parents: tuple[int, ...]
+  new_tokens: tuple[int, ...]
+  rollout_tokens: tuple[int, ...]
+  values: tuple[float, ...]
+  status: tuple[str, ...]
+  survivors: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+  """A strategy's output for one problem.
+
+  Attributes:
+    uid: the problem's uid.
+    strategy: `SearchConfig.strategy`.
+    budget: N.
+    candidates: final candidates (finished ones, then unfinished ones).
+    chosen: index of the chosen candidate, -1 if none qualifies.
+    answer: the chosen answer (None if no finished candidate has one).
+    policy_tokens_generated: tokens the policy sampled, roll-outs included;
+      a prefix shared by several beams counts once.
+    prompt_tokens_prefilled: prompt tokens fed (once per problem).
+    verifier_tokens_read: tokens the verifier read, over all its calls.
+    generations_used: the budget in generations (see module docstring).
+    trace: per-round `RoundTrace`s when `SearchConfig.trace`.
+  """
+  uid: str
+  strategy: str
+  budget: int
+  candidates: tuple[Candidate, ...]
+  chosen: int
+  answer: str | None
+  policy_tokens_generated: int
+  prompt_tokens_prefilled: int
+  verifier_tokens_read: int
+  generations_used: int
+  trace: tuple[RoundTrace, ...] | None = None
+
+  def to_record(self) -> dict[str, Any]:
+    """A JSON-ready summary (no token ids)."""
+    return {
+        "uid": self.uid, "strategy": self.strategy, "budget": self.budget,
+        "answer": self.answer, "chosen": self.chosen,
+        "policy_tokens_generated": self.policy_tokens_generated,
+        "prompt_tokens_prefilled": self.prompt_tokens_prefilled,
+        "verifier_tokens_read": self.verifier_tokens_read,
+        "generations_used": self.generations_used,
+        "candidates": [{"answer": c.answer, "score": c.score,
+                        "finished": c.finished, "steps": len(c.step_ends),
+                        "tokens": len(c.token_ids)} for c in self.candidates],
+    }
+
+
+def stable_hash(text: str) -> int:
+  """A 31-bit hash of `text` that is the same in every process."""
+  digest = hashlib.sha256(text.encode("utf-8")).digest()
+  return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def search_key(key: jax.Array, uid: str, strategy: str,
+               budget: int) -> jax.Array:
+  """The key of one problem's search: base key folded with uid, strategy
+  and budget."""
+  key = jax.random.fold_in(key, stable_hash(uid))
+  key = jax.random.fold_in(key, stable_hash(strategy))
+  return jax.random.fold_in(key, budget)

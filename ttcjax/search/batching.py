@@ -1,0 +1,129 @@
+"""Host-side batch plumbing shared by the strategies.
+
+Padding prompts to a fixed width, per-row keys, fixed-size problem batches,
+step boundaries, one-call scoring of many candidates, and turning a row into
+a `Candidate`. None of it knows which strategy or model is in use.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ttcjax.search.base import (Candidate, PolicyFns, SearchConfig,
+                                SearchProblem, TaskFns, VerifierFns)
+from ttcjax.verifiers.scoring import aggregate, step_scores
+
+
+def pad_prompts(problems: Sequence[SearchProblem], pad_id: int,
+                width: int | None) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads prompts to `width` (default: the longest)."""
+  longest = max(len(p.prompt_ids) for p in problems)
+  width = longest if width is None else width
+  if longest > width:
+    raise ValueError(f"a prompt of {longest} tokens exceeds "
+                     f"PolicyFns.prompt_len={width}")
+  ids = np.full((len(problems), width), pad_id, np.int32)
+  mask = np.zeros((len(problems), width), bool)
+  for i, p in enumerate(problems):
+    ids[i, width - len(p.prompt_ids):] = p.prompt_ids
+    mask[i, width - len(p.prompt_ids):] = True
+  return ids, mask
+
+
+def step_ends_of(ids: Sequence[int], start: int, end: int,
+                 stop_ids: Sequence[int]) -> list[int]:
+  """Exclusive step ends within `ids[start:end]`: after each delimiter, and
+  at `end` if tokens follow the last delimiter."""
+  stops = set(stop_ids)
+  out = [i + 1 for i in range(start, end) if int(ids[i]) in stops]
+  if end > (out[-1] if out else start):
+    out.append(end)
+  return out
+
+
+def score_rows(verifier: VerifierFns, prompts: Sequence[Sequence[int]],
+               solutions: Sequence[Sequence[int] | None],
+               step_ends: Sequence[Sequence[int]]
+               ) -> tuple[list[list[float]], list[int]]:
+  """Scores the steps of many candidates in ONE `score_fn` call.
+
+  Args:
+    verifier: the verifier bundle.
+    prompts: per row, prompt ids.
+    solutions: per row, solution ids (EOS removed), or None to skip the row
+      (it is fed as padding and reads nothing). The row count is the batch
+      size, so keep it fixed to reuse the compiled shape.
+    step_ends: per row, step ends within its solution.
+
+  Returns:
+    (per row the step scores (empty for skipped rows), per row the tokens
+    read).
+  """
+  rows, width = len(solutions), verifier.max_len
+  ids = np.full((rows, width), verifier.pad_id, np.int32)
+  mask = np.zeros((rows, width), bool)
+  ends = np.zeros((rows, width), bool)
+  read = [0] * rows
+  for r, solution in enumerate(solutions):
+    if solution is None:
+      continue
+    row_ids, positions = verifier.build_input(prompts[r], solution,
+                                              step_ends[r])
+    if len(row_ids) > width:
+      raise ValueError(f"verifier input of {len(row_ids)} tokens exceeds "
+                       f"VerifierFns.max_len={width}")
+    ids[r, :len(row_ids)] = row_ids
+    mask[r, :len(row_ids)] = True
+    ends[r, positions] = True
+    read[r] = len(row_ids)
+  arrays = (ids, mask, ends)
+  if verifier.shard is not None:
+    arrays = verifier.shard(arrays)
+  scores, step_mask = jax.device_get(
+      step_scores(verifier.score_fn, verifier.params, *arrays))
+  out = [scores[r, step_mask[r]].tolist() if solutions[r] is not None else []
+         for r in range(rows)]
+  return out, read
+
+
+def row_keys(problem_keys: jax.Array, rows_per_problem: int,
+             round_index: int) -> jax.Array:
+  """`[P * n]` keys: row `(p, j)` of round `r` gets
+  `fold_in(fold_in(problem_keys[p], r), j)`, whatever else is in the batch."""
+  fold = jax.vmap(jax.random.fold_in)
+  num = problem_keys.shape[0]
+  per_round = fold(problem_keys, np.full(num, round_index, np.uint32))
+  slots = np.tile(np.arange(rows_per_problem, dtype=np.uint32), num)
+  return fold(jnp.repeat(per_round, rows_per_problem, axis=0), slots)
+
+
+def chunks(problems: Sequence[SearchProblem], config: SearchConfig):
+  """Yields `(real, padded)` problem lists of `problems_per_batch` each;
+  padding repeats the first problem and is dropped from the results."""
+  problems = list(problems)
+  if not problems:
+    return
+  size = config.problems_per_batch or len(problems)
+  for start in range(0, len(problems), size):
+    real = problems[start:start + size]
+    yield real, real + [real[0]] * (size - len(real))
+
+
+def make_candidate(ids: Sequence[int], step_ends: Sequence[int],
+                   values: Sequence[float], how: str, finished: bool,
+                   policy: PolicyFns, task: TaskFns,
+                   verifier_tokens: int | None = None) -> Candidate:
+  """A `Candidate` with its score, answer and (optional) text."""
+  ids = tuple(int(i) for i in ids)
+  values = tuple(float(v) for v in values)
+  score = float(aggregate(np.asarray([values], np.float32).reshape(1, -1),
+                          np.ones((1, len(values)), bool), how)[0])
+  return Candidate(
+      token_ids=ids, step_ends=tuple(int(e) for e in step_ends),
+      step_scores=values, score=score, answer=task.answer_fn(ids),
+      finished=bool(finished), verifier_tokens=verifier_tokens,
+      text=policy.detokenize(ids) if policy.detokenize else None)
