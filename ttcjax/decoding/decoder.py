@@ -161,9 +161,9 @@ class Decoder:
     tokens, logp = _sample(sampler, logits, rngs, zeros)
     return self._record(state, tokens, logp, jnp.ones((batch,), bool))
 
-  @functools.partial(jax.jit, static_argnums=(0, 4, 5))
+  @functools.partial(jax.jit, static_argnums=(0, 5))
   def decode(self, params, state: DecodeState, sampler: Sampler,
-             max_steps: int, until: Literal["eos", "step"] = "eos"
+             max_steps: int | jax.Array, until: Literal["eos", "step"] = "eos"
              ) -> DecodeState:
     """Continues decoding every unfinished row.
 
@@ -171,7 +171,8 @@ class Decoder:
       params: model parameters passed to `step_fn`.
       state: from `prefill` or an earlier `decode` (possibly gathered).
       sampler: a `Greedy` or `Sampling` instance.
-      max_steps: at most this many decode iterations (tokens per row).
+      max_steps: at most this many decode iterations (tokens per row);
+        traced, so changing it does not recompile.
       until: 'eos' decodes whole solutions; 'step' returns once every row
         has ended its current step (delimiter), finished, or hit a cap.
 
@@ -183,9 +184,12 @@ class Decoder:
       raise ValueError(f"until must be 'eos' or 'step', got {until!r}")
     stop_on_step = until == "step"
     if stop_on_step:
-      # A row that ended its previous step starts a new one now.
-      state = state.replace(step_done=jnp.zeros_like(state.step_done),
-                            step_start=state.num_generated)
+      # A row that ended its previous step starts a new one now; a row cut
+      # off mid-step (token cap, cache end) or fresh from prefill continues.
+      state = state.replace(
+          step_done=jnp.zeros_like(state.step_done),
+          step_start=jnp.where(state.step_done, state.num_generated,
+                               state.step_start))
 
     def active_rows(s: DecodeState):
       done = s.finished | (s.step_done if stop_on_step else False)

@@ -89,8 +89,11 @@ class ModelConfig:
     if self.rope_theta <= 0:
       raise ValueError(f"ModelConfig.rope_theta must be > 0, got "
                        f"{self.rope_theta}")
-    as_dtype(self.param_dtype)
-    as_dtype(self.dtype)
+    for name in ("param_dtype", "dtype"):
+      try:
+        as_dtype(getattr(self, name))
+      except ValueError as e:
+        raise ValueError(f"ModelConfig.{name}: {e}") from None
 
   @property
   def n_groups(self) -> int:
