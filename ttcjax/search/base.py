@@ -25,16 +25,16 @@ batch, and not on which other budgets are run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from typing import Any, Callable, Sequence
 
 import jax
 
+from ttcjax.keys import stable_hash
 from ttcjax.decoding import Decoder, Sampler, Sampling
 from ttcjax.verifiers.scoring import AGGREGATIONS, ScoreFn
 
-STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts")
+STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts", "revisions")
 SELECTIONS = ("plain", "weighted", "majority")
 
 
@@ -155,9 +155,11 @@ class SearchConfig:
   """Strategy and its hyper-parameters.
 
   Attributes:
-    strategy: 'best_of_n', 'beam', 'lookahead' or 'dvts'.
+    strategy: 'best_of_n', 'beam', 'lookahead', 'dvts' or 'revisions'.
     selection: final answer choice: 'plain' (highest score), 'weighted'
-      (sum of scores per equivalent answer) or 'majority'.
+      (sum of scores per equivalent answer) or 'majority'. For 'revisions'
+      'weighted' is hierarchical (within each chain, then across chains)
+      and 'majority' is flat over all attempts (see `search.revisions`).
     aggregation: step scores -> candidate score: 'last', 'min', 'prod',
       'mean'.
     beam_width: M, expansions per kept beam: an int (clamped to N), or
@@ -170,6 +172,9 @@ class SearchConfig:
       batch is padded, so every batch compiles to the same shapes. None:
       all problems in one batch.
     trace: keep a per-round `RoundTrace` in each result.
+    revision_length: L, sequential revisions per chain ('revisions' only):
+      budget N runs N / L parallel chains of L attempts.
+    revision_context: most previous attempts a revision sees ('revisions').
   """
   strategy: str = "best_of_n"
   selection: str = "weighted"
@@ -180,6 +185,8 @@ class SearchConfig:
   stop_at_answer: bool = True
   problems_per_batch: int | None = None
   trace: bool = False
+  revision_length: int = 1
+  revision_context: int = 4
 
   def __post_init__(self):
     for name, value, allowed in (("strategy", self.strategy, STRATEGIES),
@@ -200,6 +207,13 @@ class SearchConfig:
     if self.max_rounds < 1:
       raise ValueError(f"SearchConfig.max_rounds must be >= 1, got "
                        f"{self.max_rounds}")
+    if self.revision_length < 1 or (self.revision_length > 1 and
+                                    self.strategy != "revisions"):
+      raise ValueError(f"SearchConfig.revision_length={self.revision_length}"
+                       f" needs strategy='revisions' and must be >= 1")
+    if self.revision_context < 0:
+      raise ValueError(f"SearchConfig.revision_context must be >= 0, got "
+                       f"{self.revision_context}")
     if self.problems_per_batch is not None and self.problems_per_batch < 1:
       raise ValueError(f"SearchConfig.problems_per_batch must be >= 1, got "
                        f"{self.problems_per_batch}")
@@ -314,12 +328,6 @@ class SearchResult:
                         "finished": c.finished, "steps": len(c.step_ends),
                         "tokens": len(c.token_ids)} for c in self.candidates],
     }
-
-
-def stable_hash(text: str) -> int:
-  """A 31-bit hash of `text` that is the same in every process."""
-  digest = hashlib.sha256(text.encode("utf-8")).digest()
-  return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def search_key(key: jax.Array, uid: str, strategy: str,

@@ -1,10 +1,12 @@
-"""Verifiers: PRM/ORM step scoring in one forward pass, step aggregation."""
+"""Verifiers: PRM/ORM step scoring in one forward pass, step aggregation,
+Monte-Carlo step labels (`labeling`), revision/ORM data (`revision_data`)."""
 
 from ttcjax.verifiers.scoring import (AGGREGATIONS, ScoreFn, aggregate,
                                       reward_head_score_fn, step_scores,
                                       step_tag_score_fn)
+from ttcjax.verifiers import labeling, revision_data
 
 __all__ = [
-    "AGGREGATIONS", "ScoreFn", "aggregate", "reward_head_score_fn",
-    "step_scores", "step_tag_score_fn",
+    "AGGREGATIONS", "ScoreFn", "aggregate", "labeling", "revision_data",
+    "reward_head_score_fn", "step_scores", "step_tag_score_fn",
 ]
