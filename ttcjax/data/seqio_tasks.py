@@ -225,8 +225,9 @@ def _parse_orm(row: dict, where: str) -> dict:
 
 
 def _parse_revision(row: dict, where: str) -> dict:
+  key = "attempts" if "attempts" in row else "previous_attempts"
   return {"question": _string(row, "question", where),
-          "previous_attempts": _strings(row, "previous_attempts", where),
+          "previous_attempts": _strings(row, key, where),
           "target": _string(row, "target", where)}
 
 

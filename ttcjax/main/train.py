@@ -1,0 +1,48 @@
+r"""Trains a policy, PRM, revision model or ORM, as a gin run file says.
+
+  python -m ttcjax.main.train \
+      --gin_file=gin_configs/models/tiny.gin \
+      --gin_file=gin_configs/runs/train_policy.gin \
+      --gin_bindings='TRAIN_STEPS = 20' --workdir=/tmp/policy
+
+  python -m ttcjax.main.train \
+      --gin_file=gin_configs/experiments/arith_tiny_policy.gin \
+      --workdir=/tmp/arith_tiny/policy
+
+Give a model file (models/<size>.gin) then a run file (runs/train_<role>.gin),
+or one experiment file; bind the run file's %gin.REQUIRED macros with
+--gin_bindings. Files and includes are also looked up under gin_configs/.
+The mesh is gin's too: --gin_bindings='MeshConfig.fsdp = 4'.
+
+The operative config is written to <workdir>/config.gin before training;
+`--gin_file=<workdir>/config.gin` reruns the same run. A workdir holding
+train checkpoints resumes from the latest. The final parameters land in
+<workdir>/final (a ttcjax checkpoint).
+"""
+
+from absl import app
+from absl import flags
+
+from ttcjax.main import gin_utils
+from ttcjax.main import train_lib
+
+_GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.",
+                               required=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _GIN_FILES.value:
+    raise app.UsageError("give --gin_file (a model file then a run file, or "
+                         "an experiment file)")
+  try:
+    train_lib.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
+                             _WORKDIR.value, _GIN_SEARCH_PATHS.value)
+  except gin_utils.GinConfigError as e:
+    raise SystemExit(f"ttcjax.main.train: {e}") from None
+
+
+if __name__ == "__main__":
+  app.run(main)
