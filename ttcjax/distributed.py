@@ -1,0 +1,295 @@
+"""Multi-host runs: initialise once, split the problems, gather the records.
+
+A search or study on a multi-host slice (TPU v4-16 and up, v5e-16 and up,
+several GPU hosts) runs one process per host. Each process
+
+1. calls `maybe_initialize()` before touching any device: it starts
+   `jax.distributed` when the environment says there are several processes
+   and is a no-op on one host;
+2. takes its contiguous share of the problems, `split_for_process(problems)`
+   (problems are the data axis: no two processes search the same problem);
+3. runs them on its local devices and `allgather`s its records (small,
+   JSON-encodable python objects) so that `is_primary()` (process 0) writes
+   the merged file, in the same order a single process would have.
+
+Where the process count comes from, first match wins:
+
+* explicit arguments, or the environment variables `TTCJAX_COORDINATOR_ADDRESS`,
+  `TTCJAX_NUM_PROCESSES`, `TTCJAX_PROCESS_ID`;
+* a cluster JAX detects itself (Cloud TPU slices, GKE, SLURM, Open MPI):
+  `jax.distributed.initialize()` with no arguments;
+* Vertex AI's `CLUSTER_SPEC` (several replicas of GPU hosts): the first
+  replica of `workerpool0` coordinates.
+
+Objects cross processes as JSON, never pickle: records are dicts of
+strings and numbers, and nothing a peer sends can run code here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import zlib
+from typing import Any, Mapping, Sequence, TypeVar
+
+from absl import logging
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+T = TypeVar("T")
+
+ENV_COORDINATOR = "TTCJAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "TTCJAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "TTCJAX_PROCESS_ID"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessSpec:
+  """Arguments of `jax.distributed.initialize`; None fields: autodetect."""
+  coordinator_address: str | None
+  num_processes: int | None
+  process_id: int | None
+  source: str  # where they came from, for the log
+
+  def __post_init__(self):
+    n, i = self.num_processes, self.process_id
+    if n is not None and n < 1:
+      raise ValueError(f"{self.source}: num_processes must be >= 1, got {n}")
+    if n is not None and i is not None and not 0 <= i < n:
+      raise ValueError(f"{self.source}: process_id={i} is not in "
+                       f"[0, num_processes={n})")
+    if n is not None and n > 1 and (self.coordinator_address is None
+                                    or i is None):
+      raise ValueError(f"{self.source}: num_processes={n} needs both a "
+                       "coordinator address and a process id")
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int | None:
+  value = env.get(name)
+  if value in (None, ""):
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"environment variable {name}={value!r} is not an "
+                     "integer") from None
+
+
+def vertex_spec(env: Mapping[str, str]) -> ProcessSpec | None:
+  """The process layout of a Vertex AI custom job (`CLUSTER_SPEC`), if any.
+
+  Replicas are numbered across worker pools in pool order; the first
+  replica of `workerpool0` is the coordinator, at the address Vertex gives.
+  """
+  text = env.get("CLUSTER_SPEC")
+  if not text:
+    return None
+  try:
+    spec = json.loads(text)
+    pools = spec["cluster"]
+    task = spec["task"]
+    names = sorted(pools)  # workerpool0 .. workerpool3
+    offset = sum(len(pools[n]) for n in names[:names.index(task["type"])])
+    return ProcessSpec(pools["workerpool0"][0],
+                       sum(len(pools[n]) for n in names),
+                       offset + int(task["index"]), "CLUSTER_SPEC")
+  except (ValueError, KeyError, TypeError, IndexError) as e:
+    raise ValueError(f"environment variable CLUSTER_SPEC is not a Vertex AI "
+                     f"cluster spec ({type(e).__name__}: {e}): "
+                     f"{text[:200]!r}") from None
+
+
+def resolve(coordinator_address: str | None = None,
+            num_processes: int | None = None, process_id: int | None = None,
+            env: Mapping[str, str] | None = None) -> ProcessSpec | None:
+  """The explicit process layout (arguments, then TTCJAX_* variables).
+
+  Returns None when neither gives a process count.
+  """
+  env = os.environ if env is None else env
+  if num_processes is not None:
+    return ProcessSpec(coordinator_address, num_processes, process_id,
+                       "maybe_initialize arguments")
+  if _env_int(env, ENV_NUM_PROCESSES) is not None:
+    return ProcessSpec(env.get(ENV_COORDINATOR) or None,
+                       _env_int(env, ENV_NUM_PROCESSES),
+                       _env_int(env, ENV_PROCESS_ID),
+                       f"{ENV_NUM_PROCESSES} environment")
+  return None
+
+
+def _jax_detected_processes() -> int:
+  """Processes of a cluster JAX recognises (TPU, GKE, SLURM, MPI); 1 if none.
+
+  Uses JAX's own cluster detection (a private module, hence the guard): a
+  single-host TPU VM reports 1, so it is not initialised needlessly.
+  """
+  try:
+    from jax._src import clusters  # pylint: disable=g-import-not-at-top
+    for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
+      if env.opt_in_only_method or not env.is_env_present():
+        continue
+      return int(env.get_process_count())
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("JAX cluster detection failed (%s); assuming one "
+                    "process unless configured explicitly", e)
+  return 1
+
+
+def is_initialized() -> bool:
+  """Whether `jax.distributed` is running in this process."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  return jax_distributed.global_state.client is not None
+
+
+def maybe_initialize(coordinator_address: str | None = None,
+                     num_processes: int | None = None,
+                     process_id: int | None = None) -> bool:
+  """Starts `jax.distributed` if this run has several processes.
+
+  Call before any other JAX call that touches devices. Idempotent.
+
+  Args:
+    coordinator_address: `host:port` of process 0.
+    num_processes: processes in the run; 1 makes this a no-op.
+    process_id: this process's index.
+
+  Returns:
+    Whether the run is multi-process (and `jax.distributed` is running).
+
+  Raises:
+    ValueError: an explicit layout is incomplete or inconsistent; the
+      message names where it came from.
+  """
+  if is_initialized():
+    return jax.process_count() > 1
+  spec = resolve(coordinator_address, num_processes, process_id)
+  if spec is None and _jax_detected_processes() > 1:
+    spec = ProcessSpec(None, None, None, "JAX cluster autodetection")
+  if spec is None:
+    spec = vertex_spec(os.environ)
+  if spec is None or spec.num_processes == 1:
+    return False
+  logging.info("jax.distributed.initialize from %s: coordinator=%s, "
+               "process %s of %s", spec.source, spec.coordinator_address,
+               spec.process_id, spec.num_processes)
+  jax.distributed.initialize(coordinator_address=spec.coordinator_address,
+                             num_processes=spec.num_processes,
+                             process_id=spec.process_id)
+  return True
+
+
+def is_primary() -> bool:
+  """Whether this is process 0, the one that writes records and metadata."""
+  return jax.process_index() == 0
+
+
+def shard_bounds(num_items: int, index: int, count: int) -> tuple[int, int]:
+  """`[start, stop)` of shard `index` of `count` contiguous shards.
+
+  The first `num_items % count` shards hold one item more (as
+  `numpy.array_split`); shards past the items are empty.
+  """
+  if count < 1 or not 0 <= index < count:
+    raise ValueError(f"shard {index} of {count} does not exist")
+  base, extra = divmod(num_items, count)
+  start = index * base + min(index, extra)
+  return start, start + base + (index < extra)
+
+
+def split_for_process(items: Sequence[T], process_index: int | None = None,
+                      process_count: int | None = None) -> list[T]:
+  """This process's contiguous share of `items` (default: from JAX).
+
+  Concatenating every process's share in process order gives `items` back.
+  """
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  start, stop = shard_bounds(len(items), index, count)
+  return list(items[start:stop])
+
+
+def _encode(obj: Any) -> np.ndarray:
+  try:
+    text = json.dumps(obj, sort_keys=True, allow_nan=True)
+  except TypeError as e:
+    raise TypeError(f"allgather sends JSON; {e}") from None
+  return np.frombuffer(text.encode("utf-8"), np.uint8)
+
+
+def _allgather_rows(row: np.ndarray) -> np.ndarray:
+  """`[num_processes, *row.shape]`: every process's `row`, in process order.
+
+  Uses one device per process (its lowest id), so processes may have
+  different numbers of local devices, unlike
+  `multihost_utils.process_allgather`.
+  """
+  count = jax.process_count()
+  firsts = {}
+  for d in jax.devices():
+    if d.process_index not in firsts or d.id < firsts[d.process_index].id:
+      firsts[d.process_index] = d
+  mesh = Mesh(np.array([firsts[p] for p in range(count)]), ("process",))
+  mine = jax.device_put(row[None], firsts[jax.process_index()])
+  stacked = jax.make_array_from_single_device_arrays(
+      (count,) + row.shape, NamedSharding(mesh, P("process")), [mine])
+  return np.asarray(_replicate(mesh)(stacked).addressable_data(0))
+
+
+@functools.cache
+def _replicate(mesh: Mesh):
+  """A jitted identity whose output is on every device of `mesh`: XLA's
+  all-gather (one compile per mesh and shape)."""
+  return jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, P()))
+
+
+def allgather(obj: Any) -> list[Any]:
+  """Every process's `obj`, in process order (a JSON round trip each).
+
+  Collective: every process must call it, in the same order. Meant for
+  records and counters (kilobytes to megabytes), not arrays.
+  """
+  data = _encode(obj)
+  if jax.process_count() == 1:
+    return [json.loads(data.tobytes())]
+  sizes = _allgather_rows(np.array([data.size], np.int32))[:, 0]
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  rows = _allgather_rows(padded)
+  return [json.loads(row[:size].tobytes()) for row, size in zip(rows, sizes)]
+
+
+def gather_to_primary(obj: Any) -> list[Any] | None:
+  """Every process's `obj` on process 0 (in order); None elsewhere.
+
+  Collective, like `allgather` (which it is, keeping only the primary's).
+  """
+  gathered = allgather(obj)
+  return gathered if is_primary() else None
+
+
+def gather_items(items: Sequence[Any]) -> list[Any] | None:
+  """Concatenates every process's list on process 0; None elsewhere.
+
+  With `split_for_process`, the primary gets records in the order of the
+  items a single process would have produced.
+  """
+  parts = gather_to_primary(list(items))
+  return None if parts is None else [x for part in parts for x in part]
+
+
+def sync(name: str) -> None:
+  """Barrier across processes (no-op on one); every process passes `name`.
+
+  Raises:
+    RuntimeError: processes reached different barriers.
+  """
+  if jax.process_count() == 1:
+    return
+  names = _allgather_rows(np.array([zlib.crc32(name.encode())], np.uint32))
+  if len(set(names[:, 0].tolist())) > 1:
+    raise RuntimeError(f"sync({name!r}): processes reached different "
+                       "barriers")
