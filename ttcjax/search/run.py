@@ -11,12 +11,14 @@ from ttcjax.search.base import (PolicyFns, SearchConfig, SearchProblem,
 from ttcjax.search.beam import beam_search, lookahead_search
 from ttcjax.search.best_of_n import best_of_n
 from ttcjax.search.dvts import dvts
+from ttcjax.search.revisions import revisions
 
 _STRATEGIES = {
     "best_of_n": best_of_n,
     "beam": beam_search,
     "lookahead": lookahead_search,
     "dvts": dvts,
+    "revisions": revisions,  # `policy` must be a `RevisionPolicyFns`
 }
 
 
