@@ -1,0 +1,266 @@
+"""Search records (keys, durable appends, resume) and the search stage end to
+end: tiny random checkpoints -> `search_lib.run` -> records.jsonl."""
+
+import glob
+import json
+import os
+
+import gin
+import pytest
+
+from ttcjax import checkpoint, models, search, testing
+from ttcjax.main import search as entry
+from ttcjax.main import search_lib
+from ttcjax.search import records
+from ttcjax.search.base import Candidate, SearchResult
+from ttcjax.study import flops
+
+
+def _result(uid="p0", strategy="best_of_n", budget=2, answers=("3", "4")):
+  cands = tuple(Candidate(token_ids=(1, 2), step_ends=(2,), step_scores=(s,),
+                          score=s, answer=a, finished=True)
+                for a, s in zip(answers, (0.2, 0.9)))
+  return SearchResult(uid=uid, strategy=strategy, budget=budget,
+                      candidates=cands, chosen=1, answer=cands[1].answer,
+                      policy_tokens_generated=4, prompt_tokens_prefilled=5,
+                      verifier_tokens_read=14, generations_used=budget)
+
+
+def _record(uid="p0", **kw):
+  config = search.SearchConfig(strategy="best_of_n")
+  return records.make_record(_result(uid, **kw),
+                             hparams=records.hparams_of(config, 2),
+                             grade_fn=lambda a: a == "4")
+
+
+def test_hparams_keep_what_the_strategy_uses_resolved_for_the_budget():
+  beam = search.SearchConfig(strategy="beam", beam_width="sqrt")
+  assert records.hparams_of(beam, 16) == {
+      "selection": "weighted", "aggregation": "last", "beam_width": 4,
+      "max_rounds": 40, "stop_at_answer": True}
+  four = search.SearchConfig(strategy="beam", beam_width=4)
+  assert records.key_of("u", "beam", records.hparams_of(four, 16), 16) == (
+      records.key_of("u", "beam", records.hparams_of(beam, 16), 16))
+  look = search.SearchConfig(strategy="lookahead", lookahead=2)
+  assert records.hparams_of(look, 8, "majority")["lookahead"] == 2
+  assert records.hparams_of(look, 8, "majority")["selection"] == "majority"
+  rev = search.SearchConfig(strategy="revisions", revision_length=4)
+  assert records.hparams_of(rev, 16) == {
+      "selection": "weighted", "revision_length": 4, "chains": 4,
+      "ratio": "4:4", "revision_context": 4}
+
+
+def test_record_fields_and_flops():
+  cfg = models.ModelConfig(vocab_size=16, d_model=32, n_layers=2, n_heads=4,
+                           d_ff=64, max_len=64)
+  prm = cfg.replace(reward_head=True)
+  rec = records.make_record(
+      _result(), hparams={"selection": "weighted"}, chosen=0,
+      grade_fn=lambda a: a == "4", policy_config=cfg, verifier_config=prm,
+      policy_context=48, extra={"reference": "4"})
+  assert (rec["answer"], rec["correct"], rec["chosen"]) == ("3", False, 0)
+  assert (rec["generations"], rec["policy_tokens"], rec["prompt_tokens"],
+          rec["verifier_tokens"]) == (2, 4, 5, 14)
+  assert [c["correct"] for c in rec["candidates"]] == [False, True]
+  want = flops.search_flops(cfg, prompt_tokens=5, generated_tokens=4,
+                            verifier=prm, verifier_tokens=14,
+                            policy_context=48)
+  assert (rec["flops_policy"], rec["flops_verifier"], rec["flops"]) == (
+      want.policy, want.verifier, want.total)
+  assert rec["reference"] == "4"
+  assert "flops" not in _record()
+  json.dumps(rec)
+
+
+def test_writer_appends_and_keys_read_back(tmp_path):
+  path = tmp_path / "sub" / "records.jsonl"
+  assert records.existing_keys(path) == set()
+  writer = records.RecordWriter(path)
+  assert writer.write([_record("p0"), _record("p1")]) == 2
+  assert writer.write([]) == 0
+  records.RecordWriter(path).write([_record("p2", budget=4)])
+  keys = records.existing_keys(path)
+  assert keys == {records.record_key(_record(u)) for u in ("p0", "p1")} | {
+      records.record_key(_record("p2", budget=4))}
+  assert records.missing(["p0", "p3"], "best_of_n",
+                         [{"aggregation": "last", "selection": "weighted"}],
+                         2, keys) == [1]
+
+
+def test_a_truncated_last_line_is_dropped_then_cut_off(tmp_path):
+  path = str(tmp_path / "records.jsonl")
+  records.RecordWriter(path).write([_record("p0"), _record("p1")])
+  with open(path, "rb+") as f:  # a kill in the middle of the second line
+    f.truncate(os.path.getsize(path) - 20)
+  assert [r["uid"] for r in records.read_records(path)] == ["p0"]
+  records.RecordWriter(path).write([_record("p1")])
+  assert [r["uid"] for r in records.read_records(path)] == ["p0", "p1"]
+  with open(path, "a") as f:
+    f.write("not json\n")
+  records.RecordWriter(path).write([_record("p2")])
+  with pytest.raises(ValueError, match=r"records.jsonl:3"):
+    records.read_records(path)
+
+
+# --- Gin ---------------------------------------------------------------------
+
+BINDINGS = [f"search.Checkpoints.{name}='/ckpt/{name}'"
+            for name in ("policy", "prm", "revision", "orm")]
+
+
+GIN_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "gin_configs",
+                       "search")
+GIN_FILES = sorted(glob.glob(os.path.join(GIN_DIR, "*.gin")))
+
+
+def test_there_is_a_gin_file_per_strategy():
+  assert sorted(os.path.basename(f)[:-4] for f in GIN_FILES) == sorted(
+      search.base.STRATEGIES)
+
+
+@pytest.mark.parametrize("path", GIN_FILES, ids=os.path.basename)
+def test_every_search_gin_file_parses(path):
+  gin.clear_config()
+  try:
+    run = entry.parse([path], BINDINGS)
+  finally:
+    gin.clear_config()
+  (spec,) = run.strategies
+  assert spec.strategy == os.path.basename(path)[:-len(".gin")]
+  assert spec.budgets == (4, 16, 64)
+  assert spec.configs(8)
+
+
+def test_required_checkpoints_must_be_bound():
+  gin.clear_config()
+  try:
+    with pytest.raises(ValueError, match="Checkpoints.policy"):
+      entry.parse([os.path.join(GIN_DIR, "beam.gin")], [])
+  finally:
+    gin.clear_config()
+  with pytest.raises(ValueError, match="Checkpoints.orm"):
+    search_lib.SearchRun(
+        problems=search_lib.ProblemSource(),
+        checkpoints=search_lib.Checkpoints(revision="/r"),
+        strategies=[search_lib.StrategySpec(strategy="revisions",
+                                            budgets=[2])])
+  with pytest.raises(ValueError, match="selection"):
+    search_lib.StrategySpec(strategy="beam", budgets=[2],
+                            grid={"selection": ["plain"]})
+
+
+def test_problem_sources_and_task_callbacks(tmp_path):
+  tok = search_lib.make_tokenizer(search_lib.Checkpoints())
+  arith = search_lib.load_problems(search_lib.ProblemSource(num_problems=2,
+                                                            seed=3))
+  assert [p.uid for p in arith] == ["arith-3-0", "arith-3-1"]
+  assert arith[0].prompt == arith[0].question + "\n"  # as in training
+  assert arith[0].question.startswith("Compute: ")
+  chat = search_lib.ProblemSource(num_problems=1, seed=3,
+                                  prompt_template="<u>{problem}</u> \\boxed{}")
+  assert search_lib.load_problems(chat)[0].prompt == (
+      f"<u>{arith[0].question}</u> \\boxed{{}}")
+  with pytest.raises(ValueError, match="prompt_template"):
+    search_lib.ProblemSource(prompt_template="no slot")
+  with pytest.raises(ValueError, match="step_delimiter"):
+    search_lib.Checkpoints(step_delimiter="\n\n")  # byte tokenizer
+  task = search_lib.task_fns(search_lib.ProblemSource(), tok)
+  assert task.answer_fn(tok.encode_text.encode("1+2=3\n#### 03\n")) == "03"
+  assert task.equiv_fn("03", "3") and not task.equiv_fn("4", "3")
+  path = tmp_path / "math.jsonl"
+  path.write_text("\n".join(json.dumps(row) for row in (
+      {"problem": "1/2+1/2?", "answer": "1", "level": 2, "unique_id": "m0"},
+      {"problem": "x?", "solution": "so \\boxed{\\frac{1}{2}}",
+       "type": "Algebra"})) + "\n")
+  source = search_lib.ProblemSource(task="math", path=str(path),
+                                    num_problems=None)
+  math_problems = search_lib.load_problems(source)
+  assert [(p.uid, p.reference) for p in math_problems] == [
+      ("m0", "1"), ("math.jsonl:2", "\\frac{1}{2}")]
+  assert math_problems[1].extra["subject"] == "Algebra"
+  task = search_lib.task_fns(source, tok)
+  ids = tok.encode_text.encode("so \\boxed{0.5}")
+  assert task.answer_fn(ids) == "0.5"
+  assert task.equiv_fn("0.5", math_problems[1].reference)
+  with pytest.raises(ValueError, match="ProblemSource.path"):
+    search_lib.ProblemSource(task="math")
+
+
+# --- End to end ------------------------------------------------------------
+
+TINY = models.ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4,
+                          n_kv_heads=2, d_ff=64, max_len=256)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+  root = tmp_path_factory.mktemp("ckpt")
+  checkpoint.save(root / "policy", testing.numpy_params(TINY, 0), TINY)
+  prm = TINY.replace(reward_head=True)
+  checkpoint.save(root / "prm", testing.numpy_params(prm, 1), prm)
+  return search_lib.Checkpoints(policy=str(root / "policy"),
+                                prm=str(root / "prm"))
+
+
+def _run_config(checkpoints):
+  return search_lib.SearchRun(
+      problems=search_lib.ProblemSource(task="arithmetic", num_problems=3,
+                                        seed=0),
+      checkpoints=checkpoints,
+      strategies=[
+          search_lib.StrategySpec(strategy="best_of_n", budgets=[2, 4],
+                                  selections=["weighted", "majority"]),
+          search_lib.StrategySpec(strategy="beam", budgets=[2, 4],
+                                  grid={"beam_width": [2, 4]},
+                                  base={"max_rounds": 3}),
+      ],
+      max_new_tokens=12, problems_per_batch=2)
+
+
+def _canonical(recs):
+  for r in recs:
+    for c in r["candidates"]:
+      c["score"] = round(c["score"], 4)
+  return sorted(json.dumps(r, sort_keys=True) for r in recs)
+
+
+def test_search_run_writes_records_then_resumes(checkpoints, tmp_path):
+  config, workdir = _run_config(checkpoints), str(tmp_path / "work")
+  # 3 problems x (best-of-N: 2 budgets x 2 selections; beam: width 2 at
+  # N=2, widths 2 and 4 at N=4).
+  want = 3 * (2 * 2 + 3)
+  assert search_lib.run(config, workdir) == {"written": want, "skipped": 0}
+  path = os.path.join(workdir, records.RECORDS_FILE)
+  first = records.read_records(path)
+  assert len(first) == want == len({records.record_key(r) for r in first})
+  for r in first:
+    assert r["generations"] == r["budget"]
+    assert r["policy_tokens"] > 0 and r["verifier_tokens"] > 0
+    assert r["flops"] == r["flops_policy"] + r["flops_verifier"] > 0
+    assert r["task"] == "arithmetic" and r["reference"]
+    assert r["correct"] is False or r["answer"] is not None
+  by_key = {(r["uid"], r["strategy"], r["budget"],
+             json.dumps(r["hparams"], sort_keys=True)): r for r in first}
+  for (uid, strategy, budget, hp), r in by_key.items():  # one search, two
+    if strategy == "best_of_n" and '"majority"' in hp:  # selections
+      twin = by_key[(uid, strategy, budget, hp.replace("majority",
+                                                       "weighted"))]
+      assert r["candidates"] == twin["candidates"]
+
+  # Rerun: nothing new.
+  assert search_lib.run(config, workdir) == {"written": 0, "skipped": want}
+  assert len(records.read_records(path)) == want
+
+  # Killed while writing the first batch of beam N=4 M=4 (problems 0, 1):
+  # problem 1's line is cut, problem 2's never came. The rerun redoes both
+  # in one batch, not as first run, and gets the same records.
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")[:-1]
+  assert [json.loads(l)["uid"] for l in lines[-3:]] == [
+      "arith-0-0", "arith-0-1", "arith-0-2"]
+  with open(path, "wb") as f:
+    f.write(b"\n".join(lines[:-2]) + b"\n" + lines[-2][:40])
+  assert len(records.read_records(path)) == want - 2
+  assert search_lib.run(config, workdir) == {"written": 2,
+                                             "skipped": want - 2}
+  assert _canonical(records.read_records(path)) == _canonical(first)

@@ -1,0 +1,524 @@
+"""The search/eval stage: checkpoints + problems -> records.jsonl.
+
+`run(config, workdir)` restores the policy and PRM (or the revision model
+and its ORM) from ttcjax checkpoints, draws the problems (the arithmetic
+task by seed and count, or a MATH jsonl), plugs the real models into the
+search callbacks, runs every strategy x hyper-parameters x budget of
+`config.strategies`, and appends one record per (problem, strategy,
+hyper-parameters, budget) to `<workdir>/records.jsonl`
+(`ttcjax.search.records`). Records already there are skipped, so a killed
+run resumes where it stopped, and a finished one reruns as a no-op.
+
+Selection never changes what a strategy samples (keys fold problem,
+strategy and budget only), so each `StrategySpec.selections` entry is a
+record re-selected from the same search, not a second search.
+
+Run-level settings (checkpoints, sampler, token caps) are not part of a
+record's key: start a new workdir when they change. The entry point writes
+the operative gin config there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+import jax
+
+from ttcjax import checkpoint, decoding, models, verifiers
+from ttcjax.data import examples
+from ttcjax.search import base, records, selection
+from ttcjax.search.revisions import (RevisionPromptFn, chain_count,
+                                     select_revisions, with_prompt_fn)
+from ttcjax.search.run import run_search
+from ttcjax.tasks import arithmetic
+from ttcjax.tasks import math as math_task
+from ttcjax.tokenizer import ByteTokenizer
+
+TASKS = ("arithmetic", "math")
+_PRM_STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts")
+_ATTEMPT_OVERHEAD = 16  # "Attempt 4:\n" plus a newline, rounded up
+
+
+def _check_path(value, where: str, required: bool) -> None:
+  if value is None and not required:
+    return
+  if not isinstance(value, str) or not value:
+    raise ValueError(f"{where} must be a path string, got {value!r} (bind it,"
+                     f" e.g. --gin_bindings=\"{where}='/path'\")")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProblemSource:
+  """Where the problems come from.
+
+  Attributes:
+    task: 'arithmetic' (`ttcjax.tasks.arithmetic`, drawn by seed and count)
+      or 'math' (a MATH-style jsonl, `ttcjax.tasks.math.load_jsonl`).
+    num_problems: problems to use (the first ones of a jsonl; None: all).
+    seed: arithmetic seed (uids `arith-<seed>-<i>`).
+    path: the jsonl ('math').
+    arithmetic: the arithmetic difficulty distribution.
+    prompt_template: the policy prompt, with `{problem}` replaced by the
+      question or problem text (a plain replacement: other braces, as in
+      `\\boxed{}`, stay); None: the text and a newline, as in training
+      (`arithmetic.prompt`, `seqio_tasks.math_prompt`). Revision prompts
+      always use the bare text (`examples.revision_prompt_ids`).
+  """
+  task: str = "arithmetic"
+  num_problems: int | None = 16
+  seed: int = 0
+  path: str | None = None
+  arithmetic: arithmetic.ArithmeticConfig = arithmetic.ArithmeticConfig()
+  prompt_template: str | None = None
+
+  def __post_init__(self):
+    if self.task not in TASKS:
+      raise ValueError(f"ProblemSource.task must be one of {TASKS}, got "
+                       f"{self.task!r}")
+    _check_path(self.path, "ProblemSource.path", self.task == "math")
+    if self.num_problems is not None and self.num_problems < 0:
+      raise ValueError(f"ProblemSource.num_problems must be >= 0, got "
+                       f"{self.num_problems}")
+    if self.prompt_template is not None and (
+        "{problem}" not in self.prompt_template):
+      raise ValueError(f"ProblemSource.prompt_template has no '{{problem}}':"
+                       f" {self.prompt_template!r}")
+
+  def prompt(self, text: str) -> str:
+    """The policy prompt of a question / problem text."""
+    if self.prompt_template is None:
+      return text + "\n"
+    return self.prompt_template.replace("{problem}", text)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Checkpoints:
+  """ttcjax checkpoint directories (`ttcjax.checkpoint.save`).
+
+  Attributes:
+    policy: base LM (best-of-N and tree searches).
+    prm: PRM, a model with a reward head.
+    revision: revision model ('revisions').
+    orm: ORM of the revision model's attempts, with a reward head.
+    tokenizer_dir: directory with a Hugging Face tokenizer.json; None: the
+      byte tokenizer (`ttcjax.tokenizer.ByteTokenizer`).
+    eos_token: end token of `tokenizer_dir`.
+    step_delimiter: text that ends a reasoning step: every token whose text
+      ends with it stops a step (one byte for the byte tokenizer).
+  """
+  policy: str | None = None
+  prm: str | None = None
+  revision: str | None = None
+  orm: str | None = None
+  tokenizer_dir: str | None = None
+  eos_token: str = "<|endoftext|>"
+  step_delimiter: str = "\n"
+
+  def __post_init__(self):
+    for name in ("policy", "prm", "revision", "orm", "tokenizer_dir"):
+      _check_path(getattr(self, name), f"Checkpoints.{name}", False)
+    if not self.step_delimiter or (self.tokenizer_dir is None and len(
+        self.step_delimiter.encode("utf-8")) != 1):
+      raise ValueError(f"Checkpoints.step_delimiter={self.step_delimiter!r}"
+                       f" must be non-empty, and one byte for the byte "
+                       f"tokenizer (tokenizer_dir=None)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StrategySpec:
+  """One strategy's sweep: a grid of `SearchConfig` fields x budgets.
+
+  Attributes:
+    strategy: a `SearchConfig.strategy`.
+    budgets: N values (generations). Grid points that do not fit a budget
+      (a beam width or revision length that does not divide N) are skipped.
+    grid: `SearchConfig` field -> values; every combination is run.
+    selections: answer selections recorded from each search.
+    base: other `SearchConfig` fields, fixed.
+  """
+  strategy: str
+  budgets: Sequence[int]
+  grid: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
+  selections: Sequence[str] = ("weighted",)
+  base: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
+    object.__setattr__(self, "selections", tuple(self.selections))
+    object.__setattr__(self, "grid", {k: tuple(v) if isinstance(
+        v, (list, tuple)) else (v,) for k, v in dict(self.grid).items()})
+    object.__setattr__(self, "base", dict(self.base))
+    for name in ("strategy", "selection", "problems_per_batch"):
+      if name in self.grid or name in self.base:
+        raise ValueError(f"StrategySpec({self.strategy!r}): {name!r} is set "
+                         f"by the spec or the run, not in grid/base")
+    if not self.budgets or min(self.budgets) < 1:
+      raise ValueError(f"StrategySpec({self.strategy!r}).budgets must be "
+                       f"positive, got {self.budgets}")
+    for how in self.selections:
+      base.SearchConfig(selection=how)  # validates
+    self.configs(None)  # validates every grid point
+
+  def configs(self, problems_per_batch: int | None
+              ) -> list[base.SearchConfig]:
+    """The `SearchConfig` of every grid point."""
+    names = sorted(self.grid)
+    out = []
+    for values in itertools.product(*(self.grid[n] for n in names)):
+      fields = dict(self.base, **dict(zip(names, values)))
+      try:
+        out.append(base.SearchConfig(
+            strategy=self.strategy, selection=self.selections[0],
+            problems_per_batch=problems_per_batch, **fields))
+      except TypeError as e:
+        raise ValueError(f"StrategySpec({self.strategy!r}): {e}") from None
+    return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchRun:
+  """Everything one search/eval run needs.
+
+  Attributes:
+    problems: the problem source.
+    checkpoints: model checkpoints.
+    strategies: the sweeps to run, in order.
+    max_new_tokens: tokens per solution (attempt), EOS included.
+    temperature: proposal sampling temperature.
+    problems_per_batch: problems per search batch; records are written
+      (flush + fsync) after each.
+    seed: base key of every search (`search.search_key`).
+    prompt_len: fixed prompt width (None: the longest problem prompt,
+      rounded up to 16).
+    revision_prompt_len: fixed revision prompt width; oldest attempts are
+      dropped to fit (None: the 0-attempt prompt plus 4 attempts of
+      `max_new_tokens`).
+    tree_cache_tokens: cache slots past the prompt for tree searches, which
+      use one slot per decode iteration of all rows (None: 4 x
+      `max_new_tokens`); rows that fill it end unfinished.
+  """
+  problems: ProblemSource
+  checkpoints: Checkpoints
+  strategies: Sequence[StrategySpec]
+  max_new_tokens: int = 128
+  temperature: float = 1.0
+  problems_per_batch: int | None = 8
+  seed: int = 0
+  prompt_len: int | None = None
+  revision_prompt_len: int | None = None
+  tree_cache_tokens: int | None = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "strategies", tuple(self.strategies))
+    if not all(isinstance(s, StrategySpec) for s in self.strategies):
+      raise ValueError(f"SearchRun.strategies must be StrategySpecs, got "
+                       f"{self.strategies!r}")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"SearchRun.max_new_tokens must be >= 1, got "
+                       f"{self.max_new_tokens}")
+    names = {s.strategy for s in self.strategies}
+    if names & set(_PRM_STRATEGIES):
+      _check_path(self.checkpoints.policy, "Checkpoints.policy", True)
+      _check_path(self.checkpoints.prm, "Checkpoints.prm", True)
+    if "revisions" in names:
+      _check_path(self.checkpoints.revision, "Checkpoints.revision", True)
+      _check_path(self.checkpoints.orm, "Checkpoints.orm", True)
+
+
+# --- Problems, tokenizer, task ----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Problem:
+  uid: str
+  question: str  # the bare question / problem text
+  prompt: str  # the policy prompt
+  reference: str
+  extra: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+  """What the stage needs of a tokenizer.
+
+  Attributes:
+    encode_text: an `examples.TextTokenizer` (prompt layouts).
+    decode: ids -> text.
+    eos_id: end of a solution.
+    pad_id: prompt padding.
+    stop_ids: ids that end a step (their text ends with a newline).
+  """
+  encode_text: Any
+  decode: Callable[[Sequence[int]], str]
+  eos_id: int
+  pad_id: int
+  stop_ids: tuple[int, ...]
+
+
+def load_problems(source: ProblemSource) -> list[_Problem]:
+  """The problems of `source`, with their reference answers."""
+  if source.task == "arithmetic":
+    drawn = arithmetic.generate(source.arithmetic, source.num_problems or 0,
+                                source.seed)
+    return [_Problem(p.uid, p.question, source.prompt(p.question), p.answer,
+                     {"reference": p.answer, "n_ops": p.n_ops,
+                      "digits": p.digits}) for p in drawn]
+  loaded = math_task.load_jsonl(source.path)[:source.num_problems]
+  return [_Problem(p.uid, p.problem, source.prompt(p.problem), p.answer,
+                   {"reference": p.answer, "level": p.level,
+                    "subject": p.subject}) for p in loaded]
+
+
+def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
+  """The byte tokenizer, or `ckpts.tokenizer_dir`'s Hugging Face one."""
+  if ckpts.tokenizer_dir is None:
+    tok = ByteTokenizer()
+    return Tokenizer(tok, tok.decode, tok.eos_id, tok.pad_id,
+                     tok.token_ids_ending_with(ckpts.step_delimiter))
+  from ttcjax.models import hf_import  # pylint: disable=g-import-not-at-top
+  raw = hf_import.load_tokenizer(ckpts.tokenizer_dir)
+  eos = raw.token_to_id(ckpts.eos_token)
+  if eos is None:
+    raise ValueError(f"Checkpoints.eos_token={ckpts.eos_token!r} is not in "
+                     f"{ckpts.tokenizer_dir}/tokenizer.json")
+  tok = examples.HFTokenizer(raw, eos_id=eos)
+  stops = tuple(int(i) for i in hf_import.step_delimiter_ids(
+      raw, ckpts.step_delimiter))
+  return Tokenizer(tok, tok.decode, eos, tok.pad_id, stops)
+
+
+def _int_equiv(a: str, b: str) -> bool:
+  try:  # extract_answer bounds the length of model answers
+    return a == b or int(a) == int(b)
+  except ValueError:
+    return False
+
+
+def task_fns(source: ProblemSource, tok: Tokenizer) -> base.TaskFns:
+  """Answer extraction over decoded ids, and answer equivalence."""
+  if source.task == "arithmetic":
+    return base.TaskFns(
+        answer_fn=lambda ids: arithmetic.extract_answer(tok.decode(ids)),
+        equiv_fn=_int_equiv)
+  return base.TaskFns(
+      answer_fn=lambda ids: math_task.extract_boxed(tok.decode(ids)),
+      equiv_fn=math_task.is_equiv)
+
+
+# --- Models as callbacks -----------------------------------------------------
+
+
+def _round_up(n: int, multiple: int = 16) -> int:
+  return multiple * math.ceil(n / multiple)
+
+
+def _restore(path: str, what: str, reward_head: bool):
+  config, params = checkpoint.restore(path)
+  if reward_head and not config.reward_head:
+    raise ValueError(f"{path}: the {what} checkpoint has no reward head "
+                     f"(ModelConfig.reward_head=False)")
+  return config, params
+
+
+def policy_fns(config: models.ModelConfig, params: Any, tok: Tokenizer, *,
+               max_gen: int, prompt_len: int, cache_len: int,
+               temperature: float) -> base.PolicyFns:
+  """A model checkpoint as `PolicyFns` (newline-ending ids end a step)."""
+  decoder = decoding.Decoder(models.decode_step_fn(config), eos_id=tok.eos_id,
+                             stop_ids=tok.stop_ids, max_gen=max_gen)
+  sampler = (decoding.Greedy() if temperature == 0 else
+             decoding.Sampling(float(temperature)))
+  return base.PolicyFns(
+      decoder=decoder, params=params,
+      init_cache=lambda batch, length: models.init_cache(config, batch,
+                                                         length),
+      max_len=cache_len, sampler=sampler, pad_id=tok.pad_id,
+      prompt_len=prompt_len, detokenize=tok.decode)
+
+
+@functools.cache
+def reward_score_fn(config: models.ModelConfig) -> verifiers.ScoreFn:
+  """`sigmoid(reward head)` as a score_fn; one object per config, so the
+  scorer compiles once."""
+  return verifiers.reward_head_score_fn(
+      functools.partial(models.reward_scores, config))
+
+
+def verifier_fns(config: models.ModelConfig, params: Any, tok: Tokenizer,
+                 max_len: int) -> base.VerifierFns:
+  """A reward-head checkpoint as `VerifierFns` (prompt + solution input)."""
+  return base.VerifierFns(score_fn=reward_score_fn(config), params=params,
+                          max_len=max_len, pad_id=tok.pad_id)
+
+
+def revision_prompt_fn(questions: Mapping[str, str], tok: Tokenizer,
+                       max_prompt_len: int) -> RevisionPromptFn:
+  """`examples.revision_prompt_ids` over decoded attempts: the layout the
+  revision model was trained on (0 attempts: question + header)."""
+
+  def prompt_fn(problem: base.SearchProblem, attempts):
+    return examples.revision_prompt_ids(
+        tok.encode_text, questions[problem.uid],
+        [tok.decode(a) for a in attempts], max_prompt_len=max_prompt_len)
+
+  return prompt_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class _Models:
+  policy: base.PolicyFns
+  verifier: base.VerifierFns
+  policy_config: models.ModelConfig
+  verifier_config: models.ModelConfig
+
+
+def _setup(run_config: SearchRun, problems: Sequence[_Problem],
+           tok: Tokenizer) -> dict[str, _Models]:
+  """`{'prm': ..., 'revision': ...}` bundles for the strategies run."""
+  names = {s.strategy for s in run_config.strategies}
+  ckpts, gen = run_config.checkpoints, run_config.max_new_tokens
+  prompts = [examples.prompt_ids(tok.encode_text, p.prompt)
+             for p in problems] or [[0]]
+  out = {}
+  if names & set(_PRM_STRATEGIES):
+    width = run_config.prompt_len or _round_up(max(map(len, prompts)))
+    tree = run_config.tree_cache_tokens or 4 * gen
+    cfg, params = _restore(ckpts.policy, "policy", False)
+    prm_cfg, prm_params = _restore(ckpts.prm, "PRM", True)
+    cache = width + (tree if names & {"beam", "lookahead", "dvts"} else gen)
+    out["prm"] = _Models(
+        policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
+                   cache_len=cache, temperature=run_config.temperature),
+        verifier_fns(prm_cfg, prm_params, tok, width + gen), cfg, prm_cfg)
+  if "revisions" in names:
+    zero = max(len(examples.revision_prompt_ids(tok.encode_text, p.question,
+                                                []))
+               for p in problems) if problems else 1
+    width = run_config.revision_prompt_len or _round_up(
+        zero + 4 * (gen + _ATTEMPT_OVERHEAD))
+    cfg, params = _restore(ckpts.revision, "revision", False)
+    orm_cfg, orm_params = _restore(ckpts.orm, "ORM", True)
+    plain = policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
+                       cache_len=width + gen,
+                       temperature=run_config.temperature)
+    policy = with_prompt_fn(plain, revision_prompt_fn(
+        {p.uid: p.question for p in problems}, tok, width))
+    out["revision"] = _Models(policy, verifier_fns(orm_cfg, orm_params, tok,
+                                                   width + gen),
+                              cfg, orm_cfg)
+  return out
+
+
+# --- The run -----------------------------------------------------------------
+
+
+def chosen_for(result: base.SearchResult, config: base.SearchConfig,
+               how: str, equiv_fn: Callable[[str, str], bool]) -> int:
+  """The candidate `how` selects from a finished search's candidates."""
+  if how == config.selection:
+    return result.chosen
+  if config.strategy == "revisions":
+    return select_revisions(result.candidates, config.revision_length, how,
+                            equiv_fn)
+  return selection.select(result.candidates, how, equiv_fn)
+
+
+def _fits(config: base.SearchConfig, budget: int) -> str | None:
+  """Why `config` cannot run at `budget`, or None."""
+  try:
+    if config.strategy == "revisions":
+      chain_count(budget, config.revision_length)
+    elif config.strategy != "best_of_n":
+      config.width(budget)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
+def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
+  """Runs every sweep of `run_config`, appending to `<workdir>/records.jsonl`.
+
+  Args:
+    run_config: what to run.
+    workdir: output directory (created).
+
+  Returns:
+    `{"written": records appended, "skipped": records already there}`.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, records.RECORDS_FILE)
+  done = records.existing_keys(path)
+  writer = records.RecordWriter(path)
+  problems = load_problems(run_config.problems)
+  tok = make_tokenizer(run_config.checkpoints)
+  task = task_fns(run_config.problems, tok)
+  by_uid = {p.uid: p for p in problems}
+  search_problems = [base.SearchProblem(
+      p.uid, examples.prompt_ids(tok.encode_text, p.prompt))
+                     for p in problems]
+  bundles = None  # restored on first need: a finished rerun loads nothing
+  key = jax.random.key(run_config.seed)
+  counts = {"written": 0, "skipped": 0}
+  # Fewer problems than a batch: no padding problems to decode.
+  size = min(run_config.problems_per_batch or len(problems),
+             max(len(problems), 1))
+  for spec in run_config.strategies:
+    seen = set()
+    for config, budget in itertools.product(spec.configs(size),
+                                            spec.budgets):
+      why = _fits(config, budget)
+      if why:
+        logging.info("skipping %s at N=%d: %s", config.strategy, budget, why)
+        continue
+      hparams = [records.hparams_of(config, budget, how)
+                 for how in spec.selections]
+      ident = records.key_of("", config.strategy, hparams[0], budget)
+      if ident in seen:  # e.g. beam_width 4 and 'sqrt' at N=16
+        continue
+      seen.add(ident)
+      counts["skipped"] += sum(
+          records.key_of(p.uid, config.strategy, hp, budget) in done
+          for p in search_problems for hp in hparams)
+      todo = records.missing([p.uid for p in search_problems],
+                             config.strategy, hparams, budget, done)
+      if not todo:
+        continue
+      if bundles is None:
+        bundles = _setup(run_config, problems, tok)
+      models_ = bundles["revision" if config.strategy == "revisions"
+                        else "prm"]
+      for start in range(0, len(todo), size):
+        batch = [search_problems[i] for i in todo[start:start + size]]
+        began = time.perf_counter()
+        results = run_search(config, batch, budget, models_.policy,
+                             models_.verifier, task, key)
+        out = []
+        for result in results:
+          problem = by_uid[result.uid]
+          grade = lambda a, ref=problem.reference: task.equiv_fn(a, ref)
+          for how, hp in zip(spec.selections, hparams):
+            ident = records.key_of(result.uid, config.strategy, hp, budget)
+            if ident in done:
+              continue
+            out.append(records.make_record(
+                result, hparams=hp,
+                chosen=chosen_for(result, config, how, task.equiv_fn),
+                grade_fn=grade, policy_config=models_.policy_config,
+                verifier_config=models_.verifier_config,
+                policy_context=models_.policy.max_len,
+                verifier_context=models_.verifier.max_len,
+                extra=dict(problem.extra, task=run_config.problems.task)))
+            done.add(ident)
+        written = writer.write(out)
+        counts["written"] += written
+        logging.info("%s N=%d %s: %d records in %.1f s", config.strategy,
+                     budget, hparams[0], written,
+                     time.perf_counter() - began)
+  return counts

@@ -1,0 +1,220 @@
+"""Per-problem search records: one JSON line per (problem, strategy,
+hyper-parameters, budget), appended durably and resumable.
+
+A record holds the answer a strategy chose, whether it is correct, and what
+it cost, counted three ways (STYLE.md: the unit of a budget is always
+named): generations, tokens (policy sampled, prompt prefilled, verifier
+read) and, when model configs are given, FLOPs from
+`ttcjax.study.flops.search_flops`.
+
+`RecordWriter` appends a batch of records with one write, then flushes and
+fsyncs, so a killed run loses at most the batch being written; a line cut
+short by the kill is dropped by `read_records` / `existing_keys` and cut off
+by the next `RecordWriter` before it appends. A rerun computes the keys
+already written and skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from ttcjax.search.base import SearchConfig, SearchResult
+
+RECORDS_FILE = "records.jsonl"
+Key = tuple[str, str, str, int]
+
+
+def hparams_of(config: SearchConfig, budget: int,
+               selection: str | None = None) -> dict[str, Any]:
+  """The hyper-parameters that define a strategy's run at budget N.
+
+  Only the fields the strategy uses are kept, resolved for `budget` (a
+  'sqrt' beam width becomes its M), so two configs that run the same search
+  share a key.
+
+  Args:
+    config: the strategy's config.
+    budget: N.
+    selection: overrides `config.selection` (answers re-selected from the
+      same candidates).
+
+  Returns:
+    A JSON-ready dict.
+  """
+  out: dict[str, Any] = {"selection": selection or config.selection}
+  strategy = config.strategy
+  if strategy in ("beam", "lookahead", "dvts"):
+    out.update(aggregation=config.aggregation,
+               beam_width=config.width(budget), max_rounds=config.max_rounds,
+               stop_at_answer=config.stop_at_answer)
+    if strategy == "lookahead":
+      out["lookahead"] = config.lookahead
+  elif strategy == "best_of_n":
+    out["aggregation"] = config.aggregation
+  elif strategy == "revisions":
+    length = config.revision_length
+    out.update(revision_length=length, chains=budget // length,
+               ratio=f"{length}:{budget // length}",
+               revision_context=config.revision_context)
+  return out
+
+
+def key_of(uid: str, strategy: str, hparams: Mapping[str, Any],
+           budget: int) -> Key:
+  """The identity of a record: (uid, strategy, hparams as sorted JSON, N)."""
+  return (str(uid), str(strategy), json.dumps(dict(hparams), sort_keys=True),
+          int(budget))
+
+
+def record_key(record: Mapping[str, Any]) -> Key:
+  """`key_of` a record dict."""
+  return key_of(record["uid"], record["strategy"], record["hparams"],
+                record["budget"])
+
+
+def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
+                chosen: int | None = None,
+                grade_fn: Callable[[str | None], bool],
+                policy_config: Any = None, verifier_config: Any = None,
+                policy_context: int | None = None,
+                verifier_context: int | None = None,
+                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """One record from a `SearchResult`.
+
+  Args:
+    result: the strategy's result for one problem.
+    hparams: from `hparams_of`.
+    chosen: the chosen candidate index (default `result.chosen`; pass one to
+      record another selection over the same candidates).
+    grade_fn: `answer -> correct`, from the task (False for None).
+    policy_config: the policy's `ModelConfig` (the revision model for
+      'revisions'); with it the record gets FLOPs.
+    verifier_config: the verifier's `ModelConfig` (PRM or ORM).
+    policy_context: keys per policy token for `search_flops` (default the
+      config's `max_len`; the cache length is exact for our dense decode).
+    verifier_context: keys per verifier token (default its `max_len`).
+    extra: more JSON-ready fields (reference answer, difficulty, ...).
+
+  Returns:
+    A JSON-ready dict with uid, strategy, hparams, budget, answer, correct,
+    chosen, generations, policy_tokens, prompt_tokens, verifier_tokens,
+    per-candidate answers/scores/finished/correct, and flops_policy /
+    flops_verifier / flops when `policy_config` is given.
+  """
+  chosen = result.chosen if chosen is None else chosen
+  answer = result.candidates[chosen].answer if chosen >= 0 else None
+  graded = {}
+
+  def grade(a):
+    if a not in graded:
+      graded[a] = bool(a is not None and grade_fn(a))
+    return graded[a]
+
+  record = {
+      "uid": result.uid, "strategy": result.strategy,
+      "hparams": dict(hparams), "budget": result.budget,
+      "answer": answer, "correct": grade(answer), "chosen": chosen,
+      "generations": result.generations_used,
+      "policy_tokens": result.policy_tokens_generated,
+      "prompt_tokens": result.prompt_tokens_prefilled,
+      "verifier_tokens": result.verifier_tokens_read,
+      "candidates": [{"answer": c.answer, "score": round(c.score, 6),
+                      "finished": c.finished, "correct": grade(c.answer),
+                      "tokens": len(c.token_ids)}
+                     for c in result.candidates],
+  }
+  if policy_config is not None:
+    from ttcjax.study import flops  # pylint: disable=g-import-not-at-top
+    count = flops.search_flops(
+        policy_config, prompt_tokens=result.prompt_tokens_prefilled,
+        generated_tokens=result.policy_tokens_generated,
+        verifier=verifier_config,
+        verifier_tokens=result.verifier_tokens_read,
+        policy_context=policy_context, verifier_context=verifier_context)
+    record.update(flops_policy=count.policy, flops_verifier=count.verifier,
+                  flops=count.total)
+  record.update(extra or {})
+  return record
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """Records of a records.jsonl (none if it does not exist).
+
+  A last line without its newline is what a killed write leaves: it is
+  dropped. Any other unreadable line is an error naming `path:line`.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    return []
+  with open(path, "rb") as f:
+    data = f.read()
+  lines = data.split(b"\n")
+  if lines and lines[-1]:  # no final newline: a cut-short write
+    lines = lines[:-1]
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      record_key(record)
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{path}:{number}: not a search record ({e})") from None
+    records.append(record)
+  return records
+
+
+def existing_keys(path: str | os.PathLike) -> set[Key]:
+  """Keys of the complete records in `path` (see `read_records`)."""
+  return {record_key(r) for r in read_records(path)}
+
+
+class RecordWriter:
+  """Appends records to a jsonl file, durably, one batch per write.
+
+  On opening, a cut-short last line left by a killed run is removed, so new
+  records start on a line of their own.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    _drop_partial_line(self.path)
+
+  def write(self, records: Iterable[Mapping[str, Any]]) -> int:
+    """Appends `records` (one JSON line each), then flush and fsync.
+
+    Returns:
+      How many were written.
+    """
+    lines = [json.dumps(dict(r), sort_keys=True) + "\n" for r in records]
+    if not lines:
+      return 0
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write("".join(lines))
+      f.flush()
+      os.fsync(f.fileno())
+    return len(lines)
+
+
+def _drop_partial_line(path: str) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if not data or data.endswith(b"\n"):
+      return
+    f.truncate(data.rfind(b"\n") + 1)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def missing(problem_uids: Sequence[str], strategy: str,
+            hparams: Sequence[Mapping[str, Any]], budget: int,
+            done: set[Key]) -> list[int]:
+  """Indices of problems with some record of `hparams` not yet in `done`."""
+  return [i for i, uid in enumerate(problem_uids)
+          if any(key_of(uid, strategy, h, budget) not in done
+                 for h in hparams)]
