@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= test,hf,data
 WORKDIR ?= workdir/study
+PRESET ?= smoke
 
 .PHONY: venv test test-all study bench clean
 
@@ -24,7 +25,7 @@ test-all: venv
 	$(BIN)/python -m pytest -q -m ""
 
 study: venv
-	$(BIN)/python -m ttcjax.main.sample --workdir=$(WORKDIR)
+	$(BIN)/python -m ttcjax.main.study --preset=$(PRESET) --workdir=$(WORKDIR)
 
 bench: venv
 	$(BIN)/python bench/decode.py

@@ -1,0 +1,71 @@
+"""The end-to-end study's wiring (fast) and a micro run (slow)."""
+
+import json
+import os
+
+import pytest
+
+from ttcjax.main import search_lib
+from ttcjax.pipeline import arith, stages, study
+
+NEW = ("pretrain_large", "large_eval", "search_sweep", "analysis")
+
+
+@pytest.mark.parametrize("preset", sorted(study.SWEEPS))
+def test_stage_list_and_wiring(preset):
+  config = arith.PRESETS[preset]()
+  todo = study.full_study_stages(config)
+  names = [s.name for s in todo]
+  assert names[-4:] == list(NEW)
+  assert len(set(names)) == len(names)
+  for i, s in enumerate(todo):  # inputs come first
+    assert set(s.inputs) <= set(names[:i]), s.name
+  hashes = stages.stage_hashes(todo)
+  assert set(hashes) == set(names)
+  assert study.sweep_for(config) is study.SWEEPS[preset]
+
+
+@pytest.mark.parametrize("preset", sorted(study.SWEEPS))
+def test_large_model_is_about_14x(preset):
+  policy = arith.PRESETS[preset]().policy
+  large = study.large_model_config(policy)
+  ratio = large.num_params() / policy.num_params()
+  assert 12 <= ratio <= 16
+  assert large.vocab_size == policy.vocab_size
+  info = study.flops_info(arith.PRESETS[preset]())
+  assert info["n_large"] == large.num_params()
+  p = arith.PRESETS[preset]().pretrain
+  assert info["d_pretrain"] == (p.train.total_steps * p.batch_size *
+                                p.row_len)
+
+
+def test_search_run_covers_strategies():
+  config = arith.smoke()
+  ckpts = search_lib.Checkpoints(policy="/p", prm="/q", revision="/r",
+                                 orm="/o")
+  run = study.search_run(config, study.SWEEPS["smoke"], ckpts)
+  assert {s.strategy for s in run.strategies} == {
+      "best_of_n", "beam", "lookahead", "dvts", "revisions"}
+  assert all(s.budgets == (2, 4, 8) for s in run.strategies)
+  assert run.problems.num_problems == config.test_problems
+
+
+@pytest.mark.slow  # about 100 s on 2 cores
+def test_micro_study_end_to_end(tmp_path):
+  workdir = str(tmp_path / "study")
+  lines = []
+  study.run_full_study(arith.micro(), workdir, log=lines.append)
+  for name in ("report.md", "results.json"):
+    assert os.path.exists(os.path.join(workdir, name))
+    assert os.path.exists(os.path.join(workdir, "analysis", name))
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results["problems"]["n"] == arith.micro().test_problems
+  assert results["flops_matched"] is not None
+  assert study.headline(results)
+  assert os.path.getsize(os.path.join(workdir, "search_sweep",
+                                      "records.jsonl")) > 0
+  again = []
+  study.run_full_study(arith.micro(), workdir, log=again.append)
+  done = [l for l in again if "skipped" in l]
+  assert len(done) == len(study.full_study_stages(arith.micro()))

@@ -1,0 +1,584 @@
+"""The arithmetic study's training stages, from a byte-level policy to the
+PRM, the revision model and its ORM (Snell et al. 2024, Secs. 5-6).
+
+  pretrain_policy  LM on reference solutions of `pretrain_problems`
+  sample_train     N samples per problem of `label_problems` (paper: 16)
+  mc_labels        Monte-Carlo step labels, K roll-outs a step (paper: 16)
+  train_prm        policy + fresh reward head, soft-label BCE on the labels
+  revision_data    `revision_samples` per problem (paper: 64) of
+                   `revision_problems`; revision trajectories and ORM data
+  train_revision   LM from the policy on the trajectories
+  train_orm        policy + fresh reward head on the balanced ORM data
+
+Evaluation stages live in `ttcjax.pipeline.evaluate`;
+`ttcjax.pipeline.study_stages` joins both lists.
+
+Problems are drawn by seed: training seeds are >= 1000 (as `ttcjax.data`'s
+own splits), the test seed < 1000, and every split has its own seed, so no
+split shares a problem stream with another. Keys of sampling stages are
+`fold_in(key(seed), stable_hash(stage name))`, then folded per problem uid
+by `ttcjax.verifiers.labeling`, so results do not depend on chunk sizes.
+
+Training rows are packed: consecutive examples are concatenated into rows
+of `RoleTraining.row_len` tokens (BOS separates them, prompts carry no loss),
+so a CPU step spends little on padding. Each training stage resumes from the
+trainer's checkpoints in its work directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from ttcjax import checkpoint, decoding, models, training
+from ttcjax.data import examples
+from ttcjax.keys import stable_hash
+from ttcjax.pipeline import stages
+from ttcjax.search.base import PolicyFns
+from ttcjax.study import flops
+from ttcjax.tasks import arithmetic
+from ttcjax.tokenizer import ByteTokenizer
+from ttcjax.verifiers import labeling, revision_data
+
+TOKENIZER = ByteTokenizer()
+NEWLINE_IDS = TOKENIZER.token_ids_ending_with(arithmetic.STEP_DELIMITER)
+MIN_TRAIN_SEED = 1000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RoleTraining:
+  """How one model role is trained.
+
+  Attributes:
+    train: optimisation ('lm' for policy/revision, 'reward' for PRM/ORM).
+    batch_size: packed rows per step.
+    row_len: tokens per packed row; every example must fit in one.
+  """
+  train: training.TrainConfig
+  batch_size: int = 16
+  row_len: int = 256
+
+  def __post_init__(self):
+    if self.batch_size < 1 or self.row_len < 2:
+      raise ValueError(f"RoleTraining: batch_size={self.batch_size} and "
+                       f"row_len={self.row_len} must be >= 1 and >= 2")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ArithStudyConfig:
+  """Everything the arithmetic study's stages depend on.
+
+  Attributes:
+    seed: base seed of every sampling key.
+    arithmetic: the problem distribution (difficulty knobs).
+    policy: the policy's shape; the PRM, revision model and ORM share it.
+    temperature: sampling temperature of every sample and roll-out.
+    max_new_tokens: cap on a solution's tokens, EOS included.
+    decode_rows: rows (problems x samples) per decode call.
+    chunk_problems: problems per resumable chunk of a sampling loop.
+    include_reference: add each problem's reference solution to its samples
+      for MC labels and revision/ORM data. Off in the paper's recipe; on
+      where a barely trained policy must still yield data (tests).
+    pretrain_problems, pretrain_seed: the policy's training problems.
+    pretrain: the policy's training.
+    label_problems, label_seed: problems whose samples the PRM learns from.
+    samples_per_problem: samples per labelled problem (paper: 16).
+    rollouts: Monte-Carlo roll-outs per step (paper: 16).
+    prm: the PRM's training.
+    revision_problems, revision_seed: problems for revision/ORM data.
+    revision_samples: samples per revision problem (paper: 64).
+    revision_max_len: longest revision/ORM example (oldest attempts drop).
+    revision: the revision model's training.
+    orm: the revision ORM's training.
+    test_problems, test_seed: held-out problems (seed < 1000).
+    eval_samples: samples per test problem for pass@1.
+    revision_eval_problems: the first test problems used for revisions.
+    revision_chains: parallel revision chains per problem.
+    revision_attempts: attempts per chain (sequential revisions).
+  """
+  seed: int = 0
+  arithmetic: arithmetic.ArithmeticConfig
+  policy: models.ModelConfig
+  temperature: float = 1.0
+  max_new_tokens: int = 96
+  decode_rows: int = 256
+  chunk_problems: int = 32
+  include_reference: bool = False
+  pretrain_problems: int
+  pretrain_seed: int = 1000
+  pretrain: RoleTraining
+  label_problems: int
+  label_seed: int = 1001
+  samples_per_problem: int = 16
+  rollouts: int = 16
+  prm: RoleTraining
+  revision_problems: int
+  revision_seed: int = 1002
+  revision_samples: int = 64
+  revision_max_len: int = 512
+  revision: RoleTraining
+  orm: RoleTraining
+  test_problems: int
+  test_seed: int = 0
+  eval_samples: int = 16
+  revision_eval_problems: int
+  revision_chains: int = 4
+  revision_attempts: int = 4
+
+  def __post_init__(self):
+    train_seeds = (self.pretrain_seed, self.label_seed, self.revision_seed)
+    if min(train_seeds) < MIN_TRAIN_SEED or len(set(train_seeds)) < 3:
+      raise ValueError(f"ArithStudyConfig: training seeds {train_seeds} must "
+                       f"be distinct and >= {MIN_TRAIN_SEED}")
+    if not 0 <= self.test_seed < MIN_TRAIN_SEED:
+      raise ValueError(f"ArithStudyConfig.test_seed={self.test_seed} must be "
+                       f"in [0, {MIN_TRAIN_SEED}) (disjoint from training)")
+    for name in ("pretrain_problems", "label_problems", "revision_problems",
+                 "test_problems", "revision_eval_problems",
+                 "samples_per_problem", "rollouts", "revision_samples",
+                 "eval_samples", "revision_chains", "revision_attempts",
+                 "max_new_tokens", "decode_rows", "chunk_problems"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"ArithStudyConfig.{name} must be >= 1, got "
+                         f"{getattr(self, name)}")
+    if self.revision_eval_problems > self.test_problems:
+      raise ValueError("ArithStudyConfig.revision_eval_problems must be <= "
+                       "test_problems")
+    if self.policy.reward_head or self.policy.vocab_size < (
+        TOKENIZER.vocab_size):
+      raise ValueError("ArithStudyConfig.policy: a byte-level LM needs "
+                       f"reward_head=False and vocab_size >= "
+                       f"{TOKENIZER.vocab_size}")
+    for name, objective in (("pretrain", "lm"), ("prm", "reward"),
+                            ("revision", "lm"), ("orm", "reward")):
+      if getattr(self, name).train.objective != objective:
+        raise ValueError(f"ArithStudyConfig.{name}.train.objective must be "
+                         f"{objective!r}")
+    if self.revision_max_len > self.revision.row_len or (
+        self.revision_max_len > self.orm.row_len):
+      raise ValueError("ArithStudyConfig.revision_max_len must fit the "
+                       "revision and ORM row_len")
+
+  def replace(self, **changes) -> "ArithStudyConfig":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def prompt_len(self) -> int:
+    """Fixed width of policy prompts: BOS, 'Compute: ', the longest
+    expression and the newline, rounded up to 8."""
+    a = self.arithmetic
+    longest = 1 + len(arithmetic.QUESTION_PREFIX) + (
+        (a.max_ops + 1) * a.max_digits + a.max_ops) + 1
+    return 8 * math.ceil(longest / 8)
+
+
+def _train(objective: str, steps: int, lr: float, seed: int,
+           warmup: int | None = None) -> training.TrainConfig:
+  return training.TrainConfig(
+      objective=objective, learning_rate=lr, total_steps=steps,
+      warmup_steps=min(steps, warmup if warmup is not None else steps // 10),
+      weight_decay=0.01, log_every=max(1, min(50, steps)),
+      eval_every=steps, checkpoint_every=max(1, min(100, steps)),
+      keep_checkpoints=1, seed=seed, write_tensorboard=False)
+
+
+def _model(d: int, layers: int, ff: int, heads: int) -> models.ModelConfig:
+  # One key/value head: XLA:CPU decodes multi-head attention (kv_heads =
+  # heads) many times slower than grouped attention at these sizes.
+  return models.ModelConfig(
+      vocab_size=TOKENIZER.vocab_size, d_model=d, n_layers=layers,
+      n_heads=heads, n_kv_heads=1, d_ff=ff, max_len=1024)
+
+
+def arith_cpu() -> ArithStudyConfig:
+  """The full micro-scale study, sized for a 2-core CPU (policy training
+  about 5 minutes; the whole study well under an hour)."""
+  return ArithStudyConfig(
+      arithmetic=arithmetic.ArithmeticConfig(max_ops=3, max_digits=2),
+      policy=_model(96, 3, 256, 3),
+      max_new_tokens=96,
+      pretrain_problems=40_000,
+      pretrain=RoleTraining(train=_train("lm", 700, 3e-3, 0, warmup=50),
+                            batch_size=16, row_len=256),
+      label_problems=128, samples_per_problem=16, rollouts=16,
+      prm=RoleTraining(train=_train("reward", 300, 1e-3, 1),
+                       batch_size=16, row_len=256),
+      revision_problems=512, revision_samples=64,
+      revision=RoleTraining(train=_train("lm", 300, 5e-4, 2),
+                            batch_size=8, row_len=512),
+      orm=RoleTraining(train=_train("reward", 300, 5e-4, 3),
+                       batch_size=8, row_len=512),
+      test_problems=256, eval_samples=16, revision_eval_problems=128,
+      revision_chains=4, revision_attempts=4)
+
+
+def smoke() -> ArithStudyConfig:
+  """Every stage at small counts: the whole pipeline in a few minutes on a
+  2-core CPU. Checks the wiring, not the study's numbers."""
+  return ArithStudyConfig(
+      arithmetic=arithmetic.ArithmeticConfig(max_ops=2, max_digits=2),
+      policy=_model(64, 2, 128, 2),
+      max_new_tokens=64, decode_rows=128, chunk_problems=16,
+      pretrain_problems=6_000,
+      pretrain=RoleTraining(train=_train("lm", 200, 3e-3, 0, warmup=20),
+                            batch_size=16, row_len=256),
+      label_problems=16, samples_per_problem=4, rollouts=4,
+      prm=RoleTraining(train=_train("reward", 40, 1e-3, 1),
+                       batch_size=8, row_len=256),
+      revision_problems=16, revision_samples=8, revision_max_len=320,
+      revision=RoleTraining(train=_train("lm", 40, 1e-3, 2),
+                            batch_size=4, row_len=320),
+      orm=RoleTraining(train=_train("reward", 40, 1e-3, 3),
+                       batch_size=4, row_len=320),
+      test_problems=32, eval_samples=4, revision_eval_problems=8,
+      revision_chains=2, revision_attempts=4)
+
+
+def micro() -> ArithStudyConfig:
+  """Smallest counts that still run every stage (tests)."""
+  role = lambda objective, seed: RoleTraining(
+      train=_train(objective, 3, 1e-3, seed), batch_size=2, row_len=160)
+  return ArithStudyConfig(
+      arithmetic=arithmetic.ArithmeticConfig(max_ops=1, max_digits=1),
+      policy=_model(32, 1, 64, 1),
+      max_new_tokens=24, decode_rows=8, chunk_problems=2,
+      include_reference=True,
+      pretrain_problems=64, pretrain=role("lm", 0),
+      label_problems=3, samples_per_problem=2, rollouts=2, prm=role("reward",
+                                                                    1),
+      revision_problems=3, revision_samples=2, revision_max_len=160,
+      revision=role("lm", 2), orm=role("reward", 3),
+      test_problems=4, eval_samples=2, revision_eval_problems=2,
+      revision_chains=1, revision_attempts=2)
+
+
+PRESETS = {"arith_cpu": arith_cpu, "smoke": smoke, "micro": micro}
+
+
+# --- Shared pieces (also used by `evaluate`) ---------------------------------
+
+
+def stage_key(config: ArithStudyConfig, name: str) -> jax.Array:
+  """The base key of a sampling stage."""
+  return jax.random.fold_in(jax.random.key(config.seed), stable_hash(name))
+
+
+def answers_equal(a: str, b: str) -> bool:
+  """Integer equality of two extracted answers."""
+  try:  # `extract_answer` bounds the length of model answers
+    return a == b or int(a) == int(b)
+  except ValueError:
+    return False
+
+
+def answer_of(ids: Sequence[int]) -> str | None:
+  """The final answer of generated ids, or None."""
+  return arithmetic.extract_answer(TOKENIZER.decode(ids))
+
+
+def prompt_ids(problem: arithmetic.Problem) -> list[int]:
+  return examples.prompt_ids(TOKENIZER, arithmetic.prompt(problem))
+
+
+def policy_fns(model_config: models.ModelConfig, params: Any, *,
+               prompt_len: int, max_new_tokens: int, temperature: float
+               ) -> PolicyFns:
+  """A byte-level LM as `PolicyFns`; newlines end steps."""
+  decoder = decoding.Decoder(
+      models.decode_step_fn(model_config), eos_id=TOKENIZER.eos_id,
+      stop_ids=NEWLINE_IDS, max_gen=max_new_tokens)
+  sampler = (decoding.Sampling(float(temperature)) if temperature > 0
+             else decoding.Greedy())
+  return PolicyFns(
+      decoder=decoder, params=params,
+      init_cache=functools.partial(models.init_cache, model_config),
+      max_len=prompt_len + max_new_tokens, sampler=sampler,
+      pad_id=TOKENIZER.pad_id, prompt_len=prompt_len,
+      detokenize=TOKENIZER.decode)
+
+
+def load_policy(config: ArithStudyConfig, model_dir) -> PolicyFns:
+  """`PolicyFns` of a checkpoint, with the study's prompt and token caps."""
+  model_config, params = checkpoint.restore(model_dir)
+  return policy_fns(model_config, params, prompt_len=config.prompt_len,
+                    max_new_tokens=config.max_new_tokens,
+                    temperature=config.temperature)
+
+
+def sample_rows(config: ArithStudyConfig, problems, policy: PolicyFns,
+                num_samples: int, key: jax.Array) -> list[dict]:
+  """`num_samples` graded samples per problem, one JSON-ready row each."""
+  label_problems = [labeling.LabelProblem(p.uid, prompt_ids(p), p.answer)
+                    for p in problems]
+  per_call = max(1, min(config.decode_rows // num_samples,
+                        config.chunk_problems))
+  solutions, _ = labeling.sample_solutions(
+      label_problems, policy, num_samples, key, problems_per_batch=per_call,
+      sampler=policy.sampler)
+  rows = []
+  for p, lp, samples in zip(problems, label_problems, solutions):
+    rows.append({
+        "uid": p.uid, "question": arithmetic.prompt(p), "answer": p.answer,
+        "n_ops": p.n_ops, "digits": p.digits,
+        "prompt_ids": list(lp.prompt_ids),
+        "samples": [list(s) for s in samples],
+        "correct": [arithmetic.grade(TOKENIZER.decode(s), p)
+                    for s in samples]})
+  return rows
+
+
+def _with_reference(config: ArithStudyConfig, row: dict,
+                    problem: arithmetic.Problem) -> dict:
+  if not config.include_reference:
+    return row
+  reference = TOKENIZER.encode(problem.solution) + [TOKENIZER.eos_id]
+  return dict(row, samples=row["samples"] + [reference],
+              correct=row["correct"] + [True])
+
+
+def _sampling_stage(config: ArithStudyConfig, ctx: stages.StageContext,
+                    problems, num_samples: int) -> list[dict]:
+  policy = load_policy(config, ctx.input("pretrain_policy") / "model")
+  key = stage_key(config, ctx.name)
+  return ctx.map_chunks(
+      "samples", problems, config.chunk_problems,
+      lambda chunk: sample_rows(config, chunk, policy, num_samples, key))
+
+
+def pack_examples(exs: Sequence[examples.Example],
+                  row_len: int) -> dict[str, np.ndarray]:
+  """Concatenates examples, in order, into rows of at most `row_len`.
+
+  Args:
+    exs: unpadded examples (`ttcjax.data.examples`).
+    row_len: tokens per row.
+
+  Returns:
+    A contract batch `[rows, row_len]` (right-padded).
+  """
+  rows, current, used = [], [], 0
+  for i, ex in enumerate(exs):
+    n = len(ex["tokens"])
+    if n > row_len:
+      raise ValueError(f"pack_examples: example {i} has {n} tokens > "
+                       f"row_len={row_len}")
+    if used + n > row_len:
+      rows.append(current)
+      current, used = [], 0
+    current.append(ex)
+    used += n
+  if current:
+    rows.append(current)
+  packed = [{k: np.concatenate([np.asarray(e[k], examples.DTYPES[k])
+                                for e in row]) for k in examples.FEATURES}
+            for row in rows]
+  return examples.collate(packed, row_len)
+
+
+def unpad(batch: dict[str, np.ndarray]) -> list[examples.Example]:
+  """The right-padded rows of a collated batch as unpadded examples."""
+  lengths = batch["token_mask"].sum(1)
+  return [{k: batch[k][i, :n] for k in examples.FEATURES}
+          for i, n in enumerate(lengths)]
+
+
+def train_role(ctx: stages.StageContext, model_config: models.ModelConfig,
+               role: RoleTraining, exs: Sequence[examples.Example],
+               init_params: Any = None, what: str = "model") -> dict:
+  """Packs `exs`, trains (resuming from `ctx.work`), saves `out/model`."""
+  if not exs:
+    raise ValueError(f"stage {ctx.name}: no training examples for the "
+                     f"{what}; see the previous stage's stats.json")
+  batch = pack_examples(exs, role.row_len)
+  source = training.ArraySource(batch, role.batch_size, seed=role.train.seed)
+  began, cpu = time.perf_counter(), time.process_time()
+  params, history = training.train(model_config, role.train, source, None,
+                                   ctx.work / "train",
+                                   init_params=init_params)
+  seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+  checkpoint.save(ctx.out / "model", params, model_config,
+                  step=role.train.total_steps)
+  step_flops = flops.train_step_flops(model_config, role.batch_size,
+                                      role.row_len)
+  stages.atomic_write_json(ctx.out / "train_summary.json", {
+      "examples": len(exs), "rows": int(batch["tokens"].shape[0]),
+      "row_fill": float(batch["token_mask"].mean()),
+      "steps": role.train.total_steps,
+      "train_flops": step_flops * role.train.total_steps,
+      # tokens_per_sec is run-time, not an artefact: it stays in the log.
+      "history": [{k: v for k, v in r.items() if k != "tokens_per_sec"}
+                  for r in history]})
+  # CPU seconds (all threads) next to wall time: on a shared machine the
+  # wall time mostly measures the other processes.
+  return {"train_seconds": round(seconds, 2),
+          "train_cpu_seconds": round(cpu, 2),
+          "tokens_per_sec": [round(r["tokens_per_sec"]) for r in history]}
+
+
+def _restore_with_head(ctx: stages.StageContext, seed: int):
+  """The policy's params plus a fresh reward head (seeded)."""
+  model_config, params = checkpoint.restore(
+      ctx.input("pretrain_policy") / "model")
+  params = training.add_reward_head(params, model_config,
+                                    jax.random.key(seed))
+  return model_config.replace(reward_head=True), params
+
+
+def save_rows(path, rows: list[dict]) -> None:
+  stages.atomic_write_json(path, rows)
+
+
+def load_rows(path) -> list[dict]:
+  return stages.read_json(path)
+
+
+# --- Stage functions ---------------------------------------------------------
+
+
+def _pretrain_policy(config: ArithStudyConfig, ctx: stages.StageContext):
+  problems = arithmetic.generate(config.arithmetic, config.pretrain_problems,
+                                 config.pretrain_seed)
+  exs = [examples.lm_example(TOKENIZER, arithmetic.prompt(p), p.solution)
+         for p in problems]
+  return train_role(ctx, config.policy, config.pretrain, exs, what="policy")
+
+
+def _sample_train(config: ArithStudyConfig, ctx: stages.StageContext):
+  problems = arithmetic.generate(config.arithmetic, config.label_problems,
+                                 config.label_seed)
+  rows = _sampling_stage(config, ctx, problems, config.samples_per_problem)
+  save_rows(ctx.out / "samples.json", rows)
+
+
+def _mc_labels(config: ArithStudyConfig, ctx: stages.StageContext):
+  rows = load_rows(ctx.input("sample_train") / "samples.json")
+  problems = {p.uid: p for p in arithmetic.generate(
+      config.arithmetic, config.label_problems, config.label_seed)}
+  rows = [_with_reference(config, r, problems[r["uid"]]) for r in rows]
+  policy = load_policy(config, ctx.input("pretrain_policy") / "model")
+  key = stage_key(config, ctx.name)
+  label_config = labeling.LabelConfig(
+      rollouts=config.rollouts,
+      prefixes_per_batch=max(1, config.decode_rows // config.rollouts),
+      max_new_tokens=config.max_new_tokens,
+      prefix_len=config.prompt_len + config.max_new_tokens,
+      sampler=policy.sampler)
+
+  def label_chunk(chunk):
+    lps = [labeling.LabelProblem(r["uid"], r["prompt_ids"], r["answer"])
+           for r in chunk]
+    grader = labeling.make_grader(lps, answer_of, answers_equal)
+    records, stats = labeling.label_solutions(
+        lps, [r["samples"] for r in chunk], grader, policy, label_config, key)
+    return [{"records": [dataclasses.asdict(r) for r in records],
+             "stats": stats}]
+
+  chunks = ctx.map_chunks("labels", rows, config.chunk_problems, label_chunk)
+  records = [r for c in chunks for r in c["records"]]
+  stats = {k: sum(c["stats"][k] for c in chunks) for k in chunks[0]["stats"]}
+  save_rows(ctx.out / "labels.json", records)
+  stages.atomic_write_json(ctx.out / "stats.json", stats)
+
+
+def _train_prm(config: ArithStudyConfig, ctx: stages.StageContext):
+  records = load_rows(ctx.input("mc_labels") / "labels.json")
+  exs = []
+  for r in records:
+    try:
+      exs.append(labeling.prm_example_from_ids(
+          r["prompt_ids"], r["steps"], r["step_labels"], config.prm.row_len,
+          TOKENIZER.bos_id))
+    except examples.ExampleTooLongError:
+      continue
+  model_config, params = _restore_with_head(ctx, config.prm.train.seed)
+  return train_role(ctx, model_config, config.prm, exs, params, "PRM")
+
+
+def _revision_data(config: ArithStudyConfig, ctx: stages.StageContext):
+  problems = arithmetic.generate(config.arithmetic, config.revision_problems,
+                                 config.revision_seed)
+  rows = _sampling_stage(config, ctx, problems, config.revision_samples)
+  save_rows(ctx.out / "samples.json", rows)
+  by_uid = {p.uid: p for p in problems}
+  rows = [_with_reference(config, r, by_uid[r["uid"]]) for r in rows]
+  questions = {r["uid"]: r["question"] for r in rows}
+  samples = {r["uid"]: [(TOKENIZER.decode(s), ok) for s, ok in
+                        zip(r["samples"], r["correct"])] for r in rows}
+  rng = np.random.default_rng([config.seed, stable_hash(ctx.name)])
+  lm_exs, lm_stats = revision_data.revision_lm_examples(
+      TOKENIZER, questions, samples, rng, max_len=config.revision_max_len)
+  candidates = revision_data.orm_candidates_from_samples(samples, rng)
+  orm_exs, orm_stats = revision_data.revision_orm_examples(
+      TOKENIZER, questions, revision_data.balance(candidates, rng),
+      max_len=config.revision_max_len)
+  for name, exs in (("revision_lm", lm_exs), ("revision_orm", orm_exs)):
+    batch = examples.collate(exs, config.revision_max_len)
+    np.savez(ctx.out / f"{name}.npz", **batch)
+  stages.atomic_write_json(ctx.out / "stats.json", {
+      "revision_lm": lm_stats, "revision_orm": dict(
+          orm_stats, n_unbalanced=len(candidates))})
+
+
+def _load_npz_examples(path) -> list[examples.Example]:
+  with np.load(path) as data:
+    return unpad({k: data[k] for k in examples.FEATURES})
+
+
+def _train_revision(config: ArithStudyConfig, ctx: stages.StageContext):
+  exs = _load_npz_examples(ctx.input("revision_data") / "revision_lm.npz")
+  model_config, params = checkpoint.restore(
+      ctx.input("pretrain_policy") / "model")
+  return train_role(ctx, model_config, config.revision, exs, params,
+                    "revision model")
+
+
+def _train_orm(config: ArithStudyConfig, ctx: stages.StageContext):
+  exs = _load_npz_examples(ctx.input("revision_data") / "revision_orm.npz")
+  model_config, params = _restore_with_head(ctx, config.orm.train.seed)
+  return train_role(ctx, model_config, config.orm, exs, params, "ORM")
+
+
+def _sampling_config(c: ArithStudyConfig) -> dict:
+  return {"seed": c.seed, "temperature": c.temperature,
+          "max_new_tokens": c.max_new_tokens, "decode_rows": c.decode_rows,
+          "chunk_problems": c.chunk_problems}
+
+
+def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
+  """The training stages, in order (each hashes only what it reads)."""
+  c = config
+  sampling = _sampling_config(c)
+  fn = lambda f: functools.partial(f, c)
+  return [
+      stages.Stage("pretrain_policy", fn(_pretrain_policy), dict(
+          arithmetic=c.arithmetic, policy=c.policy, seed=c.pretrain_seed,
+          problems=c.pretrain_problems, training=c.pretrain), cost=5),
+      stages.Stage("sample_train", fn(_sample_train), dict(
+          sampling, arithmetic=c.arithmetic, seed=c.label_seed,
+          problems=c.label_problems, samples=c.samples_per_problem),
+                   ("pretrain_policy",), cost=0.5),
+      stages.Stage("mc_labels", fn(_mc_labels), dict(
+          sampling, arithmetic=c.arithmetic, seed=c.label_seed,
+          problems=c.label_problems, rollouts=c.rollouts,
+          include_reference=c.include_reference),
+                   ("pretrain_policy", "sample_train"), cost=5),
+      stages.Stage("train_prm", fn(_train_prm), dict(training=c.prm),
+                   ("pretrain_policy", "mc_labels"), cost=2),
+      stages.Stage("revision_data", fn(_revision_data), dict(
+          sampling, arithmetic=c.arithmetic, seed=c.revision_seed,
+          problems=c.revision_problems, samples=c.revision_samples,
+          max_len=c.revision_max_len,
+          include_reference=c.include_reference),
+                   ("pretrain_policy",), cost=1),
+      stages.Stage("train_revision", fn(_train_revision),
+                   dict(training=c.revision),
+                   ("pretrain_policy", "revision_data"), cost=2),
+      stages.Stage("train_orm", fn(_train_orm), dict(training=c.orm),
+                   ("pretrain_policy", "revision_data"), cost=2),
+  ]

@@ -1,0 +1,339 @@
+"""Measurements of the arithmetic study's models on held-out problems.
+
+  eval_policy    S samples per test problem: pass@1 overall, per difficulty
+                 bucket (n_ops x digits) and per quantile bin of estimated
+                 pass@1 (5 bins, bin 1 the easiest)
+  eval_prm       PRM scores of those samples: ROC AUC separating correct
+                 from incorrect solutions, with the final step's score
+                 ('last', the paper's aggregation) and the lowest ('min');
+                 pooled over all samples, and averaged within problems
+  eval_revision  sequential revision chains (`ttcjax.search.revisions`) of
+                 the revision model, judged by its ORM: pass@1 at attempt
+                 1..L, the share of chains right by attempt j, and the
+                 accuracy of the hierarchical ORM-weighted choice
+
+Test problems use `ArithStudyConfig.test_seed` (< 1000), disjoint from every
+training split. Each stage writes `metrics.json`; `summarize(workdir)`
+gathers them with the training wall times from `stages.jsonl`.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from ttcjax import checkpoint, models, verifiers
+from ttcjax.data import examples
+from ttcjax.pipeline import arith, stages
+from ttcjax.search import base, batching, records, revisions
+from ttcjax.tasks import arithmetic
+
+NUM_QUANTILE_BINS = 5
+AGGREGATIONS = ("last", "min")
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+  """Exact ROC AUC (Mann-Whitney U), ties counting one half.
+
+  Args:
+    scores: `[n]` higher means "more likely positive".
+    labels: `[n]` bool, True for positives.
+
+  Returns:
+    P(score of a random positive > that of a random negative) + 0.5 P(tie);
+    nan without both classes.
+  """
+  scores = np.asarray(scores, np.float64)
+  labels = np.asarray(labels, bool)
+  if scores.shape != labels.shape or scores.ndim != 1:
+    raise ValueError(f"roc_auc: scores {scores.shape} and labels "
+                     f"{labels.shape} must be equal 1-D shapes")
+  n_pos = int(labels.sum())
+  n_neg = labels.size - n_pos
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  _, inverse, counts = np.unique(scores, return_inverse=True,
+                                 return_counts=True)
+  ends = np.cumsum(counts)  # 1-based rank of each value group's last member
+  ranks = (ends - (counts - 1) / 2.0)[inverse]  # average rank within ties
+  u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+  return float(u / (n_pos * n_neg))
+
+
+def _mean(values) -> float:
+  values = list(values)
+  return float(np.mean(values)) if values else float("nan")
+
+
+def policy_metrics(rows: Sequence[dict]) -> dict[str, Any]:
+  """pass@1 overall, by (n_ops, digits) and by quantile bin of pass@1.
+
+  Args:
+    rows: per problem, `n_ops`, `digits` and `correct` (one bool a sample).
+
+  Returns:
+    JSON-ready metrics. Quantile bins sort problems by estimated pass@1,
+    highest first (ties in problem order), and split them into 5 bins of
+    (near) equal size: bin 1 the easiest, bin 5 the hardest.
+  """
+  rates = np.array([_mean(r["correct"]) for r in rows])
+  buckets = collections.defaultdict(list)
+  for r, rate in zip(rows, rates):
+    buckets[(r["n_ops"], r["digits"])].append(rate)
+  order = np.argsort(-rates, kind="stable")
+  bins = np.array_split(order, NUM_QUANTILE_BINS)
+  return {
+      "problems": len(rows),
+      "samples_per_problem": len(rows[0]["correct"]) if rows else 0,
+      "pass_at_1": _mean(rates),
+      "by_difficulty": [
+          {"n_ops": o, "digits": d, "problems": len(v), "pass_at_1": _mean(v)}
+          for (o, d), v in sorted(buckets.items())],
+      "by_quantile": [
+          {"bin": i + 1, "problems": len(b), "pass_at_1": _mean(rates[b]),
+           "min": float(rates[b].min()) if len(b) else float("nan"),
+           "max": float(rates[b].max()) if len(b) else float("nan")}
+          for i, b in enumerate(bins)],
+  }
+
+
+def _test_problems(config: arith.ArithStudyConfig, count: int):
+  return arithmetic.generate(config.arithmetic, count, config.test_seed)
+
+
+def _eval_policy(config: arith.ArithStudyConfig, ctx: stages.StageContext):
+  policy = arith.load_policy(config, ctx.input("pretrain_policy") / "model")
+  key = arith.stage_key(config, ctx.name)
+  rows = ctx.map_chunks(
+      "samples", _test_problems(config, config.test_problems),
+      config.chunk_problems,
+      lambda chunk: arith.sample_rows(config, chunk, policy,
+                                      config.eval_samples, key))
+  arith.save_rows(ctx.out / "samples.json", rows)
+  stages.atomic_write_json(ctx.out / "metrics.json", policy_metrics(rows))
+
+
+@functools.cache
+def _reward_score_fn(model_config: models.ModelConfig) -> verifiers.ScoreFn:
+  # One object per config: `step_scores` takes it as a static argument.
+  return verifiers.reward_head_score_fn(
+      functools.partial(models.reward_scores, model_config))
+
+
+def verifier_fns(model_dir, max_len: int) -> tuple[models.ModelConfig,
+                                                   base.VerifierFns]:
+  """A reward-head checkpoint as `VerifierFns` (prompt + solution input)."""
+  model_config, params = checkpoint.restore(model_dir)
+  if not model_config.reward_head:
+    raise ValueError(f"{model_dir}: not a reward model (reward_head=False)")
+  return model_config, base.VerifierFns(
+      score_fn=_reward_score_fn(model_config), params=params,
+      max_len=max_len, pad_id=arith.TOKENIZER.pad_id)
+
+
+def _strip_eos(ids: Sequence[int]) -> list[int]:
+  ids = [int(i) for i in ids]
+  eos = arith.TOKENIZER.eos_id
+  return ids[:ids.index(eos)] if eos in ids else ids
+
+
+def score_samples(verifier: base.VerifierFns, prompts: Sequence[Sequence[int]],
+                  solutions: Sequence[Sequence[int]],
+                  rows_per_call: int) -> list[list[float]]:
+  """Per solution, the verifier's score at the end of every step.
+
+  Solutions are read as at search time (`batching.score_rows`: prompt ids,
+  then the solution without EOS; a step ends at each newline, and the last
+  step at the last token). Calls have a fixed row count, so one compile.
+  """
+  out = []
+  for start in range(0, len(solutions), rows_per_call):
+    sols = [_strip_eos(s) for s in solutions[start:start + rows_per_call]]
+    sols = [s or None for s in sols]  # an empty solution is not read
+    pad = rows_per_call - len(sols)
+    ends = [batching.step_ends_of(s, 0, len(s), arith.NEWLINE_IDS) if s
+            else [] for s in sols]
+    scores, _ = batching.score_rows(
+        verifier, list(prompts[start:start + rows_per_call]) + [[0]] * pad,
+        sols + [None] * pad, ends + [[]] * pad)
+    out += scores[:len(sols)]
+  return out
+
+
+def _aggregate(step_scores: Sequence[float], how: str) -> float:
+  values = np.asarray([list(step_scores)], np.float32).reshape(1, -1)
+  return float(verifiers.aggregate(values, np.ones(values.shape, bool),
+                                   how)[0])
+
+
+def prm_metrics(rows: Sequence[dict],
+                step_scores: Sequence[Sequence[Sequence[float]]]) -> dict:
+  """AUCs of aggregated PRM scores against sample correctness.
+
+  Args:
+    rows: per problem its `correct` list.
+    step_scores: per problem, per sample, the step scores.
+
+  Returns:
+    `auc_<agg>` pooled over all samples and `auc_<agg>_within` (mean over
+    problems with both classes) for each aggregation, and class counts.
+  """
+  labels = [ok for r in rows for ok in r["correct"]]
+  out = {"samples": len(labels), "correct": int(sum(labels)),
+         "problems_with_both": 0}
+  for how in AGGREGATIONS:
+    per_problem = [[_aggregate(s, how) for s in sample_scores]
+                   for sample_scores in step_scores]
+    out[f"auc_{how}"] = roc_auc([x for p in per_problem for x in p], labels)
+    within = [roc_auc(p, r["correct"]) for p, r in zip(per_problem, rows)]
+    within = [a for a in within if not math.isnan(a)]
+    out[f"auc_{how}_within"] = _mean(within)
+    out["problems_with_both"] = len(within)
+  return out
+
+
+def _eval_prm(config: arith.ArithStudyConfig, ctx: stages.StageContext):
+  rows = arith.load_rows(ctx.input("eval_policy") / "samples.json")
+  _, verifier = verifier_fns(ctx.input("train_prm") / "model",
+                             config.prompt_len + config.max_new_tokens)
+  flat = [(r["prompt_ids"], s) for r in rows for s in r["samples"]]
+  scores = score_samples(verifier, [p for p, _ in flat], [s for _, s in flat],
+                         config.decode_rows)
+  per_problem, at = [], 0
+  for r in rows:
+    per_problem.append(scores[at:at + len(r["samples"])])
+    at += len(r["samples"])
+  arith.save_rows(ctx.out / "scores.json", per_problem)
+  stages.atomic_write_json(ctx.out / "metrics.json",
+                           prm_metrics(rows, per_problem))
+
+
+def revision_prompt_len(config: arith.ArithStudyConfig,
+                        questions: Sequence[str]) -> int:
+  """Fixed revision prompt width: the longest 0-attempt prompt plus
+  `revision_attempts - 1` attempts of `max_new_tokens` and their headers,
+  rounded up to 32."""
+  zero = max(len(examples.revision_prompt_ids(arith.TOKENIZER, q, []))
+             for q in questions)
+  header = len(examples.ATTEMPT_HEADER.format(index=9)) + 1
+  width = zero + (config.revision_attempts - 1) * (
+      config.max_new_tokens + header)
+  return 32 * math.ceil(width / 32)
+
+
+def revision_metrics(recs: Sequence[dict], chains: int,
+                     attempts: int) -> dict:
+  """pass@1 per attempt, chains right by attempt j, selection accuracy.
+
+  Args:
+    recs: `ttcjax.search.records` dicts of 'revisions' results, whose
+      candidates are chain-major (chain c's attempt j at `c * L + j`).
+    chains: P.
+    attempts: L.
+  """
+  hits = np.array([[[c["correct"] for c in r["candidates"][
+      k * attempts:(k + 1) * attempts]] for k in range(chains)]
+                   for r in recs], bool)  # [problems, chains, attempts]
+  return {
+      "problems": len(recs), "chains": chains, "attempts": attempts,
+      "pass_at_1_by_attempt": hits.mean(axis=(0, 1)).tolist(),
+      "solved_by_attempt": np.logical_or.accumulate(hits, axis=2).mean(
+          axis=(0, 1)).tolist(),
+      "selected_accuracy": _mean(r["correct"] for r in recs),
+  }
+
+
+def _eval_revision(config: arith.ArithStudyConfig,
+                   ctx: stages.StageContext):
+  problems = _test_problems(config, config.revision_eval_problems)
+  questions = {p.uid: arithmetic.prompt(p) for p in problems}
+  width = revision_prompt_len(config, list(questions.values()))
+  rev_config, params = checkpoint.restore(ctx.input("train_revision") /
+                                          "model")
+  plain = arith.policy_fns(rev_config, params, prompt_len=width,
+                           max_new_tokens=config.max_new_tokens,
+                           temperature=config.temperature)
+
+  def prompt_fn(problem: base.SearchProblem, attempts):
+    return examples.revision_prompt_ids(
+        arith.TOKENIZER, questions[problem.uid],
+        [arith.TOKENIZER.decode(a) for a in attempts], max_prompt_len=width)
+
+  policy = revisions.RevisionPolicyFns(
+      **{f: getattr(plain, f) for f in ("decoder", "params", "init_cache",
+                                        "max_len", "sampler", "pad_id",
+                                        "prompt_len", "detokenize")},
+      prompt_fn=prompt_fn)
+  orm_config, verifier = verifier_fns(ctx.input("train_orm") / "model",
+                                      width + config.max_new_tokens)
+  task = base.TaskFns(answer_fn=arith.answer_of,
+                      equiv_fn=arith.answers_equal)
+  per_call = max(1, min(config.decode_rows // config.revision_chains,
+                        config.chunk_problems))
+  search_config = base.SearchConfig(
+      strategy="revisions", selection="weighted", aggregation="last",
+      revision_length=config.revision_attempts, problems_per_batch=per_call)
+  budget = config.revision_chains * config.revision_attempts
+  hparams = records.hparams_of(search_config, budget)
+  key = arith.stage_key(config, ctx.name)
+
+  def run_chunk(chunk):
+    results = revisions.revisions(
+        [base.SearchProblem(p.uid, arith.prompt_ids(p)) for p in chunk],
+        budget, policy, verifier, task, search_config, key)
+    return [records.make_record(
+        result, hparams=hparams,
+        grade_fn=functools.partial(arith.answers_equal, p.answer),
+        policy_config=rev_config, verifier_config=orm_config,
+        policy_context=policy.max_len, verifier_context=verifier.max_len,
+        extra={"reference": p.answer, "n_ops": p.n_ops, "digits": p.digits})
+            for p, result in zip(chunk, results)]
+
+  recs = ctx.map_chunks("chains", problems, config.chunk_problems, run_chunk)
+  arith.save_rows(ctx.out / "records.json", recs)
+  stages.atomic_write_json(ctx.out / "metrics.json", revision_metrics(
+      recs, config.revision_chains, config.revision_attempts))
+
+
+def eval_stages(config: arith.ArithStudyConfig) -> list[stages.Stage]:
+  """The evaluation stages (after `arith.training_stages`)."""
+  c = config
+  sampling = dict(seed=c.seed, temperature=c.temperature,
+                  max_new_tokens=c.max_new_tokens, decode_rows=c.decode_rows,
+                  chunk_problems=c.chunk_problems, arithmetic=c.arithmetic,
+                  test_seed=c.test_seed)
+  fn = lambda f: functools.partial(f, c)
+  return [
+      stages.Stage("eval_policy", fn(_eval_policy), dict(
+          sampling, problems=c.test_problems, samples=c.eval_samples),
+                   ("pretrain_policy",), cost=1),
+      stages.Stage("eval_prm", fn(_eval_prm), dict(sampling),
+                   ("eval_policy", "train_prm"), cost=0.3),
+      stages.Stage("eval_revision", fn(_eval_revision), dict(
+          sampling, problems=c.revision_eval_problems,
+          chains=c.revision_chains, attempts=c.revision_attempts),
+                   ("train_revision", "train_orm"), cost=2),
+  ]
+
+
+def summarize(workdir) -> dict[str, Any]:
+  """The eval stages' metrics, each stage's last wall time, and the
+  training stages' wall and CPU seconds inside `train()`."""
+  workdir = stages.Path(workdir)
+  out: dict[str, Any] = {"seconds": {}, "train_seconds": {},
+                         "train_cpu_seconds": {}}
+  for record in stages.read_log(workdir):
+    out["seconds"][record["stage"]] = record["seconds"]
+    info = record.get("info", {})
+    for key in ("train_seconds", "train_cpu_seconds"):
+      if key in info:
+        out[key][record["stage"]] = info[key]
+  for name in ("eval_policy", "eval_prm", "eval_revision"):
+    path = workdir / name / "metrics.json"
+    if path.exists():
+      out[name] = stages.read_json(path)
+  return out

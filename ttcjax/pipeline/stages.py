@@ -1,0 +1,404 @@
+"""A study as a sequence of named stages with atomic, resumable artefacts.
+
+A `Stage` is a name, a function, the config it depends on and the earlier
+stages it reads. `run_stages` runs the stages in order; each writes its
+artefacts into a workdir like this:
+
+  <workdir>/<stage>/          finished artefacts, with a `DONE` marker
+  <workdir>/.<stage>.tmp/     the attempt in progress (wiped at each attempt)
+  <workdir>/.<stage>.work/    scratch that survives a kill: trainer resume
+                              checkpoints, finished chunks of long loops
+  <workdir>/stages.jsonl      one line per stage run: status, seconds, info
+
+Atomicity: a stage writes into `.<stage>.tmp/`; when its function returns,
+every file is fsynced, `DONE` (JSON: stage, config hash, inputs' hashes,
+file list) is written last, and the directory is renamed to `<stage>/`. A
+directory without a readable `DONE` is never taken as finished.
+
+Config hashes: a stage's hash covers its config (canonical JSON of nested
+dataclasses, tuples, dicts and scalars) and the hashes of the stages it
+reads, so a change upstream changes every hash downstream. When a finished
+stage's stored hash differs from the new one, `on_change` decides:
+'error' (the default) raises `StageConfigError` before anything runs, since
+silently recomputing hours of work, or silently reusing stale artefacts, are
+both worse than asking; 'rerun' recomputes the changed stages (and, through
+the hashes, everything after them) and replaces their artefacts.
+
+Resume: a killed stage leaves its `.work/` directory. Training resumes from
+the trainer's own checkpoints kept there (`StageContext.work`), and long
+loops use `StageContext.map_chunks`, which stores each finished chunk as a
+JSON file and skips it on the next attempt. The work directory records the
+hash it was made with and is wiped when the hash changes; it is removed once
+the stage commits.
+
+Determinism: artefacts must depend on the config and seeds only. Run-time
+facts (wall time, tokens/s) belong in the dict a stage function returns,
+which goes to `stages.jsonl`, never into the artefacts. Chunk results pass
+through JSON even when computed fresh, so a resumed run returns exactly
+what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+
+DONE = "DONE"
+LOG_FILE = "stages.jsonl"
+ON_CHANGE = ("error", "rerun")
+_FORMAT = 1
+
+Path = pathlib.Path
+
+
+class StageConfigError(RuntimeError):
+  """A finished stage was made with another config than the one given."""
+
+
+def jsonable(value: Any) -> Any:
+  """Canonical JSON-ready form of a config: dataclasses (with their type
+  name), mappings (keys as str), sequences and scalars."""
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    fields = {f.name: jsonable(getattr(value, f.name))
+              for f in dataclasses.fields(value)}
+    return {"__type__": type(value).__name__, **fields}
+  if isinstance(value, Mapping):
+    return {str(k): jsonable(v) for k, v in sorted(value.items(),
+                                                   key=lambda kv: str(kv[0]))}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if value is None or isinstance(value, (bool, int, str)):
+    return value
+  if isinstance(value, float):
+    return value if math.isfinite(value) else repr(value)
+  if hasattr(value, "item") and callable(value.item):  # numpy scalars
+    return jsonable(value.item())
+  raise TypeError(f"stage configs must be dataclasses, mappings, sequences "
+                  f"or scalars; got {type(value).__name__}: {value!r}")
+
+
+def config_hash(config: Any, inputs: Mapping[str, str] = ()) -> str:
+  """SHA-256 of a config and its input stages' hashes (hex, 16 chars)."""
+  text = json.dumps({"config": jsonable(config),
+                     "inputs": dict(sorted(dict(inputs).items()))},
+                    sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- Durable files -----------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
+  """Writes `path` via a temp sibling, fsync and rename."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f".{path.name}.tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: os.PathLike, obj: Any) -> None:
+  """`atomic_write_bytes` of `obj` as sorted, compact JSON."""
+  atomic_write_bytes(path, json.dumps(obj, sort_keys=True).encode())
+
+
+def read_json(path: os.PathLike) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _fsync_tree(root: Path) -> list[str]:
+  """fsyncs every file and directory under `root`; returns relative files."""
+  files = []
+  for dirpath, _, filenames in os.walk(root):
+    for name in filenames:
+      full = Path(dirpath) / name
+      with open(full, "rb") as f:
+        os.fsync(f.fileno())
+      files.append(str(full.relative_to(root)))
+    _fsync_dir(Path(dirpath))
+  return sorted(files)
+
+
+def _remove(path: Path) -> None:
+  if path.is_dir() and not path.is_symlink():
+    shutil.rmtree(path)
+  elif path.exists() or path.is_symlink():
+    path.unlink()
+
+
+# --- Stages ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One step of a study.
+
+  Attributes:
+    name: directory name under the workdir (letters, digits, '_', '-').
+    fn: `fn(ctx: StageContext) -> dict | None`; writes artefacts under
+      `ctx.out`. The returned dict (JSON-ready run-time facts such as wall
+      time) is logged to `stages.jsonl`, not kept as an artefact.
+    config: what the artefacts depend on besides the inputs (hashed).
+    inputs: names of earlier stages whose artefacts `fn` reads.
+    cost: relative expected run time, for the ETA (any positive unit).
+  """
+  name: str
+  fn: Callable[["StageContext"], Mapping[str, Any] | None]
+  config: Any = None
+  inputs: tuple[str, ...] = ()
+  cost: float = 1.0
+
+  def __post_init__(self):
+    object.__setattr__(self, "inputs", tuple(self.inputs))
+    if (not self.name or self.name.startswith(".") or
+        not all(c.isalnum() or c in "_-" for c in self.name)):
+      raise ValueError(f"Stage.name must be letters, digits, '_' or '-', got "
+                       f"{self.name!r}")
+    if not self.cost > 0:
+      raise ValueError(f"Stage {self.name!r}: cost must be > 0, got "
+                       f"{self.cost!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+  """What a stage function sees.
+
+  Attributes:
+    name: the stage's name.
+    out: where artefacts go (a fresh temp directory, renamed on success).
+    work: scratch that survives a kill (resume checkpoints, chunks).
+    inputs: name -> finished artefact directory of each input stage.
+    log: the runner's log function.
+  """
+  name: str
+  out: Path
+  work: Path
+  inputs: Mapping[str, Path]
+  log: Callable[[str], None]
+
+  def input(self, name: str) -> Path:
+    """The artefact directory of input stage `name`."""
+    try:
+      return self.inputs[name]
+    except KeyError:
+      raise KeyError(f"stage {self.name!r} did not declare {name!r} in its "
+                     f"inputs {sorted(self.inputs)}") from None
+
+  def map_chunks(self, label: str, items: Sequence[Any], chunk_size: int,
+                 fn: Callable[[Sequence[Any]], list]) -> list:
+    """`fn` over consecutive chunks of `items`, resumable chunk by chunk.
+
+    Each finished chunk is stored as `work/<label>/<index>.json`; a rerun
+    after a kill loads the stored chunks and computes the rest. Results go
+    through JSON either way (tuples come back as lists), so a resumed run
+    returns exactly what an uninterrupted one does.
+
+    Args:
+      label: names the loop (several loops may share a stage).
+      items: the inputs.
+      chunk_size: items per `fn` call.
+      fn: maps a chunk to a JSON-ready list (usually one entry per item).
+
+    Returns:
+      The concatenated results of every chunk, in order.
+    """
+    if chunk_size < 1:
+      raise ValueError(f"{self.name}/{label}: chunk_size must be >= 1, got "
+                       f"{chunk_size}")
+    folder = self.work / "chunks" / label
+    count = math.ceil(len(items) / chunk_size)
+    results, began, computed = [], time.perf_counter(), 0
+    for i in range(count):
+      path = folder / f"{i:06d}.json"
+      meta = {"chunk": i, "chunk_size": chunk_size, "num_items": len(items)}
+      stored = read_json(path) if path.exists() else None
+      if stored is not None and stored.get("meta") == meta:
+        results += stored["results"]
+        continue
+      out = fn(items[i * chunk_size:(i + 1) * chunk_size])
+      data = json.dumps({"meta": meta, "results": out}, sort_keys=True)
+      atomic_write_bytes(path, data.encode())
+      results += json.loads(data)["results"]
+      computed += 1
+      spent = time.perf_counter() - began
+      left = spent / computed * (count - i - 1)
+      self.log(f"  {self.name}/{label}: chunk {i + 1}/{count} "
+               f"({_duration(spent)} so far, ~{_duration(left)} left)")
+    return results
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  minutes, seconds = divmod(seconds, 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else (
+      f"{minutes}:{seconds:02d}")
+
+
+def read_done(stage_dir: os.PathLike) -> dict | None:
+  """The `DONE` marker of a stage directory, or None if unfinished."""
+  path = Path(stage_dir) / DONE
+  try:
+    done = read_json(path)
+  except (FileNotFoundError, json.JSONDecodeError, NotADirectoryError):
+    return None
+  return done if isinstance(done, dict) and done.get("format") == _FORMAT \
+      else None
+
+
+def stage_hashes(stages: Sequence[Stage]) -> dict[str, str]:
+  """Each stage's config hash (inputs' hashes folded in); validates the
+  order: names unique, inputs earlier in the list."""
+  hashes: dict[str, str] = {}
+  for stage in stages:
+    if stage.name in hashes:
+      raise ValueError(f"two stages are named {stage.name!r}")
+    missing = [n for n in stage.inputs if n not in hashes]
+    if missing:
+      raise ValueError(f"stage {stage.name!r} reads {missing}, which do not "
+                       f"come before it")
+    hashes[stage.name] = config_hash(
+        {"stage": stage.name, "config": stage.config},
+        {n: hashes[n] for n in stage.inputs})
+  return hashes
+
+
+def _append_log(workdir: Path, record: Mapping[str, Any]) -> None:
+  with open(workdir / LOG_FILE, "a") as f:
+    f.write(json.dumps(record, sort_keys=True) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_log(workdir: os.PathLike) -> list[dict]:
+  """The records of `stages.jsonl` (a line cut short by a kill is skipped)."""
+  path = Path(workdir) / LOG_FILE
+  if not path.exists():
+    return []
+  out = []
+  for line in path.read_text().splitlines():
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return out
+
+
+def _run_one(stage: Stage, workdir: Path, digest: str,
+             inputs: Mapping[str, Path], log) -> dict:
+  final, tmp = workdir / stage.name, workdir / f".{stage.name}.tmp"
+  work = workdir / f".{stage.name}.work"
+  stamp = work / "CONFIG_HASH"
+  if work.exists() and (not stamp.exists() or stamp.read_text() != digest):
+    _remove(work)  # made for another config: nothing in it can be reused
+  work.mkdir(parents=True, exist_ok=True)
+  if not stamp.exists():
+    atomic_write_bytes(stamp, digest.encode())
+  _remove(tmp)
+  tmp.mkdir(parents=True)
+  ctx = StageContext(stage.name, tmp, work, dict(inputs), log)
+  try:
+    info = dict(stage.fn(ctx) or {})
+    files = _fsync_tree(tmp)
+    atomic_write_json(tmp / DONE, {
+        "format": _FORMAT, "stage": stage.name, "config_hash": digest,
+        "inputs": {n: read_done(p)["config_hash"] for n, p in inputs.items()},
+        "files": files})
+    old = workdir / f".{stage.name}.old"
+    _remove(old)
+    if final.exists():  # a rerun ('rerun' mode) or a directory without DONE
+      final.rename(old)
+    tmp.rename(final)
+    _fsync_dir(workdir)
+    _remove(old)
+  except BaseException:
+    _remove(tmp)
+    raise
+  _remove(work)
+  return info
+
+
+def run_stages(stages: Sequence[Stage], workdir: os.PathLike, *,
+               on_change: str = "error",
+               log: Callable[[str], None] = logging.info) -> dict[str, Path]:
+  """Runs the unfinished stages of a study, in order.
+
+  Args:
+    stages: the study; inputs must come before the stages that read them.
+    workdir: the study directory (created).
+    on_change: 'error' or 'rerun' (see the module docstring).
+    log: where progress lines go (one per stage, plus chunk progress).
+
+  Returns:
+    name -> finished artefact directory, for every stage.
+
+  Raises:
+    StageConfigError: with on_change='error', a finished stage's stored
+      hash differs from its config's; raised before any stage runs.
+  """
+  if on_change not in ON_CHANGE:
+    raise ValueError(f"on_change must be one of {ON_CHANGE}, got "
+                     f"{on_change!r}")
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  hashes = stage_hashes(stages)
+  todo, changed = [], []
+  for stage in stages:
+    done = read_done(workdir / stage.name)
+    if done is None:
+      todo.append(stage.name)
+    elif done.get("config_hash") != hashes[stage.name]:
+      changed.append((stage.name, done.get("config_hash")))
+      todo.append(stage.name)
+  if changed and on_change == "error":
+    lines = "; ".join(f"{workdir / n}: made with config hash {old}, now "
+                      f"{hashes[n]}" for n, old in changed)
+    raise StageConfigError(
+        f"{lines}. Use a new workdir, delete those stage directories, or "
+        f"run with on_change='rerun' to recompute them")
+  total_cost = sum(s.cost for s in stages if s.name in todo)
+  done_cost, began = 0.0, time.perf_counter()
+  paths = {}
+  for i, stage in enumerate(stages, start=1):
+    prefix = f"[{i}/{len(stages)}] {stage.name}"
+    if stage.name not in todo:
+      log(f"{prefix}: done before (hash {hashes[stage.name]}), skipped")
+      paths[stage.name] = workdir / stage.name
+      continue
+    log(f"{prefix}: running")
+    start = time.perf_counter()
+    info = _run_one(stage, workdir, hashes[stage.name],
+                    {n: paths[n] for n in stage.inputs}, log)
+    seconds = time.perf_counter() - start
+    done_cost += stage.cost
+    elapsed = time.perf_counter() - began
+    eta = elapsed / done_cost * (total_cost - done_cost)
+    log(f"{prefix}: done in {_duration(seconds)}; study {_duration(elapsed)}"
+        f" so far, ETA {_duration(eta)}")
+    _append_log(workdir, {"stage": stage.name, "config_hash":
+                          hashes[stage.name], "seconds": round(seconds, 3),
+                          "info": info, "time": time.time()})
+    paths[stage.name] = workdir / stage.name
+  return paths

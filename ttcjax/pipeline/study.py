@@ -1,0 +1,318 @@
+"""The end-to-end arithmetic study: training, evaluation, search, report.
+
+`full_study_stages(config)` is `ttcjax.pipeline.study_stages(config)` (the
+policy, PRM, revision model and ORM, and their evaluations) followed by:
+
+  pretrain_large  an LM with ~14x the policy's parameters, trained on the
+                  same pretraining data with the same recipe (the paper's
+                  FLOPs-matched comparison, Sec. 7)
+  large_eval      its greedy correctness on every test problem
+  search_sweep    `ttcjax.main.search_lib.run` of every strategy x
+                  hyper-parameters x budget over the test problems; the
+                  records grow in the stage's work directory, so a killed
+                  sweep resumes, and are copied to the stage output
+  analysis        difficulty samples from best-of-N at the largest budget,
+                  `ttcjax.study.analysis.analyze`, `report.write_report`
+                  (report.md, results.json, figures/); report.md and
+                  results.json are also copied to the workdir root
+
+Budgets, strategies and analysis settings per preset live in `SWEEPS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+
+from ttcjax import checkpoint, models
+from ttcjax.main import search_lib
+from ttcjax.pipeline import arith, evaluate, stages
+from ttcjax.search import records as records_lib
+from ttcjax.study import analysis as analysis_lib
+from ttcjax.study import difficulty, report
+
+LARGE_RATIO = 14.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+  """What the search sweep and the analysis run for one preset.
+
+  Attributes:
+    budgets: N values of every strategy.
+    beam_widths: beam widths ('sqrt' allowed).
+    lookaheads: lookahead k values.
+    revision_lengths: L values of the revision sweep.
+    problems_per_batch: problems per search batch.
+    n_bins: difficulty bins.
+    n_bootstrap: bootstrap resamples.
+  """
+  budgets: tuple[int, ...]
+  beam_widths: tuple[Any, ...] = (4, "sqrt")
+  lookaheads: tuple[int, ...] = (1,)
+  revision_lengths: tuple[int, ...] = (1, 2, 4)
+  problems_per_batch: int = 8
+  n_bins: int = 5
+  n_bootstrap: int = 200
+
+
+SWEEPS = {
+    "smoke": SweepConfig(budgets=(2, 4, 8), revision_lengths=(1, 2, 4)),
+    "arith_cpu": SweepConfig(budgets=(4, 16, 64), lookaheads=(1, 2),
+                             revision_lengths=(1, 4, 16), n_bootstrap=1000),
+    "micro": SweepConfig(budgets=(2,), revision_lengths=(1, 2),
+                         problems_per_batch=4, n_bins=2, n_bootstrap=20),
+}
+
+
+def preset_of(config: arith.ArithStudyConfig) -> str | None:
+  """The preset name whose config equals `config`, or None."""
+  for name, make in arith.PRESETS.items():
+    if make() == config:
+      return name
+  return None
+
+
+def sweep_for(config: arith.ArithStudyConfig,
+              sweep: SweepConfig | str | None = None) -> SweepConfig:
+  if isinstance(sweep, SweepConfig):
+    return sweep
+  name = sweep or preset_of(config)
+  if name not in SWEEPS:
+    raise ValueError(f"no sweep for preset {name!r}; pass a SweepConfig "
+                     f"(presets: {sorted(SWEEPS)})")
+  return SWEEPS[name]
+
+
+def large_model_config(policy: models.ModelConfig,
+                       ratio: float = LARGE_RATIO) -> models.ModelConfig:
+  """The policy's shape scaled in width and depth to ~`ratio` x params."""
+  heads = policy.n_heads
+  ff_ratio = policy.d_ff / policy.d_model
+  step = heads * 8
+  target = ratio * policy.num_params()
+  best = None
+  for layer_mult in (1, 2, 3, 4):
+    layers = policy.n_layers * layer_mult
+    for d in range(step, 16 * policy.d_model + step, step):
+      if d < policy.d_model:
+        continue
+      cand = policy.replace(d_model=d, n_layers=layers, head_dim=d // heads,
+                            d_ff=int(round(ff_ratio * d / 8)) * 8)
+      err = abs(math.log(cand.num_params() / target))
+      if best is None or err < best[0] - 1e-9:
+        best = (err, cand)
+  return best[1]
+
+
+# --- Stage functions ---------------------------------------------------------
+
+
+def _test_problems(config: arith.ArithStudyConfig):
+  return arith.arithmetic.generate(config.arithmetic, config.test_problems,
+                                   config.test_seed)
+
+
+def _pretrain_large(config: arith.ArithStudyConfig,
+                    ctx: stages.StageContext):
+  large = large_model_config(config.policy)
+  info = arith._pretrain_policy(config.replace(policy=large), ctx)  # pylint: disable=protected-access
+  return dict(info or {}, n_small=config.policy.num_params(),
+              n_large=large.num_params(),
+              ratio=round(large.num_params() / config.policy.num_params(), 3))
+
+
+def _large_eval(config: arith.ArithStudyConfig, ctx: stages.StageContext):
+  model_config, params = checkpoint.restore(
+      ctx.input("pretrain_large") / "model")
+  policy = arith.policy_fns(model_config, params,
+                            prompt_len=config.prompt_len,
+                            max_new_tokens=config.max_new_tokens,
+                            temperature=0.0)
+  key = arith.stage_key(config, ctx.name)
+  rows = ctx.map_chunks(
+      "greedy", _test_problems(config), config.chunk_problems,
+      lambda chunk: arith.sample_rows(config, chunk, policy, 1, key))
+  correct = {r["uid"]: bool(r["correct"][0]) for r in rows}
+  stages.atomic_write_json(ctx.out / "results.json", correct)
+  acc = sum(correct.values()) / max(1, len(correct))
+  stages.atomic_write_json(ctx.out / "metrics.json", {
+      "accuracy": acc, "n": len(correct)})
+  return {"accuracy": acc}
+
+
+def search_run(config: arith.ArithStudyConfig, sweep: SweepConfig,
+               ckpts: search_lib.Checkpoints) -> search_lib.SearchRun:
+  """The sweep's `SearchRun` over the test problems."""
+  b = tuple(sweep.budgets)
+  specs = [
+      search_lib.StrategySpec(strategy="best_of_n", budgets=b,
+                              selections=("weighted", "majority", "plain")),
+      search_lib.StrategySpec(strategy="beam", budgets=b,
+                              grid={"beam_width": sweep.beam_widths}),
+      search_lib.StrategySpec(strategy="lookahead", budgets=b,
+                              grid={"lookahead": sweep.lookaheads}),
+      search_lib.StrategySpec(strategy="dvts", budgets=b),
+      search_lib.StrategySpec(strategy="revisions", budgets=b,
+                              grid={"revision_length":
+                                    sweep.revision_lengths},
+                              selections=("weighted", "majority")),
+  ]
+  questions = [p.question for p in _test_problems(config)]
+  return search_lib.SearchRun(
+      problems=search_lib.ProblemSource(
+          task="arithmetic", num_problems=config.test_problems,
+          seed=config.test_seed, arithmetic=config.arithmetic),
+      checkpoints=ckpts, strategies=specs,
+      max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+      problems_per_batch=min(sweep.problems_per_batch, config.test_problems),
+      seed=config.seed, prompt_len=config.prompt_len,
+      revision_prompt_len=evaluate.revision_prompt_len(config, questions))
+
+
+def _search_sweep(config: arith.ArithStudyConfig, sweep: SweepConfig,
+                  ctx: stages.StageContext):
+  model = lambda stage: str(ctx.input(stage) / "model")
+  ckpts = search_lib.Checkpoints(
+      policy=model("pretrain_policy"), prm=model("train_prm"),
+      revision=model("train_revision"), orm=model("train_orm"))
+  work = ctx.work / "search"
+  counts = search_lib.run(search_run(config, sweep, ckpts), str(work))
+  src = work / records_lib.RECORDS_FILE
+  stages.atomic_write_bytes(ctx.out / "records.jsonl", src.read_bytes())
+  return counts
+
+
+def _read_jsonl(path) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def flops_info(config: arith.ArithStudyConfig) -> dict[str, Any]:
+  """n_small, n_large and D_pre (tokens seen in pretraining)."""
+  p = config.pretrain
+  return {"n_small": config.policy.num_params(),
+          "n_large": large_model_config(config.policy).num_params(),
+          "d_pretrain": p.train.total_steps * p.batch_size * p.row_len}
+
+
+def analysis_config(sweep: SweepConfig) -> analysis_lib.AnalysisConfig:
+  return analysis_lib.AnalysisConfig(
+      n_bins=sweep.n_bins, n_bootstrap=sweep.n_bootstrap,
+      target_budgets=tuple(float(b) for b in sweep.budgets))
+
+
+def _analysis(config: arith.ArithStudyConfig, sweep: SweepConfig,
+              ctx: stages.StageContext):
+  recs = _read_jsonl(ctx.input("search_sweep") / "records.jsonl")
+  oracle, scores = difficulty.samples_from_records(
+      recs, strategy="best_of_n", budget=max(sweep.budgets),
+      hparams={"selection": "weighted"})
+  large = stages.read_json(ctx.input("large_eval") / "results.json")
+  result = analysis_lib.analyze(recs, oracle, scores, large,
+                                flops_info(config), analysis_config(sweep))
+  written = report.write_report(ctx.out, result)
+  return {"files": sorted(written)}
+
+
+def full_study_stages(config: arith.ArithStudyConfig,
+                      sweep: SweepConfig | str | None = None
+                      ) -> list[stages.Stage]:
+  """Training, evaluation, the large model, the search sweep, the report."""
+  from ttcjax import pipeline  # pylint: disable=g-import-not-at-top
+  sw = sweep_for(config, sweep)
+  c = config
+  fn = lambda f, *a: functools.partial(f, c, *a)
+  large = large_model_config(c.policy)
+  sampling = arith._sampling_config(c)  # pylint: disable=protected-access
+  return pipeline.study_stages(c) + [
+      stages.Stage("pretrain_large", fn(_pretrain_large), dict(
+          arithmetic=c.arithmetic, policy=large, seed=c.pretrain_seed,
+          problems=c.pretrain_problems, training=c.pretrain), cost=20),
+      stages.Stage("large_eval", fn(_large_eval), dict(
+          sampling, arithmetic=c.arithmetic, test_seed=c.test_seed,
+          test_problems=c.test_problems, prompt_len=c.prompt_len),
+                   ("pretrain_large",), cost=1),
+      stages.Stage("search_sweep", fn(_search_sweep, sw), dict(
+          sampling, sweep=sw, arithmetic=c.arithmetic, test_seed=c.test_seed,
+          test_problems=c.test_problems,
+          revision_attempts=c.revision_attempts),
+                   ("pretrain_policy", "train_prm", "train_revision",
+                    "train_orm"), cost=10),
+      stages.Stage("analysis", fn(_analysis, sw), dict(
+          sweep=sw, flops=flops_info(c)),
+                   ("search_sweep", "large_eval"), cost=1),
+  ]
+
+
+def _copy_to_root(workdir: str) -> dict[str, str]:
+  out = {}
+  for name in ("report.md", "results.json"):
+    src = os.path.join(workdir, "analysis", name)
+    if os.path.exists(src):
+      dst = os.path.join(workdir, name)
+      with open(src, "rb") as f:
+        stages.atomic_write_bytes(dst, f.read())
+      out[name] = dst
+  return out
+
+
+def run_full_study(config: arith.ArithStudyConfig, workdir: str, *,
+                   sweep: SweepConfig | str | None = None,
+                   only: Sequence[str] | None = None,
+                   on_change: str = "error",
+                   log: Callable[[str], None] = logging.info
+                   ) -> dict[str, str]:
+  """Runs `full_study_stages` into `workdir`; copies report.md and
+  results.json to its root. Returns stage name -> artefact directory."""
+  todo = full_study_stages(config, sweep)
+  if only is not None:
+    by_name = {s.name: s for s in todo}
+    unknown = sorted(set(only) - by_name.keys())
+    if unknown:
+      raise ValueError(f"unknown stages {unknown}; stages are {list(by_name)}")
+    needed, stack = set(), list(only)
+    while stack:
+      name = stack.pop()
+      if name not in needed:
+        needed.add(name)
+        stack += by_name[name].inputs
+    todo = [s for s in todo if s.name in needed]
+  dirs = stages.run_stages(todo, workdir, on_change=on_change, log=log)
+  _copy_to_root(os.fspath(workdir))
+  return dirs
+
+
+def headline(results: Mapping[str, Any]) -> list[str]:
+  """A few lines of the study's main numbers from results.json."""
+  lines = [f"problems: {results.get('problems', {}).get('n')}"]
+  for fam, body in (results.get("compute_optimal") or {}).items():
+    for kind, k in (body.get("kinds") or {}).items():
+      for e in k.get("headline") or []:
+        lines.append(
+            f"compute-optimal {fam}/{kind}: baseline N={e.get('target_budget')}"
+            f" acc={_acc(e.get('baseline_accuracy'))} matched at "
+            f"N={e.get('matched_budget')} ({e.get('status')}, ratio "
+            f"{e.get('ratio')})")
+  fm = results.get("flops_matched")
+  if fm:
+    lines.append(f"flops-matched: n_small={fm.get('n_small')} n_large="
+                 f"{fm.get('n_large')} size_ratio={fm.get('size_ratio')}")
+    lm = (fm.get("large_model") or {})
+    for kind, accs in lm.items():
+      lines.append(f"large model ({kind}) all: {_acc((accs or {}).get('all'))}")
+  return lines
+
+
+def _acc(a) -> str:
+  if isinstance(a, Mapping):
+    v = a.get('value')
+    return f"{v:.3f}" if isinstance(v, (int, float)) else str(v)
+  return str(a)
