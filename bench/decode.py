@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import math
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -334,17 +335,34 @@ def variant_times(cfg, params, w: Workload) -> list[tuple[str, float, float]]:
     o = jnp.einsum("bkgT,bkTd->bkgd", jax.nn.softmax(s, -1), v)
     return o.reshape(b, 1, h, hd)
 
-  def make_attention(fn):
+  def attend_keys_t(q, kt, v, mask):  # keys stored [b, kv_heads, hd, slots]
+    s = jnp.sum(q.reshape(b, kh, g, hd, 1) * kt[:, :, None], 3) / math.sqrt(hd)
+    p = jax.nn.softmax(jnp.where(mask[:, None], s, -1e30), -1)
+    return jnp.sum(p[..., None] * v[:, :, None], -2).reshape(b, 1, h, hd)
+
+  def make_attention(fn, slots=L, keys_t=False):
     def body(kv, i, q):
-      index = w.prompt_len + i
-      mask = jnp.broadcast_to(jnp.arange(L) <= index, (b, 1, L))
+      index = w.prompt_len + i % (slots - w.prompt_len)
+      mask = jnp.broadcast_to(jnp.arange(slots) <= index, (b, 1, slots))
       for j in range(cfg.n_layers):
-        q = fn(q, kv[2 * j], kv[2 * j + 1], mask)
+        k, v = kv[2 * j], kv[2 * j + 1]
+        k = k[..., :slots] if keys_t else k[:, :, :slots]
+        q = fn(q, k.astype(q.dtype), v[:, :, :slots].astype(q.dtype), mask)
       return q
     return body
-  rows.append(("attention t=1: multiply-reduce -> einsum",
-               _loop_time(make_attention(attend), caches, q0, n, reps),
-               _loop_time(make_attention(attend_einsum), caches, q0, n, reps)))
+  now = _loop_time(make_attention(attend), caches, q0, n, reps)
+  keys_t = [c.swapaxes(2, 3) if j % 2 == 0 else c for j, c in enumerate(caches)]
+  half = [c.astype(jnp.bfloat16) for c in caches]
+  filled = w.prompt_len + w.new_tokens // 2
+  for what, body, kv in (
+      ("einsum (batched matmuls)", make_attention(attend_einsum), caches),
+      ("keys stored [b, kv, hd, slots]",
+       make_attention(attend_keys_t, keys_t=True), keys_t),
+      ("bfloat16 cache, float32 math", make_attention(attend), half),
+      (f"only the mean filled {filled} of {L} slots",
+       make_attention(attend, filled), caches)):
+    rows.append((f"attention t=1: {what}", now,
+                 _loop_time(body, kv, q0, n, reps)))
 
   logits0 = jax.random.normal(key, (b, cfg.vocab_size), jnp.float32)
   rngs = jax.random.split(key, b)
@@ -387,8 +405,40 @@ def matmul_rates(batch: int, reps: int, iters: int) -> tuple[float, float]:
   return small, 2 * 1024**3 / t
 
 
-def fanout_ratio(cfg, params, w: Workload) -> tuple[float, float, float]:
-  """(time with num_samples=n, time with 1, ratio) of prefill + first token."""
+def read_bandwidth(reps: int) -> float:
+  """Bytes/s of a jitted row-wise sum over a 256 MiB float32 array."""
+  x = jnp.ones((64, 1 << 20), jnp.float32)
+  total = jax.jit(lambda x: jnp.sum(x, axis=1))
+  return x.nbytes / _median_time(lambda: total(x), max(reps, 5))[0]
+
+
+def step_bytes(cfg, w: Workload) -> tuple[int, int]:
+  """(weight bytes, KV-cache bytes) one decode step reads, float32.
+
+  The input embedding is a gather of `batch` rows unless it is also the
+  (tied) LM head; `attend` reads every cache slot.
+  """
+  weights = cfg.num_params()
+  if not cfg.tie_embeddings:
+    weights -= (cfg.vocab_size - w.batch) * cfg.d_model
+  cache = 2 * cfg.n_layers * w.batch * cfg.n_kv_heads * w.cache_len * (
+      cfg.head_dim)
+  return 4 * weights, 4 * cache
+
+
+def _minor_faults() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def fanout_times(cfg, params, w: Workload) -> dict[str, float]:
+  """Prefill + first token of one long prompt with n-way and 1-way fan-out.
+
+  Also times what the n-way overhead is made of: gathering the cache into n
+  new rows (`KVCache.repeat`, a fresh buffer whose pages are touched for the
+  first time: the page faults are counted), the same copy written into a
+  donated, already-touched cache, and the prompt pass with the LM head at
+  the last position only (prefill computes it at every position).
+  """
   decoder = Decoder(step_fn=models.decode_step_fn(cfg), eos_id=-1,
                     max_gen=w.new_tokens)
   sampler = Sampling(temperature=1.0)
@@ -397,20 +447,52 @@ def fanout_ratio(cfg, params, w: Workload) -> tuple[float, float, float]:
                        jnp.int32)
   mask = jnp.ones(prompt.shape, bool)
   cache = models.init_cache(cfg, 1, w.fanout_prompt + w.new_tokens)
+  n = w.fanout_samples
+  reps = max(w.reps, 5)
 
-  def runner(n):
-    rngs = jax.random.split(jax.random.key(6), n)
+  def runner(rows):
+    rngs = jax.random.split(jax.random.key(6), rows)
 
     def run():
       start = time.perf_counter()
-      _block(decoder.prefill(params, prompt, mask, cache, sampler, rngs, n))
+      _block(decoder.prefill(params, prompt, mask, cache, sampler, rngs, rows))
       return {"total": time.perf_counter() - start}
     return run
-  many, one = w.fanout_samples, 1
-  times = interleaved({many: runner(many), one: runner(one)}, max(w.reps, 5))
-  many_t = statistics.median(times[many]["total"])
-  one_t = statistics.median(times[one]["total"])
-  return many_t, one_t, many_t / one_t
+  times = interleaved({n: runner(n), 1: runner(1)}, reps)
+  out = {k: statistics.median(times[k]["total"]) for k in (n, 1)}
+
+  _, full = jax.jit(lambda p, c: models.apply(cfg, p, prompt, mask, c))(
+      params, cache)
+  repeat = jax.jit(lambda c: c.repeat(n))
+  faults = []
+
+  def gather():
+    before = _minor_faults()
+    _block(repeat(full))
+    faults.append(_minor_faults() - before)
+  out["repeat"] = _median_time(gather, reps)[0]
+  out["repeat faults"] = statistics.median(faults)
+
+  def put(dst, src):
+    return jax.lax.dynamic_update_slice(dst, jnp.broadcast_to(src, dst.shape),
+                                        (0,) * dst.ndim)
+  write = jax.jit(lambda c, dst: jax.tree.map(put, dst, c), donate_argnums=1)
+  box = [models.init_cache(cfg, n, cache.max_len)]
+
+  def donated():
+    box[0] = write(full, box[0])
+    return box[0]
+  out["donated"] = _median_time(donated, reps)[0]
+
+  def last_only(p, c):
+    hidden, c = models.apply(cfg, p, prompt, mask, c, heads=("hidden",))
+    head = (p["embedding"].T if cfg.tie_embeddings else p["lm_head"]["kernel"])
+    return hidden["hidden"][:, -1] @ head, c
+  last = jax.jit(last_only)
+  every = jax.jit(lambda p, c: models.apply(cfg, p, prompt, mask, c))
+  out["head everywhere"] = _median_time(lambda: every(params, cache), reps)[0]
+  out["head last"] = _median_time(lambda: last(params, cache), reps)[0]
+  return out
 
 
 # --------------------------------------------------------------------------
@@ -482,9 +564,11 @@ def print_parts(results: dict, w: Workload):
   print("\n== proposed changes, ms per decode step (same loops, all layers)")
   for n, r in results.items():
     for what, now, alt in r["variants"]:
-      print(f"  {n:4s} {what:46s} {now * 1e3:8.3f} -> {alt * 1e3:8.3f}  "
+      print(f"  {n:4s} {what:52s} {now * 1e3:8.3f} -> {alt * 1e3:8.3f}  "
             f"saves {(now - alt) * 1e3:7.3f} ms/step "
             f"({(now - alt) / r['step']:5.1%} of the step)")
+  print("  (attention rows: current = multiply-reduce `attend` over every "
+        "slot of a float32 cache)")
 
 
 def print_flops(name: str, r: dict, w: Workload, small_rate: float,
@@ -505,6 +589,13 @@ def print_flops(name: str, r: dict, w: Workload, small_rate: float,
         f"{achieved / small_rate:.2f}  (headline)")
   print(f"  jitted f32 matmul 1024^3          {square_rate / 1e9:8.1f} GFLOP/s"
         f"  -> ratio {achieved / square_rate:.2f}")
+  weights, cache = step_bytes(r["cfg"], w)
+  bw = read_bandwidth(w.reps)
+  floor = (weights + cache) / bw
+  print(f"  memory: a step reads {weights / 1e6:.0f} MB of weights + "
+        f"{cache / 1e6:.0f} MB of KV cache; at the measured read bandwidth "
+        f"{bw / 1e9:.1f} GB/s that alone takes {floor * 1e3:.1f} ms of the "
+        f"{r['step'] * 1e3:.1f} ms step")
   return achieved / small_rate
 
 
@@ -556,12 +647,19 @@ def main():
   frac = print_flops(big, results[big], w, small_rate, square_rate)
 
   print(f"\n== fan-out: one {w.fanout_prompt}-token prompt, prefill + first "
-        f"token, cache {w.fanout_prompt + w.new_tokens} slots")
+        f"token, cache {w.fanout_prompt + w.new_tokens} slots, ms")
   fan = {}
-  for n, r in results.items():
-    many, one, fan[n] = fanout_ratio(r["cfg"], r["params"], w)
-    print(f"  {n:4s} num_samples={w.fanout_samples}: {many * 1e3:8.1f} ms   "
-          f"num_samples=1: {one * 1e3:8.1f} ms   ratio {fan[n]:.2f}")
+  n = w.fanout_samples
+  for name, r in results.items():
+    t = fanout_times(r["cfg"], r["params"], w)
+    fan[name] = t[n] / t[1]
+    print(f"  {name:4s} num_samples={n}: {t[n] * 1e3:7.1f}   num_samples=1: "
+          f"{t[1] * 1e3:7.1f}   ratio {fan[name]:.2f}")
+    print(f"       of which: cache.repeat({n}) {t['repeat'] * 1e3:.1f} "
+          f"({t['repeat faults']:.0f} page faults/call); the same copy into "
+          f"a donated cache {t['donated'] * 1e3:.1f}; prompt pass with LM head"
+          f" at every position {t['head everywhere'] * 1e3:.1f}, at the last "
+          f"only {t['head last'] * 1e3:.1f}")
 
   rows = [(f"ttcjax / HF tok/s at {n} (fastest reps "
            f"{r['speedup_best']:.2f})", r["speedup"], ">=", TARGETS[n])

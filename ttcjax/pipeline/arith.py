@@ -94,6 +94,11 @@ class ArithStudyConfig:
     revision_problems, revision_seed: problems for revision/ORM data.
     revision_samples: samples per revision problem (paper: 64).
     revision_max_len: longest revision/ORM example (oldest attempts drop).
+    revision_targets_per_problem: at most this many correct samples of a
+      problem (drawn at random) become revision targets; None: all (the
+      paper). Easy problems have most correct samples, so without a cap the
+      revision data is mostly one-step solutions and the model learns to
+      stop early on long problems.
     revision: the revision model's training.
     orm: the revision ORM's training.
     test_problems, test_seed: held-out problems (seed < 1000).
@@ -122,6 +127,7 @@ class ArithStudyConfig:
   revision_seed: int = 1002
   revision_samples: int = 64
   revision_max_len: int = 512
+  revision_targets_per_problem: int | None = None
   revision: RoleTraining
   orm: RoleTraining
   test_problems: int
@@ -210,6 +216,7 @@ def arith_cpu() -> ArithStudyConfig:
       prm=RoleTraining(train=_train("reward", 300, 1e-3, 1),
                        batch_size=16, row_len=256),
       revision_problems=512, revision_samples=64,
+      revision_targets_per_problem=8,
       revision=RoleTraining(train=_train("lm", 300, 5e-4, 2),
                             batch_size=8, row_len=512),
       orm=RoleTraining(train=_train("reward", 300, 5e-4, 3),
@@ -512,7 +519,9 @@ def _revision_data(config: ArithStudyConfig, ctx: stages.StageContext):
                         zip(r["samples"], r["correct"])] for r in rows}
   rng = np.random.default_rng([config.seed, stable_hash(ctx.name)])
   lm_exs, lm_stats = revision_data.revision_lm_examples(
-      TOKENIZER, questions, samples, rng, max_len=config.revision_max_len)
+      TOKENIZER, questions, cap_correct(
+          samples, config.revision_targets_per_problem, rng),
+      rng, max_len=config.revision_max_len)
   candidates = revision_data.orm_candidates_from_samples(samples, rng)
   orm_exs, orm_stats = revision_data.revision_orm_examples(
       TOKENIZER, questions, revision_data.balance(candidates, rng),
@@ -523,6 +532,21 @@ def _revision_data(config: ArithStudyConfig, ctx: stages.StageContext):
   stages.atomic_write_json(ctx.out / "stats.json", {
       "revision_lm": lm_stats, "revision_orm": dict(
           orm_stats, n_unbalanced=len(candidates))})
+
+
+def cap_correct(samples: dict[str, list[tuple[str, bool]]], cap: int | None,
+                rng: np.random.Generator) -> dict[str, list[tuple[str, bool]]]:
+  """Keeps every wrong sample and at most `cap` correct ones per problem
+  (drawn at random, kept in order); problems in sorted uid order."""
+  if cap is None:
+    return samples
+  out = {}
+  for uid in sorted(samples):
+    right = [i for i, (_, ok) in enumerate(samples[uid]) if ok]
+    keep = set(right) if len(right) <= cap else set(
+        rng.choice(right, size=cap, replace=False).tolist())
+    out[uid] = [s for i, s in enumerate(samples[uid]) if not s[1] or i in keep]
+  return out
 
 
 def _load_npz_examples(path) -> list[examples.Example]:
@@ -574,6 +598,7 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
           sampling, arithmetic=c.arithmetic, seed=c.revision_seed,
           problems=c.revision_problems, samples=c.revision_samples,
           max_len=c.revision_max_len,
+          targets_per_problem=c.revision_targets_per_problem,
           include_reference=c.include_reference),
                    ("pretrain_policy",), cost=1),
       stages.Stage("train_revision", fn(_train_revision),
