@@ -16,7 +16,7 @@ from ttcjax.pipeline import arith, evaluate, stages
 from ttcjax.tasks import arithmetic
 
 STAGES = ("pretrain_policy", "sample_train", "mc_labels", "train_prm",
-          "revision_data", "train_revision", "train_orm", "eval_policy",
+          "sample_revision", "revision_data", "train_revision", "train_orm", "eval_policy",
           "eval_prm", "eval_revision")
 
 

@@ -45,18 +45,7 @@ def run_arith_study(config: ArithStudyConfig, workdir: str, *,
   """
   todo = study_stages(config)
   if only is not None:
-    by_name = {s.name: s for s in todo}
-    unknown = sorted(set(only) - by_name.keys())
-    if unknown:
-      raise ValueError(f"unknown stages {unknown}; stages are "
-                       f"{list(by_name)}")
-    needed, stack = set(), list(only)
-    while stack:
-      name = stack.pop()
-      if name not in needed:
-        needed.add(name)
-        stack += by_name[name].inputs
-    todo = [s for s in todo if s.name in needed]
+    todo = stages.with_inputs(todo, only)
   return run_stages(todo, workdir, on_change=on_change, log=log)
 
 

@@ -5,8 +5,9 @@ PRM, the revision model and its ORM (Snell et al. 2024, Secs. 5-6).
   sample_train     N samples per problem of `label_problems` (paper: 16)
   mc_labels        Monte-Carlo step labels, K roll-outs a step (paper: 16)
   train_prm        policy + fresh reward head, soft-label BCE on the labels
-  revision_data    `revision_samples` per problem (paper: 64) of
-                   `revision_problems`; revision trajectories and ORM data
+  sample_revision  `revision_samples` per problem (paper: 64) of
+                   `revision_problems`
+  revision_data    revision trajectories and balanced ORM data from them
   train_revision   LM from the policy on the trajectories
   train_orm        policy + fresh reward head on the balanced ORM data
 
@@ -233,12 +234,13 @@ def smoke() -> ArithStudyConfig:
       policy=_model(64, 2, 128, 2),
       max_new_tokens=64, decode_rows=128, chunk_problems=16,
       pretrain_problems=6_000,
-      pretrain=RoleTraining(train=_train("lm", 200, 3e-3, 0, warmup=20),
+      pretrain=RoleTraining(train=_train("lm", 500, 3e-3, 0, warmup=30),
                             batch_size=16, row_len=256),
       label_problems=16, samples_per_problem=4, rollouts=4,
       prm=RoleTraining(train=_train("reward", 40, 1e-3, 1),
                        batch_size=8, row_len=256),
       revision_problems=16, revision_samples=8, revision_max_len=320,
+      revision_targets_per_problem=4,
       revision=RoleTraining(train=_train("lm", 40, 1e-3, 2),
                             batch_size=4, row_len=320),
       orm=RoleTraining(train=_train("reward", 40, 1e-3, 3),
@@ -507,12 +509,17 @@ def _train_prm(config: ArithStudyConfig, ctx: stages.StageContext):
   return train_role(ctx, model_config, config.prm, exs, params, "PRM")
 
 
-def _revision_data(config: ArithStudyConfig, ctx: stages.StageContext):
+def _sample_revision(config: ArithStudyConfig, ctx: stages.StageContext):
   problems = arithmetic.generate(config.arithmetic, config.revision_problems,
                                  config.revision_seed)
   rows = _sampling_stage(config, ctx, problems, config.revision_samples)
   save_rows(ctx.out / "samples.json", rows)
-  by_uid = {p.uid: p for p in problems}
+
+
+def _revision_data(config: ArithStudyConfig, ctx: stages.StageContext):
+  rows = load_rows(ctx.input("sample_revision") / "samples.json")
+  by_uid = {p.uid: p for p in arithmetic.generate(
+      config.arithmetic, config.revision_problems, config.revision_seed)}
   rows = [_with_reference(config, r, by_uid[r["uid"]]) for r in rows]
   questions = {r["uid"]: r["question"] for r in rows}
   samples = {r["uid"]: [(TOKENIZER.decode(s), ok) for s, ok in
@@ -594,13 +601,15 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
                    ("pretrain_policy", "sample_train"), cost=5),
       stages.Stage("train_prm", fn(_train_prm), dict(training=c.prm),
                    ("pretrain_policy", "mc_labels"), cost=2),
-      stages.Stage("revision_data", fn(_revision_data), dict(
+      stages.Stage("sample_revision", fn(_sample_revision), dict(
           sampling, arithmetic=c.arithmetic, seed=c.revision_seed,
-          problems=c.revision_problems, samples=c.revision_samples,
-          max_len=c.revision_max_len,
+          problems=c.revision_problems, samples=c.revision_samples),
+                   ("pretrain_policy",), cost=1),
+      stages.Stage("revision_data", fn(_revision_data), dict(
+          seed=c.seed, max_len=c.revision_max_len,
           targets_per_problem=c.revision_targets_per_problem,
           include_reference=c.include_reference),
-                   ("pretrain_policy",), cost=1),
+                   ("sample_revision",), cost=0.2),
       stages.Stage("train_revision", fn(_train_revision),
                    dict(training=c.revision),
                    ("pretrain_policy", "revision_data"), cost=2),

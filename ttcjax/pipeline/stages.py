@@ -340,6 +340,21 @@ def _run_one(stage: Stage, workdir: Path, digest: str,
   return info
 
 
+def with_inputs(stages: Sequence[Stage], only: Sequence[str]) -> list[Stage]:
+  """The stages named in `only` and every stage they read, in study order."""
+  by_name = {s.name: s for s in stages}
+  unknown = sorted(set(only) - by_name.keys())
+  if unknown:
+    raise ValueError(f"unknown stages {unknown}; stages are {list(by_name)}")
+  needed, stack = set(), list(only)
+  while stack:
+    name = stack.pop()
+    if name not in needed:
+      needed.add(name)
+      stack += by_name[name].inputs
+  return [s for s in stages if s.name in needed]
+
+
 def run_stages(stages: Sequence[Stage], workdir: os.PathLike, *,
                on_change: str = "error",
                log: Callable[[str], None] = logging.info) -> dict[str, Path]:

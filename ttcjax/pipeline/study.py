@@ -274,17 +274,7 @@ def run_full_study(config: arith.ArithStudyConfig, workdir: str, *,
   results.json to its root. Returns stage name -> artefact directory."""
   todo = full_study_stages(config, sweep)
   if only is not None:
-    by_name = {s.name: s for s in todo}
-    unknown = sorted(set(only) - by_name.keys())
-    if unknown:
-      raise ValueError(f"unknown stages {unknown}; stages are {list(by_name)}")
-    needed, stack = set(), list(only)
-    while stack:
-      name = stack.pop()
-      if name not in needed:
-        needed.add(name)
-        stack += by_name[name].inputs
-    todo = [s for s in todo if s.name in needed]
+    todo = stages.with_inputs(todo, only)
   dirs = stages.run_stages(todo, workdir, on_change=on_change, log=log)
   _copy_to_root(os.fspath(workdir))
   return dirs
