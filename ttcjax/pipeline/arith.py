@@ -5,11 +5,15 @@ PRM, the revision model and its ORM (Snell et al. 2024, Secs. 5-6).
   sample_train     N samples per problem of `label_problems` (paper: 16)
   mc_labels        Monte-Carlo step labels, K roll-outs a step (paper: 16)
   train_prm        policy + fresh reward head, soft-label BCE on the labels
-  sample_revision  `revision_samples` per problem (paper: 64) of
+  revision_data    `revision_samples` per problem (paper: 64) of
                    `revision_problems`
-  revision_data    revision trajectories and balanced ORM data from them
-  train_revision   LM from the policy on the trajectories
-  train_orm        policy + fresh reward head on the balanced ORM data
+  train_revision   revision trajectories from those samples
+                   (`ttcjax.verifiers.revision_data`), then an LM from the
+                   policy on them
+  train_orm        balanced revision-ORM data from the same samples, then
+                   policy + fresh reward head on it (each training stage
+                   builds its own data, so changing one's data leaves the
+                   other finished)
 
 Evaluation stages live in `ttcjax.pipeline.evaluate`;
 `ttcjax.pipeline.study_stages` joins both lists.
@@ -100,6 +104,11 @@ class ArithStudyConfig:
       paper). Easy problems have most correct samples, so without a cap the
       revision data is mostly one-step solutions and the model learns to
       stop early on long problems.
+    revision_reference_targets: copies of each revision problem's reference
+      solution added to its correct samples for revision trajectories (each
+      copy draws its own wrong attempts). 0 in the paper; with a tiny policy
+      most problems have no correct sample, and the references teach the
+      revision format on every problem.
     revision: the revision model's training.
     orm: the revision ORM's training.
     test_problems, test_seed: held-out problems (seed < 1000).
@@ -129,6 +138,7 @@ class ArithStudyConfig:
   revision_samples: int = 64
   revision_max_len: int = 512
   revision_targets_per_problem: int | None = None
+  revision_reference_targets: int = 0
   revision: RoleTraining
   orm: RoleTraining
   test_problems: int
@@ -217,7 +227,7 @@ def arith_cpu() -> ArithStudyConfig:
       prm=RoleTraining(train=_train("reward", 300, 1e-3, 1),
                        batch_size=16, row_len=256),
       revision_problems=512, revision_samples=64,
-      revision_targets_per_problem=8,
+      revision_targets_per_problem=8, revision_reference_targets=4,
       revision=RoleTraining(train=_train("lm", 300, 5e-4, 2),
                             batch_size=8, row_len=512),
       orm=RoleTraining(train=_train("reward", 300, 5e-4, 3),
@@ -390,13 +400,6 @@ def pack_examples(exs: Sequence[examples.Example],
   return examples.collate(packed, row_len)
 
 
-def unpad(batch: dict[str, np.ndarray]) -> list[examples.Example]:
-  """The right-padded rows of a collated batch as unpadded examples."""
-  lengths = batch["token_mask"].sum(1)
-  return [{k: batch[k][i, :n] for k in examples.FEATURES}
-          for i, n in enumerate(lengths)]
-
-
 def train_role(ctx: stages.StageContext, model_config: models.ModelConfig,
                role: RoleTraining, exs: Sequence[examples.Example],
                init_params: Any = None, what: str = "model") -> dict:
@@ -509,36 +512,24 @@ def _train_prm(config: ArithStudyConfig, ctx: stages.StageContext):
   return train_role(ctx, model_config, config.prm, exs, params, "PRM")
 
 
-def _sample_revision(config: ArithStudyConfig, ctx: stages.StageContext):
+def _revision_data(config: ArithStudyConfig, ctx: stages.StageContext):
   problems = arithmetic.generate(config.arithmetic, config.revision_problems,
                                  config.revision_seed)
   rows = _sampling_stage(config, ctx, problems, config.revision_samples)
   save_rows(ctx.out / "samples.json", rows)
 
 
-def _revision_data(config: ArithStudyConfig, ctx: stages.StageContext):
-  rows = load_rows(ctx.input("sample_revision") / "samples.json")
-  by_uid = {p.uid: p for p in arithmetic.generate(
+def _revision_samples(config: ArithStudyConfig, ctx: stages.StageContext):
+  """`(questions, uid -> [(text, correct)], uid -> reference text)` of the
+  revision problems' samples (the reference added if `include_reference`)."""
+  rows = load_rows(ctx.input("revision_data") / "samples.json")
+  problems = {p.uid: p for p in arithmetic.generate(
       config.arithmetic, config.revision_problems, config.revision_seed)}
-  rows = [_with_reference(config, r, by_uid[r["uid"]]) for r in rows]
+  rows = [_with_reference(config, r, problems[r["uid"]]) for r in rows]
   questions = {r["uid"]: r["question"] for r in rows}
   samples = {r["uid"]: [(TOKENIZER.decode(s), ok) for s, ok in
                         zip(r["samples"], r["correct"])] for r in rows}
-  rng = np.random.default_rng([config.seed, stable_hash(ctx.name)])
-  lm_exs, lm_stats = revision_data.revision_lm_examples(
-      TOKENIZER, questions, cap_correct(
-          samples, config.revision_targets_per_problem, rng),
-      rng, max_len=config.revision_max_len)
-  candidates = revision_data.orm_candidates_from_samples(samples, rng)
-  orm_exs, orm_stats = revision_data.revision_orm_examples(
-      TOKENIZER, questions, revision_data.balance(candidates, rng),
-      max_len=config.revision_max_len)
-  for name, exs in (("revision_lm", lm_exs), ("revision_orm", orm_exs)):
-    batch = examples.collate(exs, config.revision_max_len)
-    np.savez(ctx.out / f"{name}.npz", **batch)
-  stages.atomic_write_json(ctx.out / "stats.json", {
-      "revision_lm": lm_stats, "revision_orm": dict(
-          orm_stats, n_unbalanced=len(candidates))})
+  return questions, samples, {u: p.solution for u, p in problems.items()}
 
 
 def cap_correct(samples: dict[str, list[tuple[str, bool]]], cap: int | None,
@@ -556,13 +547,16 @@ def cap_correct(samples: dict[str, list[tuple[str, bool]]], cap: int | None,
   return out
 
 
-def _load_npz_examples(path) -> list[examples.Example]:
-  with np.load(path) as data:
-    return unpad({k: data[k] for k in examples.FEATURES})
-
-
 def _train_revision(config: ArithStudyConfig, ctx: stages.StageContext):
-  exs = _load_npz_examples(ctx.input("revision_data") / "revision_lm.npz")
+  questions, samples, references = _revision_samples(config, ctx)
+  rng = np.random.default_rng([config.seed, stable_hash(ctx.name)])
+  samples = cap_correct(samples, config.revision_targets_per_problem, rng)
+  copies = config.revision_reference_targets
+  samples = {u: s + [(references[u], True)] * copies
+             for u, s in samples.items()}
+  exs, stats = revision_data.revision_lm_examples(
+      TOKENIZER, questions, samples, rng, max_len=config.revision_max_len)
+  stages.atomic_write_json(ctx.out / "data_stats.json", stats)
   model_config, params = checkpoint.restore(
       ctx.input("pretrain_policy") / "model")
   return train_role(ctx, model_config, config.revision, exs, params,
@@ -570,7 +564,14 @@ def _train_revision(config: ArithStudyConfig, ctx: stages.StageContext):
 
 
 def _train_orm(config: ArithStudyConfig, ctx: stages.StageContext):
-  exs = _load_npz_examples(ctx.input("revision_data") / "revision_orm.npz")
+  questions, samples, _ = _revision_samples(config, ctx)
+  rng = np.random.default_rng([config.seed, stable_hash(ctx.name)])
+  candidates = revision_data.orm_candidates_from_samples(samples, rng)
+  exs, stats = revision_data.revision_orm_examples(
+      TOKENIZER, questions, revision_data.balance(candidates, rng),
+      max_len=config.revision_max_len)
+  stages.atomic_write_json(ctx.out / "data_stats.json",
+                           dict(stats, n_unbalanced=len(candidates)))
   model_config, params = _restore_with_head(ctx, config.orm.train.seed)
   return train_role(ctx, model_config, config.orm, exs, params, "ORM")
 
@@ -601,18 +602,18 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
                    ("pretrain_policy", "sample_train"), cost=5),
       stages.Stage("train_prm", fn(_train_prm), dict(training=c.prm),
                    ("pretrain_policy", "mc_labels"), cost=2),
-      stages.Stage("sample_revision", fn(_sample_revision), dict(
+      stages.Stage("revision_data", fn(_revision_data), dict(
           sampling, arithmetic=c.arithmetic, seed=c.revision_seed,
           problems=c.revision_problems, samples=c.revision_samples),
                    ("pretrain_policy",), cost=1),
-      stages.Stage("revision_data", fn(_revision_data), dict(
-          seed=c.seed, max_len=c.revision_max_len,
+      stages.Stage("train_revision", fn(_train_revision), dict(
+          training=c.revision, max_len=c.revision_max_len,
           targets_per_problem=c.revision_targets_per_problem,
+          reference_targets=c.revision_reference_targets,
           include_reference=c.include_reference),
-                   ("sample_revision",), cost=0.2),
-      stages.Stage("train_revision", fn(_train_revision),
-                   dict(training=c.revision),
                    ("pretrain_policy", "revision_data"), cost=2),
-      stages.Stage("train_orm", fn(_train_orm), dict(training=c.orm),
+      stages.Stage("train_orm", fn(_train_orm), dict(
+          training=c.orm, max_len=c.revision_max_len,
+          include_reference=c.include_reference),
                    ("pretrain_policy", "revision_data"), cost=2),
   ]
