@@ -195,20 +195,33 @@ def verifier_fns(target_digit: int = 7, *, max_len: int = 32,
                      max_len=max_len, pad_id=PAD, shard=shard)
 
 
-def numpy_params(config, seed: int = 0, stddev: float = 0.3) -> dict:
+def numpy_params(config, seed: int = 0, stddev: float | None = 0.3) -> dict:
   """Random parameters for a `ttcjax.models.ModelConfig`, drawn with numpy.
 
   `models.init_params` compiles its `jax.random` initialisers for seconds on
   CPU; tests that only need *some* weights use this instead. Norm scales are
-  ones, everything else is N(0, stddev^2).
+  ones; with `stddev=None`, biases are zeros and kernels N(0, 1/fan_in) like
+  the model's own init; else everything else is N(0, stddev^2).
   """
   from ttcjax import models  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
 
   def draw(path, leaf):
-    if "scale" in jax.tree_util.keystr(path):
+    name = jax.tree_util.keystr(path)
+    if "scale" in name:
       return np.ones(leaf.shape, np.float32)
-    return (stddev * rng.standard_normal(leaf.shape)).astype(np.float32)
+    if stddev is not None:
+      return (stddev * rng.standard_normal(leaf.shape)).astype(np.float32)
+    if name.endswith("['bias']"):
+      return np.zeros(leaf.shape, np.float32)
+    if name.endswith("['embedding']"):
+      fan_in = leaf.shape[-1]
+    elif "o_proj" in name:
+      fan_in = leaf.shape[0] * leaf.shape[1]
+    else:
+      fan_in = leaf.shape[0]
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(
+        np.float32)
 
   return jax.tree_util.tree_map_with_path(
       draw, models.param_shapes(config))

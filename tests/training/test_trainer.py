@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from ttcjax import testing
 from ttcjax import checkpoint, models, partitioning, training
 from ttcjax.training import optimizers, trainer
 
@@ -25,26 +26,7 @@ _TRAIN = training.TrainConfig(
 
 def _tiny_params(config, seed):
   """Numpy params shaped like the model's init (no init compile needed)."""
-  rng = np.random.default_rng(seed)
-
-  def make(path, leaf):
-    name = str(path[-1].key)
-    if name == "scale":
-      return np.ones(leaf.shape, np.float32)
-    if name == "bias":
-      return np.zeros(leaf.shape, np.float32)
-    if name == "embedding":
-      fan_in = leaf.shape[-1]
-    elif "o_proj" in jax.tree_util.keystr(path):
-      fan_in = leaf.shape[0] * leaf.shape[1]
-    else:
-      fan_in = leaf.shape[0]
-    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(
-        np.float32)
-
-  shapes = jax.tree.map(lambda x: x.value, models.abstract_params(config),
-                        is_leaf=lambda x: hasattr(x, "value"))
-  return jax.tree_util.tree_map_with_path(make, shapes)
+  return testing.numpy_params(config, seed, stddev=None)
 
 
 def _lm_arrays(rows, seed, prompt=3):
