@@ -31,7 +31,11 @@ class Sampler(Protocol):
 
 
 def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
+  """True for values that can be validated now (numbers, numpy, concrete jax
+  arrays); False for tracers and jit's placeholder argument objects."""
+  if isinstance(x, jax.core.Tracer):
+    return False
+  return isinstance(x, (int, float, np.ndarray, np.generic, jax.Array))
 
 
 def argmax(logits: jax.Array) -> jax.Array:
