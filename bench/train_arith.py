@@ -26,12 +26,16 @@ import os
 import shutil
 import time
 
-from ttcjax import pipeline
+from ttcjax import checkpoint, pipeline
 from ttcjax.pipeline import arith, evaluate
 
 
 def _pct(x) -> str:
   return "  n/a" if x is None or x != x else f"{100 * x:5.1f}%"
+
+
+def _f3(x) -> str:
+  return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
 def _difficulty_auc(workdir: str) -> float:
@@ -43,6 +47,10 @@ def _difficulty_auc(workdir: str) -> float:
 
 def report(workdir: str) -> None:
   s = evaluate.summarize(workdir)
+  policy = checkpoint.load_config(
+      os.path.join(workdir, "pretrain_policy", "model"))
+  print(f"policy: {policy.num_params():,} parameters (d_model "
+        f"{policy.d_model}, {policy.n_layers} layers)")
   train_s = s.get("train_seconds", {}).get("pretrain_policy")
   stage_s = s["seconds"].get("pretrain_policy")
   cpu_s = s["train_cpu_seconds"].get("pretrain_policy")
@@ -59,17 +67,19 @@ def report(workdir: str) -> None:
           f"(range {_pct(b['min'])}..{_pct(b['max'])})")
   prm = s["eval_prm"]
   base = _difficulty_auc(workdir)
-  print(f"PRM AUC: last {prm['auc_last']:.3f}  min {prm['auc_min']:.3f}  "
-        f"within-problem last {prm['auc_last_within']:.3f} "
+  print(f"PRM AUC: last {_f3(prm['auc_last'])}  min {_f3(prm['auc_min'])}  "
+        f"within-problem last {_f3(prm['auc_last_within'])} "
         f"({prm['problems_with_both']} problems)  "
         f"[{prm['correct']}/{prm['samples']} correct]")
-  print(f"  baseline (difficulty prior) AUC {base:.3f}; PRM/baseline "
-        f"{prm['auc_last'] / base:.2f}x")
+  ratio = (prm["auc_last"] or float("nan")) / base
+  print(f"  baseline (difficulty prior) AUC {_f3(base)}; PRM/baseline "
+        f"{ratio:.2f}x")
   rev = s["eval_revision"]
   by = rev["pass_at_1_by_attempt"]
   print("revision pass@1 by attempt: " + "  ".join(
       f"{j + 1}:{_pct(p)}" for j, p in enumerate(by)) +
-        f"   last/first {by[-1] / max(by[0], 1e-9):.2f}x; solved by attempt "
+        f"   last/first " + (f"{by[-1] / by[0]:.2f}x" if by[0] else "n/a") +
+        "; solved by attempt "
         + " ".join(_pct(p) for p in rev["solved_by_attempt"]) +
         f"; ORM-selected {_pct(rev['selected_accuracy'])}")
   rates = [b["pass_at_1"] for b in pol["by_difficulty"]]
@@ -77,7 +87,7 @@ def report(workdir: str) -> None:
       ("policy trained in <= 300 s", stage_s is not None and stage_s <= 300),
       ("overall pass@1 in [20%, 80%]", 0.2 <= pol["pass_at_1"] <= 0.8),
       ("difficulty spread >= 30 pts", rates[0] - rates[-1] >= 0.3),
-      ("PRM AUC >= 0.8", prm["auc_last"] >= 0.8),
+      ("PRM AUC >= 0.8", (prm["auc_last"] or 0) >= 0.8),
       ("revision pass@1 rises first -> last", by[-1] > by[0]),
   ]
   for name, ok in checks:
@@ -95,10 +105,15 @@ def main() -> None:
                       choices=("error", "rerun"),
                       help="finished stages whose config changed: raise, "
                       "or recompute them and what reads them")
+  parser.add_argument("--report_only", action="store_true",
+                      help="print the figures of a finished workdir")
   args = parser.parse_args()
   workdir = args.workdir or f"/tmp/ttcjax_bench/{args.preset}"
   if args.fresh and os.path.exists(workdir):
     shutil.rmtree(workdir)
+  if args.report_only:
+    report(workdir)
+    return
   print(f"load average {os.getloadavg()} on {os.cpu_count()} cores")
   began = time.perf_counter()
   pipeline.run_arith_study(arith.PRESETS[args.preset](), workdir,

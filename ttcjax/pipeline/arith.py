@@ -99,6 +99,8 @@ class ArithStudyConfig:
     revision_problems, revision_seed: problems for revision/ORM data.
     revision_samples: samples per revision problem (paper: 64).
     revision_max_len: longest revision/ORM example (oldest attempts drop).
+    revision_context: most previous attempts in a revision prompt, in the
+      revision/ORM data and in the evaluated chains (paper: 4).
     revision_targets_per_problem: at most this many correct samples of a
       problem (drawn at random) become revision targets; None: all (the
       paper). Easy problems have most correct samples, so without a cap the
@@ -137,6 +139,7 @@ class ArithStudyConfig:
   revision_seed: int = 1002
   revision_samples: int = 64
   revision_max_len: int = 512
+  revision_context: int = 4
   revision_targets_per_problem: int | None = None
   revision_reference_targets: int = 0
   revision: RoleTraining
@@ -164,6 +167,8 @@ class ArithStudyConfig:
       if getattr(self, name) < 1:
         raise ValueError(f"ArithStudyConfig.{name} must be >= 1, got "
                          f"{getattr(self, name)}")
+    if self.revision_context < 0:
+      raise ValueError("ArithStudyConfig.revision_context must be >= 0")
     if self.revision_eval_problems > self.test_problems:
       raise ValueError("ArithStudyConfig.revision_eval_problems must be <= "
                        "test_problems")
@@ -227,11 +232,12 @@ def arith_cpu() -> ArithStudyConfig:
       prm=RoleTraining(train=_train("reward", 300, 1e-3, 1),
                        batch_size=16, row_len=256),
       revision_problems=512, revision_samples=64,
-      revision_targets_per_problem=8, revision_reference_targets=4,
-      revision=RoleTraining(train=_train("lm", 300, 5e-4, 2),
-                            batch_size=8, row_len=512),
+      revision_targets_per_problem=8, revision_reference_targets=8,
+      revision_context=1, revision_max_len=256,
+      revision=RoleTraining(train=_train("lm", 500, 1e-3, 2),
+                            batch_size=16, row_len=256),
       orm=RoleTraining(train=_train("reward", 300, 5e-4, 3),
-                       batch_size=8, row_len=512),
+                       batch_size=16, row_len=256),
       test_problems=256, eval_samples=16, revision_eval_problems=128,
       revision_chains=4, revision_attempts=4)
 
@@ -406,7 +412,8 @@ def train_role(ctx: stages.StageContext, model_config: models.ModelConfig,
   """Packs `exs`, trains (resuming from `ctx.work`), saves `out/model`."""
   if not exs:
     raise ValueError(f"stage {ctx.name}: no training examples for the "
-                     f"{what}; see the previous stage's stats.json")
+                     f"{what}; the data stats of this stage or of its inputs "
+                     f"say why")
   batch = pack_examples(exs, role.row_len)
   source = training.ArraySource(batch, role.batch_size, seed=role.train.seed)
   began, cpu = time.perf_counter(), time.process_time()
@@ -555,7 +562,8 @@ def _train_revision(config: ArithStudyConfig, ctx: stages.StageContext):
   samples = {u: s + [(references[u], True)] * copies
              for u, s in samples.items()}
   exs, stats = revision_data.revision_lm_examples(
-      TOKENIZER, questions, samples, rng, max_len=config.revision_max_len)
+      TOKENIZER, questions, samples, rng, max_len=config.revision_max_len,
+      max_context=config.revision_context)
   stages.atomic_write_json(ctx.out / "data_stats.json", stats)
   model_config, params = checkpoint.restore(
       ctx.input("pretrain_policy") / "model")
@@ -566,10 +574,11 @@ def _train_revision(config: ArithStudyConfig, ctx: stages.StageContext):
 def _train_orm(config: ArithStudyConfig, ctx: stages.StageContext):
   questions, samples, _ = _revision_samples(config, ctx)
   rng = np.random.default_rng([config.seed, stable_hash(ctx.name)])
-  candidates = revision_data.orm_candidates_from_samples(samples, rng)
+  candidates = revision_data.orm_candidates_from_samples(
+      samples, rng, max_context=config.revision_context)
   exs, stats = revision_data.revision_orm_examples(
       TOKENIZER, questions, revision_data.balance(candidates, rng),
-      max_len=config.revision_max_len)
+      max_len=config.revision_max_len, max_context=config.revision_context)
   stages.atomic_write_json(ctx.out / "data_stats.json",
                            dict(stats, n_unbalanced=len(candidates)))
   model_config, params = _restore_with_head(ctx, config.orm.train.seed)
@@ -608,12 +617,14 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
                    ("pretrain_policy",), cost=1),
       stages.Stage("train_revision", fn(_train_revision), dict(
           training=c.revision, max_len=c.revision_max_len,
+          context=c.revision_context,
           targets_per_problem=c.revision_targets_per_problem,
           reference_targets=c.revision_reference_targets,
           include_reference=c.include_reference),
                    ("pretrain_policy", "revision_data"), cost=2),
       stages.Stage("train_orm", fn(_train_orm), dict(
           training=c.orm, max_len=c.revision_max_len,
+          context=c.revision_context,
           include_reference=c.include_reference),
                    ("pretrain_policy", "revision_data"), cost=2),
   ]

@@ -13,7 +13,8 @@
                  accuracy of the hierarchical ORM-weighted choice
 
 Test problems use `ArithStudyConfig.test_seed` (< 1000), disjoint from every
-training split. Each stage writes `metrics.json`; `summarize(workdir)`
+training split. Each stage writes `metrics.json` (undefined values, such as
+an AUC without both classes, are null); `summarize(workdir)`
 gathers them with the training wall times from `stages.jsonl`.
 """
 
@@ -101,6 +102,21 @@ def policy_metrics(rows: Sequence[dict]) -> dict[str, Any]:
   }
 
 
+def _finite(value):
+  """NaN (no sample of a class, an empty bin) as None, for strict JSON."""
+  if isinstance(value, float) and math.isnan(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_finite(v) for v in value]
+  return value
+
+
+def _write_metrics(ctx: stages.StageContext, metrics: dict) -> None:
+  stages.atomic_write_json(ctx.out / "metrics.json", _finite(metrics))
+
+
 def _test_problems(config: arith.ArithStudyConfig, count: int):
   return arithmetic.generate(config.arithmetic, count, config.test_seed)
 
@@ -114,7 +130,7 @@ def _eval_policy(config: arith.ArithStudyConfig, ctx: stages.StageContext):
       lambda chunk: arith.sample_rows(config, chunk, policy,
                                       config.eval_samples, key))
   arith.save_rows(ctx.out / "samples.json", rows)
-  stages.atomic_write_json(ctx.out / "metrics.json", policy_metrics(rows))
+  _write_metrics(ctx, policy_metrics(rows))
 
 
 @functools.cache
@@ -208,20 +224,19 @@ def _eval_prm(config: arith.ArithStudyConfig, ctx: stages.StageContext):
     per_problem.append(scores[at:at + len(r["samples"])])
     at += len(r["samples"])
   arith.save_rows(ctx.out / "scores.json", per_problem)
-  stages.atomic_write_json(ctx.out / "metrics.json",
-                           prm_metrics(rows, per_problem))
+  _write_metrics(ctx, prm_metrics(rows, per_problem))
 
 
 def revision_prompt_len(config: arith.ArithStudyConfig,
                         questions: Sequence[str]) -> int:
   """Fixed revision prompt width: the longest 0-attempt prompt plus
-  `revision_attempts - 1` attempts of `max_new_tokens` and their headers,
-  rounded up to 32."""
+  `min(revision_attempts - 1, revision_context)` attempts of
+  `max_new_tokens` and their headers, rounded up to 32."""
   zero = max(len(examples.revision_prompt_ids(arith.TOKENIZER, q, []))
              for q in questions)
   header = len(examples.ATTEMPT_HEADER.format(index=9)) + 1
-  width = zero + (config.revision_attempts - 1) * (
-      config.max_new_tokens + header)
+  width = zero + min(config.revision_attempts - 1, config.revision_context
+                     ) * (config.max_new_tokens + header)
   return 32 * math.ceil(width / 32)
 
 
@@ -261,7 +276,8 @@ def _eval_revision(config: arith.ArithStudyConfig,
   def prompt_fn(problem: base.SearchProblem, attempts):
     return examples.revision_prompt_ids(
         arith.TOKENIZER, questions[problem.uid],
-        [arith.TOKENIZER.decode(a) for a in attempts], max_prompt_len=width)
+        [arith.TOKENIZER.decode(a) for a in attempts], max_prompt_len=width,
+        max_context=config.revision_context)
 
   policy = revisions.RevisionPolicyFns(
       **{f: getattr(plain, f) for f in ("decoder", "params", "init_cache",
@@ -276,7 +292,8 @@ def _eval_revision(config: arith.ArithStudyConfig,
                         config.chunk_problems))
   search_config = base.SearchConfig(
       strategy="revisions", selection="weighted", aggregation="last",
-      revision_length=config.revision_attempts, problems_per_batch=per_call)
+      revision_length=config.revision_attempts,
+      revision_context=config.revision_context, problems_per_batch=per_call)
   budget = config.revision_chains * config.revision_attempts
   hparams = records.hparams_of(search_config, budget)
   key = arith.stage_key(config, ctx.name)
@@ -295,8 +312,8 @@ def _eval_revision(config: arith.ArithStudyConfig,
 
   recs = ctx.map_chunks("chains", problems, config.chunk_problems, run_chunk)
   arith.save_rows(ctx.out / "records.json", recs)
-  stages.atomic_write_json(ctx.out / "metrics.json", revision_metrics(
-      recs, config.revision_chains, config.revision_attempts))
+  _write_metrics(ctx, revision_metrics(recs, config.revision_chains,
+                                       config.revision_attempts))
 
 
 def eval_stages(config: arith.ArithStudyConfig) -> list[stages.Stage]:
@@ -315,7 +332,8 @@ def eval_stages(config: arith.ArithStudyConfig) -> list[stages.Stage]:
                    ("eval_policy", "train_prm"), cost=0.3),
       stages.Stage("eval_revision", fn(_eval_revision), dict(
           sampling, problems=c.revision_eval_problems,
-          chains=c.revision_chains, attempts=c.revision_attempts),
+          chains=c.revision_chains, attempts=c.revision_attempts,
+          context=c.revision_context),
                    ("train_revision", "train_orm"), cost=2),
   ]
 
