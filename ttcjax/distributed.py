@@ -12,6 +12,10 @@ several GPU hosts) runs one process per host. Each process
    JSON-encodable python objects) so that `is_primary()` (process 0) writes
    the merged file, in the same order a single process would have.
 
+Entry points define `--coordinator_address`, `--num_processes` and
+`--process_id` with `define_flags()` and start with
+`initialize_from_flags(...)`.
+
 Where the process count comes from, first match wins:
 
 * explicit arguments, or the environment variables `TTCJAX_COORDINATOR_ADDRESS`,
@@ -34,7 +38,7 @@ import os
 import zlib
 from typing import Any, Mapping, Sequence, TypeVar
 
-from absl import logging
+from absl import flags, logging
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
@@ -182,6 +186,40 @@ def maybe_initialize(coordinator_address: str | None = None,
   return True
 
 
+def define_flags() -> tuple[flags.FlagHolder, flags.FlagHolder,
+                            flags.FlagHolder]:
+  """Defines --coordinator_address, --num_processes and --process_id.
+
+  Each defaults to None: the layout then comes from the environment
+  (`maybe_initialize`), and a run with nothing set is one process.
+  """
+  return (
+      flags.DEFINE_string(
+          "coordinator_address", None, "host:port of process 0 of a "
+          f"multi-process run (default: ${ENV_COORDINATOR} or detected)."),
+      flags.DEFINE_integer(
+          "num_processes", None, "processes in the run (default: "
+          f"${ENV_NUM_PROCESSES}, a detected cluster, or 1)."),
+      flags.DEFINE_integer(
+          "process_id", None, "this process's index in [0, num_processes) "
+          f"(default: ${ENV_PROCESS_ID} or detected)."),
+  )
+
+
+def initialize_from_flags(holders: Sequence[flags.FlagHolder]) -> bool:
+  """`maybe_initialize` with the values of `define_flags()`'s flags.
+
+  Raises:
+    ValueError: --coordinator_address or --process_id without
+      --num_processes (they would be ignored), or an inconsistent layout.
+  """
+  address, num, index = (h.value for h in holders)
+  if num is None and (address is not None or index is not None):
+    raise ValueError("--coordinator_address and --process_id need "
+                     "--num_processes")
+  return maybe_initialize(address, num, index)
+
+
 def is_primary() -> bool:
   """Whether this is process 0, the one that writes records and metadata."""
   return jax.process_index() == 0
@@ -256,7 +294,10 @@ def allgather(obj: Any) -> list[Any]:
   if jax.process_count() == 1:
     return [json.loads(data.tobytes())]
   sizes = _allgather_rows(np.array([data.size], np.int32))[:, 0]
-  padded = np.zeros(int(sizes.max()), np.uint8)
+  # Widths rounded up to a power of two: one compile per bucket, not per
+  # size, when called once per batch of records.
+  padded = np.zeros(max(256, 1 << (int(sizes.max()) - 1).bit_length()),
+                    np.uint8)
   padded[:data.size] = data
   rows = _allgather_rows(padded)
   return [json.loads(row[:size].tobytes()) for row, size in zip(rows, sizes)]
@@ -279,6 +320,15 @@ def gather_items(items: Sequence[Any]) -> list[Any] | None:
   """
   parts = gather_to_primary(list(items))
   return None if parts is None else [x for part in parts for x in part]
+
+
+def broadcast_from_primary(obj: Any) -> Any:
+  """Process 0's `obj` on every process (a JSON round trip; `obj` itself on
+  one process). Collective, like `allgather`; other processes' `obj` is
+  ignored (pass None)."""
+  if jax.process_count() == 1:
+    return obj
+  return allgather(obj if is_primary() else None)[0]
 
 
 def sync(name: str) -> None:

@@ -16,6 +16,10 @@ try:  # search/*.gin configurables; imported first so that ArithmeticConfig,
   search_main = importlib.import_module("ttcjax.main.search")
 except ImportError:
   search_main = None
+try:
+  study_lib = importlib.import_module("ttcjax.main.study_lib")
+except ImportError:
+  study_lib = None
 
 GIN_DIR = gin_utils.REPO_GIN_CONFIGS
 ALL_FILES = sorted(os.path.relpath(p, GIN_DIR) for p in glob.glob(
@@ -31,6 +35,8 @@ MODEL_PARAMS = {"tiny": (0.2, 0.5), "small": (2, 5), "1b": (1540, 1547),
 def _registered():
   gin_utils.register(gin_utils.core_configurables() |
                      train_lib.GIN_CONFIGURABLES)
+  if study_lib is not None:
+    study_lib.register()
 
 
 def _text(path):
@@ -50,8 +56,17 @@ def _required(path):
 
 
 def _build_entry_point(path):
-  """Builds what the file configures: a TrainRun or a search SearchRun."""
+  """Builds what the file configures: a TrainRun, a search SearchRun and/or
+  a study experiment."""
   text = _text(path)
+  if "study.experiment.spec" in text:
+    if study_lib is None:
+      pytest.skip("ttcjax.main.study_lib is not importable")
+    spec = gin_utils.build(study_lib.experiment)
+    assert isinstance(spec, (study_lib.ArithStudy, study_lib.SearchStudy))
+    assert spec.stages()
+    if "search.SearchRun." not in text:
+      return spec
   if "TrainRun." in text:
     return gin_utils.build(train_lib.TrainRun)
   if "search.SearchRun." in text:

@@ -8,23 +8,29 @@ Writes `<workdir>/records.jsonl` (one record per problem, strategy,
 hyper-parameters and budget; see `ttcjax.search.records`) and the operative
 config, `<workdir>/config.gin`. Rerunning skips finished records. Files are
 also looked up under gin_configs/.
+
+On several hosts, every process runs the same command with its
+--process_id (or the TTCJAX_* variables, or a cluster JAX detects); process 0
+writes the files:
+
+    python -m ttcjax.main.search ... --coordinator_address=host0:1234 \
+      --num_processes=2 --process_id=0
 """
 
 from absl import app, flags, logging
 import gin
 
-from ttcjax.main import gin_utils, search_lib
-from ttcjax.tasks import arithmetic
+from ttcjax import distributed
+from ttcjax.main import gin_utils, search_lib, study_lib
 
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_PROCESS_FLAGS = distributed.define_flags()
 
-# Gin names are `search.<Class>`; the library itself stays gin-free.
-SearchRun = gin.external_configurable(search_lib.SearchRun, module="search")
-gin.external_configurable(search_lib.ProblemSource, module="search")
-gin.external_configurable(search_lib.Checkpoints, module="search")
-gin.external_configurable(search_lib.StrategySpec, module="search")
-gin.external_configurable(arithmetic.ArithmeticConfig, module="search")
+# Gin names are `search.<Class>` (and `study.*`, so that an experiment file
+# that also configures a study parses here); the libraries stay gin-free.
+study_lib.register()
+SearchRun = gin.get_configurable(search_lib.SearchRun)
 
 
 def parse(gin_files, gin_bindings, search_paths=()) -> search_lib.SearchRun:
@@ -44,6 +50,10 @@ def main(argv):
   if not _WORKDIR.value or not _GIN_FILES.value:
     raise app.UsageError("give --gin_file (e.g. search/beam.gin) and "
                          "--workdir")
+  try:
+    distributed.initialize_from_flags(_PROCESS_FLAGS)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   try:
     config = parse(_GIN_FILES.value, _GIN_BINDINGS.value,
                    _GIN_SEARCH_PATHS.value)

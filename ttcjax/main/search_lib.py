@@ -13,6 +13,10 @@ Selection never changes what a strategy samples (keys fold problem,
 strategy and budget only), so each `StrategySpec.selections` entry is a
 record re-selected from the same search, not a second search.
 
+On several processes (`jax.distributed`, started by the entry point), the
+problem batches are dealt across processes and process 0 writes every
+file; the records are those of one process (see `run`).
+
 Run-level settings (checkpoints, sampler, token caps) are not part of a
 record's key: start a new workdir when they change. The entry point writes
 the operative gin config there.
@@ -31,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import logging
 import jax
 
-from ttcjax import checkpoint, decoding, models, verifiers
+from ttcjax import checkpoint, decoding, distributed, models, verifiers
 from ttcjax.data import examples
 from ttcjax.search import base, records, selection
 from ttcjax.search.revisions import (RevisionPromptFn, chain_count,
@@ -442,20 +446,60 @@ def _fits(config: base.SearchConfig, budget: int) -> str | None:
   return None
 
 
+def _existing_keys(path: str) -> set[records.Key]:
+  """Keys already in `path`, the same set on every process.
+
+  Process 0 reads the file and broadcasts the keys, so the workdir need not
+  be visible to the other hosts, and every process skips the same records
+  (the loops below must agree, for their collectives to pair up).
+  """
+  if jax.process_count() == 1:
+    return records.existing_keys(path)
+  keys = distributed.broadcast_from_primary(
+      sorted(records.existing_keys(path)) if distributed.is_primary()
+      else None)
+  return {tuple(k) for k in keys}
+
+
+def _claim(done: set[records.Key], uid: str, strategy: str,
+           hparams: Sequence[Mapping[str, Any]], budget: int) -> list[bool]:
+  """Per hparams, whether its record of `uid` is new; marks those done."""
+  fresh = []
+  for hp in hparams:
+    ident = records.key_of(uid, strategy, hp, budget)
+    fresh.append(ident not in done)
+    done.add(ident)
+  return fresh
+
+
 def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
   """Runs every sweep of `run_config`, appending to `<workdir>/records.jsonl`.
+
+  On several processes (`jax.distributed`, see `ttcjax.distributed`), each
+  strategy x hyper-parameters x budget's problem batches (contiguous blocks
+  of `problems_per_batch` problems, the same batches one process would run)
+  are dealt round-robin: in round r, process p runs batch
+  `r * process_count + p`. Each round's records are gathered to process 0,
+  which alone writes files, in batch order, so the file is the one a single
+  process would write. Keys fold the problem uid, so a record does not
+  depend on which process ran it. Every process must call `run` with the
+  same config.
 
   Args:
     run_config: what to run.
     workdir: output directory (created).
 
   Returns:
-    `{"written": records appended, "skipped": records already there}`.
+    `{"written": records appended, "skipped": records already there}` (the
+    whole run's, on every process).
   """
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, records.RECORDS_FILE)
-  done = records.existing_keys(path)
-  writer = records.RecordWriter(path)
+  hosts, host = jax.process_count(), jax.process_index()
+  primary = host == 0
+  if primary:
+    os.makedirs(workdir, exist_ok=True)
+  done = _existing_keys(path)
+  writer = records.RecordWriter(path) if primary else None
   problems = load_problems(run_config.problems)
   tok = make_tokenizer(run_config.checkpoints)
   task = task_fns(run_config.problems, tok)
@@ -494,31 +538,52 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
         bundles = _setup(run_config, problems, tok)
       models_ = bundles["revision" if config.strategy == "revisions"
                         else "prm"]
-      for start in range(0, len(todo), size):
-        batch = [search_problems[i] for i in todo[start:start + size]]
+      batches = [todo[start:start + size]
+                 for start in range(0, len(todo), size)]
+      mine_total = sum(map(len, batches[host::hosts]))
+      mine_done = 0
+      for first in range(0, len(batches), hosts):
         began = time.perf_counter()
-        results = run_search(config, batch, budget, models_.policy,
-                             models_.verifier, task, key)
+        # Every process claims the round's new records in batch order, as
+        # one process would, so `done` and the counts agree everywhere.
+        fresh = [[_claim(done, search_problems[i].uid, config.strategy,
+                         hparams, budget) for i in batch]
+                 for batch in batches[first:first + hosts]]
+        written = sum(f for batch in fresh for row in batch for f in row)
         out = []
-        for result in results:
-          problem = by_uid[result.uid]
-          grade = lambda a, ref=problem.reference: task.equiv_fn(a, ref)
-          for how, hp in zip(spec.selections, hparams):
-            ident = records.key_of(result.uid, config.strategy, hp, budget)
-            if ident in done:
-              continue
-            out.append(records.make_record(
-                result, hparams=hp,
-                chosen=chosen_for(result, config, how, task.equiv_fn),
-                grade_fn=grade, policy_config=models_.policy_config,
-                verifier_config=models_.verifier_config,
-                policy_context=models_.policy.max_len,
-                verifier_context=models_.verifier.max_len,
-                extra=dict(problem.extra, task=run_config.problems.task)))
-            done.add(ident)
-        written = writer.write(out)
+        if host < len(fresh):
+          batch = [search_problems[i] for i in batches[first + host]]
+          results = run_search(config, batch, budget, models_.policy,
+                               models_.verifier, task, key)
+          for result, row in zip(results, fresh[host]):
+            problem = by_uid[result.uid]
+            grade = lambda a, ref=problem.reference: task.equiv_fn(a, ref)
+            for how, hp, new in zip(spec.selections, hparams, row):
+              if not new:
+                continue
+              out.append(records.make_record(
+                  result, hparams=hp,
+                  chosen=chosen_for(result, config, how, task.equiv_fn),
+                  grade_fn=grade, policy_config=models_.policy_config,
+                  verifier_config=models_.verifier_config,
+                  policy_context=models_.policy.max_len,
+                  verifier_context=models_.verifier.max_len,
+                  extra=dict(problem.extra, task=run_config.problems.task)))
+          mine_done += len(batch)
+        if hosts > 1:
+          logging.info("host %d/%d: %d/%d problems of %s N=%d %s, %d records"
+                       " in %.1f s", host, hosts, mine_done, mine_total,
+                       config.strategy, budget, hparams[0], len(out),
+                       time.perf_counter() - began)
+          out = distributed.gather_items(out)
+        if primary:
+          if len(out) != written:  # the processes' loops disagree
+            raise RuntimeError(f"{path}: gathered {len(out)} records of "
+                               f"{config.strategy} N={budget}, expected "
+                               f"{written}")
+          writer.write(out)
+          logging.info("%s N=%d %s: %d records in %.1f s", config.strategy,
+                       budget, hparams[0], written,
+                       time.perf_counter() - began)
         counts["written"] += written
-        logging.info("%s N=%d %s: %d records in %.1f s", config.strategy,
-                     budget, hparams[0], written,
-                     time.perf_counter() - began)
   return counts

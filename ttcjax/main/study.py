@@ -1,9 +1,20 @@
-r"""Runs the end-to-end arithmetic study (`ttcjax.pipeline.study`).
+r"""Runs a study: the arithmetic study end to end, or a study over checkpoints.
 
-  python -m ttcjax.main.study --preset=smoke --workdir=workdir/study
+  python -m ttcjax.main.study --gin_file=experiments/smoke.gin --workdir=DIR
+  python -m ttcjax.main.study --preset=arith_cpu --workdir=DIR   # shortcut
+  python -m ttcjax.main.study --gin_file=experiments/math500_tpu.gin \
+      --gin_bindings="POLICY_CKPT = '...'" ... --workdir=DIR
 
-Finished stages are skipped, killed ones resume. Prints where report.md
-landed and the headline numbers of results.json.
+A gin experiment selects the study (`ttcjax.main.study_lib`):
+`study.experiment.spec = @study.ArithStudy()` (a preset of the embedded
+arithmetic study, with overrides) or `@study.SearchStudy()` (sweep given
+checkpoints, analyse, report). `--preset=NAME` is
+`experiments/NAME.gin` without a file. The operative config goes to
+`<workdir>/config.gin`. Finished stages are skipped, killed ones resume.
+Prints where report.md landed and the headline numbers of results.json.
+
+The study runs in one process: its training and sweep stages are not
+multi-host (use `ttcjax.main.train` / `ttcjax.main.search` for that).
 """
 
 import json
@@ -11,10 +22,15 @@ import os
 
 from absl import app, flags, logging
 
-from ttcjax.pipeline import arith, study
+from ttcjax.main import gin_utils, study_lib
+from ttcjax.pipeline import arith
+from ttcjax.pipeline import study as arith_study
 
-_PRESET = flags.DEFINE_enum("preset", "smoke", sorted(study.SWEEPS),
-                            "Study preset (config and sweep).")
+_PRESETS = sorted(set(arith.PRESETS) & set(arith_study.SWEEPS))
+_GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
+_PRESET = flags.DEFINE_enum(
+    "preset", None, _PRESETS,
+    "An arithmetic study preset, instead of --gin_file (e.g. smoke).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.",
                                required=True)
 _ONLY = flags.DEFINE_list("only", None, "Run these stages (and their inputs).")
@@ -27,12 +43,36 @@ def _log(line: str) -> None:
   print(line, flush=True)
 
 
+def experiment(gin_files, gin_bindings, preset, search_paths=()
+               ) -> study_lib.Study:
+  """The study the flags select; gin errors name what is wrong.
+
+  Raises:
+    app.UsageError: both or neither of --gin_file and --preset.
+    gin_utils.GinConfigError: a gin file, binding or value is wrong.
+  """
+  if bool(gin_files) == bool(preset):
+    raise app.UsageError("give --gin_file=experiments/<name>.gin or "
+                         f"--preset (one of {_PRESETS}), not both")
+  study_lib.register()
+  if preset:
+    gin_files = [f"experiments/{preset}.gin"]
+  gin_utils.parse(gin_files, gin_bindings, search_paths)
+  return gin_utils.build(study_lib.experiment)
+
+
 def main(argv):
-  del argv
-  config = arith.PRESETS[_PRESET.value]()
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    spec = experiment(_GIN_FILES.value, _GIN_BINDINGS.value, _PRESET.value,
+                      _GIN_SEARCH_PATHS.value)
+  except gin_utils.GinConfigError as e:
+    raise SystemExit(f"ttcjax.main.study: {e}") from None
   workdir = _WORKDIR.value
-  study.run_full_study(config, workdir, sweep=_PRESET.value,
-                       only=_ONLY.value, on_change=_ON_CHANGE.value, log=_log)
+  gin_utils.write_operative_config(workdir)
+  study_lib.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
+                log=_log)
   path = os.path.join(workdir, "report.md")
   if not os.path.exists(path):
     print(f"no report yet (stages run: {_ONLY.value})")
@@ -40,7 +80,7 @@ def main(argv):
   print(f"report: {os.path.abspath(path)}")
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
-  for line in study.headline(results):
+  for line in arith_study.headline(results):
     print(line)
 
 

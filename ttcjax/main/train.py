@@ -18,17 +18,23 @@ The operative config is written to <workdir>/config.gin before training;
 `--gin_file=<workdir>/config.gin` reruns the same run. A workdir holding
 train checkpoints resumes from the latest. The final parameters land in
 <workdir>/final (a ttcjax checkpoint).
+
+On several hosts, every process runs the same command, with
+--coordinator_address, --num_processes and --process_id (or the TTCJAX_*
+variables, or a cluster JAX detects).
 """
 
 from absl import app
 from absl import flags
 
+from ttcjax import distributed
 from ttcjax.main import gin_utils
 from ttcjax.main import train_lib
 
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.",
                                required=True)
+_PROCESS_FLAGS = distributed.define_flags()
 
 
 def main(argv):
@@ -37,6 +43,10 @@ def main(argv):
   if not _GIN_FILES.value:
     raise app.UsageError("give --gin_file (a model file then a run file, or "
                          "an experiment file)")
+  try:
+    distributed.initialize_from_flags(_PROCESS_FLAGS)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   try:
     train_lib.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
                              _WORKDIR.value, _GIN_SEARCH_PATHS.value)

@@ -51,6 +51,8 @@ class SweepConfig:
     lookaheads: lookahead k values.
     revision_lengths: L values of the revision sweep.
     problems_per_batch: problems per search batch.
+    problems: sweep the first this many test problems (None: all
+      `test_problems`); the analysis covers the swept problems.
     n_bins: difficulty bins.
     n_bootstrap: bootstrap resamples.
   """
@@ -59,14 +61,18 @@ class SweepConfig:
   lookaheads: tuple[int, ...] = (1,)
   revision_lengths: tuple[int, ...] = (1, 2, 4)
   problems_per_batch: int = 8
+  problems: int | None = None
   n_bins: int = 5
   n_bootstrap: int = 200
 
 
 SWEEPS = {
     "smoke": SweepConfig(budgets=(2, 4, 8), revision_lengths=(1, 2, 4)),
-    "arith_cpu": SweepConfig(budgets=(4, 16, 64), lookaheads=(1, 2),
-                             revision_lengths=(1, 4, 16), n_bootstrap=1000),
+    # 128 of the 256 test problems and one lookahead k keep the sweep
+    # (~100k generations) near an hour on 2 cores.
+    "arith_cpu": SweepConfig(budgets=(4, 16, 64), lookaheads=(1,),
+                             revision_lengths=(1, 4, 16), problems=128,
+                             n_bootstrap=1000),
     "micro": SweepConfig(budgets=(2,), revision_lengths=(1, 2),
                          problems_per_batch=4, n_bins=2, n_bootstrap=20),
 }
@@ -166,13 +172,14 @@ def search_run(config: arith.ArithStudyConfig, sweep: SweepConfig,
                               selections=("weighted", "majority")),
   ]
   questions = [p.question for p in _test_problems(config)]
+  count = min(sweep.problems or config.test_problems, config.test_problems)
   return search_lib.SearchRun(
       problems=search_lib.ProblemSource(
-          task="arithmetic", num_problems=config.test_problems,
+          task="arithmetic", num_problems=count,
           seed=config.test_seed, arithmetic=config.arithmetic),
       checkpoints=ckpts, strategies=specs,
       max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-      problems_per_batch=min(sweep.problems_per_batch, config.test_problems),
+      problems_per_batch=min(sweep.problems_per_batch, count),
       seed=config.seed, prompt_len=config.prompt_len,
       revision_prompt_len=evaluate.revision_prompt_len(config, questions))
 
@@ -252,7 +259,8 @@ def full_study_stages(config: arith.ArithStudyConfig,
   ]
 
 
-def _copy_to_root(workdir: str) -> dict[str, str]:
+def copy_to_root(workdir: str) -> dict[str, str]:
+  """Copies the analysis stage's report.md and results.json to `workdir`."""
   out = {}
   for name in ("report.md", "results.json"):
     src = os.path.join(workdir, "analysis", name)
@@ -276,7 +284,7 @@ def run_full_study(config: arith.ArithStudyConfig, workdir: str, *,
   if only is not None:
     todo = stages.with_inputs(todo, only)
   dirs = stages.run_stages(todo, workdir, on_change=on_change, log=log)
-  _copy_to_root(os.fspath(workdir))
+  copy_to_root(os.fspath(workdir))
   return dirs
 
 

@@ -1,0 +1,122 @@
+"""Study experiments: gin selection, overrides, the study over checkpoints."""
+
+import json
+import os
+
+import gin
+import pytest
+
+from ttcjax import checkpoint, models, testing
+from ttcjax.main import gin_utils, search_lib, study_lib
+from ttcjax.pipeline import stages
+from ttcjax.study import analysis as analysis_lib
+
+TINY = models.ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4,
+                          n_kv_heads=2, d_ff=64, max_len=256)
+
+
+@pytest.fixture(autouse=True)
+def _registered():
+  study_lib.register()
+  yield
+  gin.clear_config()  # unlocks it for the next module's registrations
+
+
+def test_preset_files_select_their_preset():
+  for name in ("smoke", "arith_cpu", "micro"):
+    gin_utils.parse([f"experiments/{name}.gin"], [])
+    spec = gin_utils.build(study_lib.experiment)
+    assert spec == study_lib.ArithStudy(preset=name)
+    assert [s.name for s in spec.stages()][-1] == "analysis"
+
+
+def test_overrides_reach_config_and_sweep():
+  gin_utils.parse(["experiments/micro.gin"], [
+      "study.ArithStudy.overrides = {'seed': 7, 'test_problems': 3}",
+      "study.ArithStudy.sweep = {'budgets': [2, 4]}"])
+  spec = gin_utils.build(study_lib.experiment)
+  assert spec.config().seed == 7 and spec.config().test_problems == 3
+  assert spec.sweep_config().budgets == (2, 4)
+  base = study_lib.ArithStudy(preset="micro").stages()
+  by_name = {s.name: s for s in base}
+  changed = {s.name: s for s in spec.stages()}
+  assert (stages.stage_hashes(list(by_name.values()))["search_sweep"] !=
+          stages.stage_hashes(list(changed.values()))["search_sweep"])
+
+
+def test_bad_experiments_fail_before_any_work():
+  with pytest.raises(ValueError, match="presets are"):
+    study_lib.ArithStudy(preset="huge")
+  with pytest.raises(ValueError, match=r"unknown fields \['tset_problems'\]"):
+    study_lib.ArithStudy(preset="micro", overrides={"tset_problems": 3})
+  with pytest.raises(ValueError, match=r"unknown fields \['budget'\]"):
+    study_lib.ArithStudy(preset="micro", sweep={"budget": (2,)})
+  gin_utils.parse(["experiments/micro.gin"],
+                  ["study.experiment.spec = @search.ArithmeticConfig()"])
+  with pytest.raises(gin_utils.GinConfigError, match="ArithStudy"):
+    gin_utils.build(study_lib.experiment)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+  root = tmp_path_factory.mktemp("ckpt")
+  checkpoint.save(root / "policy", testing.numpy_params(TINY, 0), TINY)
+  large = TINY.replace(d_model=64, d_ff=128)
+  checkpoint.save(root / "large", testing.numpy_params(large, 2), large)
+  prm = TINY.replace(reward_head=True)
+  checkpoint.save(root / "prm", testing.numpy_params(prm, 1), prm)
+  return root
+
+
+def _search_run(root, strategies=None):
+  return search_lib.SearchRun(
+      problems=search_lib.ProblemSource(task="arithmetic", num_problems=6,
+                                        seed=0),
+      checkpoints=search_lib.Checkpoints(policy=str(root / "policy"),
+                                         prm=str(root / "prm")),
+      strategies=strategies or [
+          search_lib.StrategySpec(strategy="best_of_n", budgets=[2, 4],
+                                  selections=["weighted", "majority"]),
+          search_lib.StrategySpec(strategy="beam", budgets=[4],
+                                  grid={"beam_width": [2]},
+                                  base={"max_rounds": 3})],
+      max_new_tokens=12, problems_per_batch=3)
+
+
+def test_search_study_needs_weighted_best_of_n(checkpoints):
+  beam_only = [search_lib.StrategySpec(strategy="beam", budgets=[4])]
+  with pytest.raises(ValueError, match="best_of_n StrategySpec"):
+    study_lib.SearchStudy(search=_search_run(checkpoints, beam_only))
+  with pytest.raises(ValueError, match="difficulty_budget=8"):
+    study_lib.SearchStudy(search=_search_run(checkpoints),
+                          difficulty_budget=8)
+  with pytest.raises(ValueError, match="pretrain_tokens"):
+    study_lib.SearchStudy(search=_search_run(checkpoints),
+                          large_policy=str(checkpoints / "large"))
+
+
+def test_search_study_end_to_end(checkpoints, tmp_path):
+  spec = study_lib.SearchStudy(
+      search=_search_run(checkpoints),
+      large_policy=str(checkpoints / "large"), pretrain_tokens=10_000,
+      analysis=analysis_lib.AnalysisConfig(n_bins=2, n_bootstrap=20,
+                                           target_budgets=(2.0, 4.0)))
+  assert [s.name for s in spec.stages()] == ["search_sweep", "large_eval",
+                                             "analysis"]
+  work = tmp_path / "study"
+  study_lib.run(spec, work)
+  with open(work / "results.json") as f:
+    results = json.load(f)
+  assert os.path.exists(work / "report.md")
+  assert results["problems"]["n"] == 6
+  fm = results["flops_matched"]
+  assert fm["n_small"] == TINY.num_params()
+  assert fm["n_large"] == TINY.replace(d_model=64, d_ff=128).num_params()
+  large = stages.read_json(work / "large_eval" / "results.json")
+  assert sorted(large) == [f"arith-0-{i}" for i in range(6)]
+  # Greedy: one candidate per problem, at temperature 0.
+  recs = study_lib.read_jsonl(work / "large_eval" / "records.jsonl")
+  assert {r["budget"] for r in recs} == {1} and len(recs) == 6
+  before = (work / "results.json").read_bytes()
+  study_lib.run(spec, work)  # finished: every stage skipped
+  assert (work / "results.json").read_bytes() == before

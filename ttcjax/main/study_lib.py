@@ -1,0 +1,255 @@
+"""What `ttcjax.main.study` runs: the study experiments a gin file selects.
+
+Two kinds of study, both a list of `ttcjax.pipeline.stages` run into one
+workdir (atomic, resumable, skipped when done):
+
+  ArithStudy    the whole micro-scale study on the embedded arithmetic task
+                (`ttcjax.pipeline.study.full_study_stages`): train the
+                policy, PRM, revision model, ORM and a ~14x model, evaluate,
+                sweep every strategy, analyse, report. A preset by name, with
+                optional overrides of top-level `ArithStudyConfig` and
+                `SweepConfig` fields.
+  SearchStudy   a study over given checkpoints (e.g. imported Hugging Face
+                models on MATH-500): sweep the strategies of a
+                `search_lib.SearchRun`, optionally score a larger policy
+                greedily for the FLOPs-matched comparison, analyse, report.
+                Difficulty comes from the best-of-N candidates at the
+                largest budget (oracle: their correctness; predicted: their
+                final PRM scores).
+
+A gin experiment binds one of them:
+
+    study.experiment.spec = @study.ArithStudy()
+    study.ArithStudy.preset = 'arith_cpu'
+
+The dataclasses stay gin-free; `register()` makes them and the search
+classes configurable (modules `study` and `search`), for both entry points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+
+from ttcjax import checkpoint
+from ttcjax.main import search_lib
+from ttcjax.pipeline import arith, stages
+from ttcjax.pipeline import study as arith_study
+from ttcjax.search import records as records_lib
+from ttcjax.study import analysis as analysis_lib
+from ttcjax.study import difficulty, report
+from ttcjax.tasks import arithmetic
+
+def _replace_checked(obj, overrides: Mapping[str, Any], what: str):
+  names = {f.name for f in dataclasses.fields(obj)}
+  unknown = sorted(set(overrides) - names)
+  if unknown:
+    raise ValueError(f"{what}: unknown fields {unknown}; fields are "
+                     f"{sorted(names)}")
+  return dataclasses.replace(obj, **dict(overrides))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ArithStudy:
+  """The embedded arithmetic study (`ttcjax.pipeline.study`).
+
+  Attributes:
+    preset: 'smoke', 'arith_cpu' or 'micro' (`ttcjax.pipeline.arith.PRESETS`
+      with `ttcjax.pipeline.study.SWEEPS`).
+    overrides: top-level `ArithStudyConfig` fields to replace (e.g.
+      `{'seed': 1, 'test_problems': 128}`).
+    sweep: `SweepConfig` fields to replace (e.g. `{'budgets': (4, 16)}`).
+  """
+  preset: str = "smoke"
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  sweep: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.preset not in arith.PRESETS or self.preset not in (
+        arith_study.SWEEPS):
+      raise ValueError(f"ArithStudy.preset={self.preset!r}: presets are "
+                       f"{sorted(set(arith.PRESETS) & set(arith_study.SWEEPS))}")
+    object.__setattr__(self, "overrides", dict(self.overrides))
+    object.__setattr__(self, "sweep", {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in dict(self.sweep).items()})
+    self.stages()  # validates the overrides before any work
+
+  def config(self) -> arith.ArithStudyConfig:
+    base = arith.PRESETS[self.preset]()
+    if not self.overrides:
+      return base
+    return _replace_checked(base, self.overrides, "ArithStudy.overrides")
+
+  def sweep_config(self) -> arith_study.SweepConfig:
+    return _replace_checked(arith_study.SWEEPS[self.preset], self.sweep,
+                            "ArithStudy.sweep")
+
+  def stages(self) -> list[stages.Stage]:
+    return arith_study.full_study_stages(self.config(), self.sweep_config())
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchStudy:
+  """A study over given checkpoints: sweep, (large model), analysis.
+
+  Attributes:
+    search: the sweep (problems, checkpoints, strategies x budgets); it must
+      include best-of-N at its largest budget with the 'weighted'
+      selection, whose candidates define the difficulty bins.
+    large_policy: checkpoint of a larger policy for the FLOPs-matched
+      comparison, decoded greedily on the same problems; None skips it.
+    pretrain_tokens: D_pre, tokens the policy was pretrained on (the
+      FLOPs-matched budgets depend on it); required with `large_policy`.
+    difficulty_budget: the best-of-N budget whose candidates are the
+      difficulty samples (None: the largest best-of-N budget).
+    analysis: the analysis settings (`ttcjax.study.analysis.AnalysisConfig`).
+  """
+  search: search_lib.SearchRun
+  large_policy: str | None = None
+  pretrain_tokens: int | None = None
+  difficulty_budget: int | None = None
+  analysis: analysis_lib.AnalysisConfig = dataclasses.field(
+      default_factory=analysis_lib.AnalysisConfig)
+
+  def __post_init__(self):
+    bon = [s for s in self.search.strategies if s.strategy == "best_of_n"]
+    if not bon or "weighted" not in bon[0].selections:
+      raise ValueError("SearchStudy.search needs a best_of_n StrategySpec "
+                       "with the 'weighted' selection: its candidates at the "
+                       "largest budget are the difficulty samples")
+    if (self.difficulty_budget is not None and
+        self.difficulty_budget not in bon[0].budgets):
+      raise ValueError(f"SearchStudy.difficulty_budget="
+                       f"{self.difficulty_budget} is not a best_of_n budget "
+                       f"{bon[0].budgets}")
+    if self.large_policy is not None and not self.pretrain_tokens:
+      raise ValueError("SearchStudy.large_policy needs pretrain_tokens (the "
+                       "policy's D_pre) for the FLOPs-matched budgets")
+
+  def oracle_budget(self) -> int:
+    if self.difficulty_budget is not None:
+      return self.difficulty_budget
+    return max(next(s for s in self.search.strategies
+                    if s.strategy == "best_of_n").budgets)
+
+  def large_run(self) -> search_lib.SearchRun:
+    """Greedy decoding of the large policy (one sample, N = 1)."""
+    ckpts = dataclasses.replace(self.search.checkpoints,
+                                policy=self.large_policy)
+    greedy = search_lib.StrategySpec(strategy="best_of_n", budgets=(1,),
+                                     selections=("plain",))
+    return dataclasses.replace(self.search, checkpoints=ckpts,
+                               strategies=(greedy,), temperature=0.0)
+
+  def stages(self) -> list[stages.Stage]:
+    out = [stages.Stage("search_sweep", self._sweep, self.search, cost=10)]
+    inputs = ["search_sweep"]
+    if self.large_policy is not None:
+      out.append(stages.Stage("large_eval", self._large_eval,
+                              self.large_run(), cost=1))
+      inputs.append("large_eval")
+    out.append(stages.Stage("analysis", self._analysis, dict(
+        analysis=self.analysis, oracle_budget=self.oracle_budget(),
+        pretrain_tokens=self.pretrain_tokens), tuple(inputs), cost=1))
+    return out
+
+  @staticmethod
+  def _run_into(run: search_lib.SearchRun, ctx: stages.StageContext):
+    work = ctx.work / "search"
+    counts = search_lib.run(run, str(work))
+    stages.atomic_write_bytes(ctx.out / records_lib.RECORDS_FILE,
+                              (work / records_lib.RECORDS_FILE).read_bytes())
+    return counts
+
+  def _sweep(self, ctx: stages.StageContext):
+    return self._run_into(self.search, ctx)
+
+  def _large_eval(self, ctx: stages.StageContext):
+    counts = self._run_into(self.large_run(), ctx)
+    recs = read_jsonl(ctx.out / records_lib.RECORDS_FILE)
+    correct = {str(r["uid"]): bool(r["correct"]) for r in recs}
+    stages.atomic_write_json(ctx.out / "results.json", correct)
+    acc = sum(correct.values()) / max(1, len(correct))
+    stages.atomic_write_json(ctx.out / "metrics.json",
+                             {"accuracy": acc, "n": len(correct)})
+    return dict(counts, accuracy=acc)
+
+  def flops_info(self) -> dict[str, Any] | None:
+    if self.large_policy is None:
+      return None
+    return {
+        "n_small": checkpoint.load_config(
+            self.search.checkpoints.policy).num_params(),
+        "n_large": checkpoint.load_config(self.large_policy).num_params(),
+        "d_pretrain": int(self.pretrain_tokens)}
+
+  def _analysis(self, ctx: stages.StageContext):
+    recs = read_jsonl(ctx.input("search_sweep") / records_lib.RECORDS_FILE)
+    oracle, scores = difficulty.samples_from_records(
+        recs, strategy="best_of_n", budget=self.oracle_budget(),
+        hparams={"selection": "weighted"})
+    if not oracle:
+      raise ValueError(f"no best_of_n records at budget "
+                       f"{self.oracle_budget()} with selection 'weighted': "
+                       f"nothing to bin the problems by")
+    large = None
+    if self.large_policy is not None:
+      large = stages.read_json(ctx.input("large_eval") / "results.json")
+    result = analysis_lib.analyze(recs, oracle, scores, large,
+                                  self.flops_info(), self.analysis)
+    return {"files": sorted(report.write_report(ctx.out, result))}
+
+
+def read_jsonl(path) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+Study = ArithStudy | SearchStudy
+
+
+def experiment(spec: Study) -> Study:
+  """The study a gin experiment selects (`study.experiment.spec = ...`)."""
+  if not isinstance(spec, (ArithStudy, SearchStudy)):
+    raise ValueError(f"study.experiment.spec must be @study.ArithStudy() or "
+                     f"@study.SearchStudy(), got {spec!r}")
+  return spec
+
+
+def run(spec: Study, workdir: os.PathLike, *,
+        only: Sequence[str] | None = None, on_change: str = "error",
+        log: Callable[[str], None] = logging.info) -> dict[str, Any]:
+  """Runs the study's unfinished stages into `workdir`; copies report.md
+  and results.json to its root. Returns stage name -> artefact directory."""
+  todo = spec.stages()
+  if only is not None:
+    todo = stages.with_inputs(todo, only)
+  dirs = stages.run_stages(todo, workdir, on_change=on_change, log=log)
+  arith_study.copy_to_root(os.fspath(workdir))
+  return dirs
+
+
+def register() -> None:
+  """Makes the study and search classes gin-configurable; idempotent.
+
+  Names: `study.experiment`, `study.ArithStudy`, `study.SearchStudy`,
+  `study.AnalysisConfig`, and `search.SearchRun`, `search.ProblemSource`,
+  `search.Checkpoints`, `search.StrategySpec`, `search.ArithmeticConfig`.
+  """
+  import gin  # pylint: disable=g-import-not-at-top
+  for module, fns in (
+      ("search", (search_lib.SearchRun, search_lib.ProblemSource,
+                  search_lib.Checkpoints, search_lib.StrategySpec,
+                  arithmetic.ArithmeticConfig)),
+      ("study", (experiment, ArithStudy, SearchStudy,
+                 analysis_lib.AnalysisConfig))):
+    for fn in fns:
+      try:
+        gin.get_configurable(f"{module}.{fn.__name__}")
+      except ValueError:
+        gin.external_configurable(fn, module=module)
