@@ -25,7 +25,8 @@ test-all: venv
 	$(BIN)/python -m pytest -q -m ""
 
 study: venv
-	$(BIN)/python -m ttcjax.main.study --preset=$(PRESET) --workdir=$(WORKDIR)
+	$(BIN)/python -m ttcjax.main.study \
+	    --gin_file=gin_configs/experiments/$(PRESET).gin --workdir=$(WORKDIR)
 
 bench: venv
 	$(BIN)/python bench/decode.py

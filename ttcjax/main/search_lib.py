@@ -17,6 +17,14 @@ On several processes (`jax.distributed`, started by the entry point), the
 problem batches are dealt across processes and process 0 writes every
 file; the records are those of one process (see `run`).
 
+With `SearchRun.mesh`, each process's devices form a mesh: parameters are
+restored straight into their shardings (embed dimension over `fsdp`,
+heads over `model`), decode rows, caches and verifier rows are split over
+`data` x `fsdp`, and the searches run under `partitioning.activate`, with
+the layout `ttcjax.memory` budgets. `SearchRun.verifier_rows` bounds the
+rows the PRM/ORM reads per forward pass. Neither changes a record beyond
+float rounding.
+
 Run-level settings (checkpoints, sampler, token caps) are not part of a
 record's key: start a new workdir when they change. The entry point writes
 the operative gin config there.
@@ -24,6 +32,7 @@ the operative gin config there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -35,7 +44,8 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import logging
 import jax
 
-from ttcjax import checkpoint, decoding, distributed, models, verifiers
+from ttcjax import (checkpoint, decoding, distributed, memory, models,
+                    partitioning, verifiers)
 from ttcjax.data import examples
 from ttcjax.search import base, records, selection
 from ttcjax.search.revisions import (RevisionPromptFn, chain_count,
@@ -207,6 +217,14 @@ class SearchRun:
     tree_cache_tokens: cache slots past the prompt for tree searches, which
       use one slot per decode iteration of all rows (None: 4 x
       `max_new_tokens`); rows that fill it end unfinished.
+    mesh: the device mesh over this process's devices (each process runs
+      its own batches): parameters sharded by the logical-axis rules,
+      rows and caches over `data` x `fsdp` (with `model` > 1, over every
+      axis: `memory.search_rules`). Rows per batch should divide over the
+      batch axes, or they stay replicated. None: one device.
+    verifier_rows: rows the PRM/ORM reads per forward pass
+      (`verifiers.chunked_score_fn`), bounding its activation memory; None:
+      every row of a scoring call at once.
   """
   problems: ProblemSource
   checkpoints: Checkpoints
@@ -218,6 +236,8 @@ class SearchRun:
   prompt_len: int | None = None
   revision_prompt_len: int | None = None
   tree_cache_tokens: int | None = None
+  mesh: partitioning.MeshConfig | None = None
+  verifier_rows: int | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "strategies", tuple(self.strategies))
@@ -227,6 +247,15 @@ class SearchRun:
     if self.max_new_tokens < 1:
       raise ValueError(f"SearchRun.max_new_tokens must be >= 1, got "
                        f"{self.max_new_tokens}")
+    if self.mesh is not None and not isinstance(self.mesh,
+                                                partitioning.MeshConfig):
+      raise ValueError(f"SearchRun.mesh must be a MeshConfig or None, got "
+                       f"{self.mesh!r} (bind search.SearchRun.mesh = "
+                       f"@ttcjax.MeshConfig())")
+    if self.verifier_rows is not None and (
+        not isinstance(self.verifier_rows, int) or self.verifier_rows < 1):
+      raise ValueError(f"SearchRun.verifier_rows must be a positive int or "
+                       f"None, got {self.verifier_rows!r}")
     names = {s.strategy for s in self.strategies}
     if names & set(_PRM_STRATEGIES):
       _check_path(self.checkpoints.policy, "Checkpoints.policy", True)
@@ -323,18 +352,70 @@ def _round_up(n: int, multiple: int = 16) -> int:
   return multiple * math.ceil(n / multiple)
 
 
-def _restore(path: str, what: str, reward_head: bool):
-  config, params = checkpoint.restore(path)
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where a run's arrays live: a mesh and its rules, or one device.
+
+  Attributes:
+    mesh: the mesh; None: the first local device, no row placement.
+    rules: logical-axis rules on `mesh`.
+  """
+  mesh: jax.sharding.Mesh | None = None
+  rules: partitioning.Rules | None = None
+
+  @classmethod
+  def of(cls, config: partitioning.MeshConfig | None) -> Placement:
+    """`config`'s mesh over this process's devices, with the rules
+    `ttcjax.memory` budgets: the defaults, or `memory.search_rules()` when
+    `model` > 1 (few kv heads: rows over every axis)."""
+    if config is None:
+      return cls()
+    mesh = partitioning.make_mesh(config, jax.local_devices())
+    rules = (memory.search_rules() if mesh.shape["model"] > 1
+             else partitioning.logical_axis_rules())
+    return cls(mesh, rules)
+
+  def param_shardings(self, config: models.ModelConfig) -> Any:
+    """Shardings to restore `config`'s parameters into (None: one device)."""
+    if self.mesh is None:
+      return None
+    return partitioning.param_shardings(config, self.mesh, self.rules)
+
+  @property
+  def shard(self) -> Callable[[Any], Any] | None:
+    """`PolicyFns.shard` / `VerifierFns.shard`: rows over the batch axes."""
+    if self.mesh is None:
+      return None
+    return functools.partial(partitioning.shard_rows, mesh=self.mesh,
+                             rules=self.rules)
+
+  def active(self) -> contextlib.AbstractContextManager:
+    """The mesh and rules made current (activation constraints apply).
+
+    Only around the searches: while a mesh is current, `param_shardings`
+    (flax's `nn.unbox` on shape structs) fails.
+    """
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    return partitioning.activate(self.mesh, self.rules)
+
+
+def _restore(path: str, what: str, reward_head: bool,
+             placement: Placement = Placement()):
+  """A checkpoint's config and params, read into `placement`'s shardings."""
+  config = checkpoint.load_config(path)
   if reward_head and not config.reward_head:
     raise ValueError(f"{path}: the {what} checkpoint has no reward head "
                      f"(ModelConfig.reward_head=False)")
-  return config, params
+  return checkpoint.restore(path, placement.param_shardings(config))
 
 
 def policy_fns(config: models.ModelConfig, params: Any, tok: Tokenizer, *,
                max_gen: int, prompt_len: int, cache_len: int,
-               temperature: float) -> base.PolicyFns:
-  """A model checkpoint as `PolicyFns` (newline-ending ids end a step)."""
+               temperature: float,
+               shard: Callable[[Any], Any] | None = None) -> base.PolicyFns:
+  """A model checkpoint as `PolicyFns` (newline-ending ids end a step);
+  `shard` places decode rows and caches (`Placement.shard`)."""
   decoder = decoding.Decoder(models.decode_step_fn(config), eos_id=tok.eos_id,
                              stop_ids=tok.stop_ids, max_gen=max_gen)
   sampler = (decoding.Greedy() if temperature == 0 else
@@ -344,22 +425,30 @@ def policy_fns(config: models.ModelConfig, params: Any, tok: Tokenizer, *,
       init_cache=lambda batch, length: models.init_cache(config, batch,
                                                          length),
       max_len=cache_len, sampler=sampler, pad_id=tok.pad_id,
-      prompt_len=prompt_len, detokenize=tok.decode)
+      prompt_len=prompt_len, detokenize=tok.decode, shard=shard)
 
 
 @functools.cache
-def reward_score_fn(config: models.ModelConfig) -> verifiers.ScoreFn:
-  """`sigmoid(reward head)` as a score_fn; one object per config, so the
-  scorer compiles once."""
-  return verifiers.reward_head_score_fn(
+def reward_score_fn(config: models.ModelConfig,
+                    rows: int | None = None) -> verifiers.ScoreFn:
+  """`sigmoid(reward head)` as a score_fn, reading at most `rows` rows per
+  forward pass (None: all); one object per (config, rows), so the scorer
+  compiles once."""
+  score_fn = verifiers.reward_head_score_fn(
       functools.partial(models.reward_scores, config))
+  return score_fn if rows is None else verifiers.chunked_score_fn(score_fn,
+                                                                  rows)
 
 
 def verifier_fns(config: models.ModelConfig, params: Any, tok: Tokenizer,
-                 max_len: int) -> base.VerifierFns:
-  """A reward-head checkpoint as `VerifierFns` (prompt + solution input)."""
-  return base.VerifierFns(score_fn=reward_score_fn(config), params=params,
-                          max_len=max_len, pad_id=tok.pad_id)
+                 max_len: int, *, rows: int | None = None,
+                 shard: Callable[[Any], Any] | None = None
+                 ) -> base.VerifierFns:
+  """A reward-head checkpoint as `VerifierFns` (prompt + solution input),
+  scoring `rows` rows per forward pass (None: all); `shard` places them."""
+  return base.VerifierFns(score_fn=reward_score_fn(config, rows),
+                          params=params, max_len=max_len, pad_id=tok.pad_id,
+                          shard=shard)
 
 
 def revision_prompt_fn(questions: Mapping[str, str], tok: Tokenizer,
@@ -384,39 +473,44 @@ class _Models:
 
 
 def _setup(run_config: SearchRun, problems: Sequence[_Problem],
-           tok: Tokenizer) -> dict[str, _Models]:
-  """`{'prm': ..., 'revision': ...}` bundles for the strategies run."""
+           tok: Tokenizer, placement: Placement = Placement()
+           ) -> dict[str, _Models]:
+  """`{'prm': ..., 'revision': ...}` bundles for the strategies run, with
+  params restored into `placement`."""
   names = {s.strategy for s in run_config.strategies}
   ckpts, gen = run_config.checkpoints, run_config.max_new_tokens
+  shard, rows = placement.shard, run_config.verifier_rows
   prompts = [examples.prompt_ids(tok.encode_text, p.prompt)
              for p in problems] or [[0]]
   out = {}
   if names & set(_PRM_STRATEGIES):
     width = run_config.prompt_len or _round_up(max(map(len, prompts)))
     tree = run_config.tree_cache_tokens or 4 * gen
-    cfg, params = _restore(ckpts.policy, "policy", False)
-    prm_cfg, prm_params = _restore(ckpts.prm, "PRM", True)
+    cfg, params = _restore(ckpts.policy, "policy", False, placement)
+    prm_cfg, prm_params = _restore(ckpts.prm, "PRM", True, placement)
     cache = width + (tree if names & {"beam", "lookahead", "dvts"} else gen)
     out["prm"] = _Models(
         policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
-                   cache_len=cache, temperature=run_config.temperature),
-        verifier_fns(prm_cfg, prm_params, tok, width + gen), cfg, prm_cfg)
+                   cache_len=cache, temperature=run_config.temperature,
+                   shard=shard),
+        verifier_fns(prm_cfg, prm_params, tok, width + gen, rows=rows,
+                     shard=shard), cfg, prm_cfg)
   if "revisions" in names:
     zero = max(len(examples.revision_prompt_ids(tok.encode_text, p.question,
                                                 []))
                for p in problems) if problems else 1
     width = run_config.revision_prompt_len or _round_up(
         zero + 4 * (gen + _ATTEMPT_OVERHEAD))
-    cfg, params = _restore(ckpts.revision, "revision", False)
-    orm_cfg, orm_params = _restore(ckpts.orm, "ORM", True)
+    cfg, params = _restore(ckpts.revision, "revision", False, placement)
+    orm_cfg, orm_params = _restore(ckpts.orm, "ORM", True, placement)
     plain = policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
                        cache_len=width + gen,
-                       temperature=run_config.temperature)
+                       temperature=run_config.temperature, shard=shard)
     policy = with_prompt_fn(plain, revision_prompt_fn(
         {p.uid: p.question for p in problems}, tok, width))
-    out["revision"] = _Models(policy, verifier_fns(orm_cfg, orm_params, tok,
-                                                   width + gen),
-                              cfg, orm_cfg)
+    out["revision"] = _Models(
+        policy, verifier_fns(orm_cfg, orm_params, tok, width + gen,
+                             rows=rows, shard=shard), cfg, orm_cfg)
   return out
 
 
@@ -507,6 +601,10 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
   search_problems = [base.SearchProblem(
       p.uid, examples.prompt_ids(tok.encode_text, p.prompt))
                      for p in problems]
+  placement = Placement.of(run_config.mesh)
+  if placement.mesh is not None:
+    logging.info("mesh %s over %d devices", dict(placement.mesh.shape),
+                 placement.mesh.size)
   bundles = None  # restored on first need: a finished rerun loads nothing
   key = jax.random.key(run_config.seed)
   counts = {"written": 0, "skipped": 0}
@@ -535,7 +633,7 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
       if not todo:
         continue
       if bundles is None:
-        bundles = _setup(run_config, problems, tok)
+        bundles = _setup(run_config, problems, tok, placement)
       models_ = bundles["revision" if config.strategy == "revisions"
                         else "prm"]
       batches = [todo[start:start + size]
@@ -553,8 +651,9 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
         out = []
         if host < len(fresh):
           batch = [search_problems[i] for i in batches[first + host]]
-          results = run_search(config, batch, budget, models_.policy,
-                               models_.verifier, task, key)
+          with placement.active():
+            results = run_search(config, batch, budget, models_.policy,
+                                 models_.verifier, task, key)
           for result, row in zip(results, fresh[host]):
             problem = by_uid[result.uid]
             grade = lambda a, ref=problem.reference: task.equiv_fn(a, ref)

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
-from ttcjax import checkpoint
+from ttcjax import checkpoint, partitioning
 from ttcjax.main import search_lib
 from ttcjax.pipeline import arith, stages
 from ttcjax.pipeline import study as arith_study
@@ -239,9 +239,12 @@ def register() -> None:
 
   Names: `study.experiment`, `study.ArithStudy`, `study.SearchStudy`,
   `study.AnalysisConfig`, and `search.SearchRun`, `search.ProblemSource`,
-  `search.Checkpoints`, `search.StrategySpec`, `search.ArithmeticConfig`.
+  `search.Checkpoints`, `search.StrategySpec`, `search.ArithmeticConfig`;
+  `SearchRun.mesh` takes the core `ttcjax.MeshConfig`.
   """
   import gin  # pylint: disable=g-import-not-at-top
+  from ttcjax.main import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.register({"MeshConfig": partitioning.MeshConfig})
   for module, fns in (
       ("search", (search_lib.SearchRun, search_lib.ProblemSource,
                   search_lib.Checkpoints, search_lib.StrategySpec,

@@ -2,11 +2,12 @@
 Monte-Carlo step labels (`labeling`), revision/ORM data (`revision_data`)."""
 
 from ttcjax.verifiers.scoring import (AGGREGATIONS, ScoreFn, aggregate,
-                                      reward_head_score_fn, step_scores,
-                                      step_tag_score_fn)
+                                      chunked_score_fn, reward_head_score_fn,
+                                      step_scores, step_tag_score_fn)
 from ttcjax.verifiers import labeling, revision_data
 
 __all__ = [
-    "AGGREGATIONS", "ScoreFn", "aggregate", "labeling", "revision_data",
-    "reward_head_score_fn", "step_scores", "step_tag_score_fn",
+    "AGGREGATIONS", "ScoreFn", "aggregate", "chunked_score_fn", "labeling",
+    "revision_data", "reward_head_score_fn", "step_scores",
+    "step_tag_score_fn",
 ]

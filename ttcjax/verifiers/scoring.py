@@ -6,7 +6,8 @@ A verifier is plugged in as a callback
 
 giving, at every position, a score in [0, 1] for "the solution is on track
 after this token". `reward_head_score_fn` and `step_tag_score_fn` build one
-from a model's raw outputs; this module never imports a model class.
+from a model's raw outputs, and `chunked_score_fn` bounds the rows one
+forward pass reads; this module never imports a model class.
 
 `step_scores` reads the score at each step's end (the position whose output
 has seen the whole step) and packs them per row, so a PRM reads a candidate
@@ -76,6 +77,50 @@ def step_tag_score_fn(logits_fn: Callable[[Any, jax.Array, jax.Array],
     return jax.nn.sigmoid(logits[..., good_id] - logits[..., bad_id])
 
   return score_fn
+
+
+def chunked_score_fn(score_fn: ScoreFn, rows: int) -> ScoreFn:
+  """`score_fn` reading at most `rows` rows per forward pass.
+
+  The memory of one verifier forward pass (attention scores, MLP hidden
+  activations) grows with the rows it reads; this bounds it. Inside jit,
+  `[n, L]` inputs are split into `ceil(n / rows)` chunks of exactly `rows`
+  rows (the last chunk padded by repeating the last row, so every chunk has
+  one shape), scored one after another (`lax.map`), and the outputs put
+  back in row order. Chunk `k` holds rows `k, k + c, k + 2c, ...` (`c`
+  chunks): rows laid out over devices in contiguous blocks stay spread over
+  every device in each chunk, without moving between devices when `rows`
+  divides over the devices and `n` over `rows`.
+
+  Args:
+    score_fn: the verifier callback.
+    rows: most rows per `score_fn` call (>= 1).
+
+  Returns:
+    A score_fn with the same outputs as `score_fn` (up to float rounding
+    of differently shaped matrix products). Build it once per verifier: it
+    is a static jit argument of `step_scores`.
+  """
+  if not isinstance(rows, int) or rows < 1:
+    raise ValueError(f"chunked_score_fn: rows must be a positive int, got "
+                     f"{rows!r}")
+
+  def chunked(params, tokens, token_mask):
+    n = tokens.shape[0]
+    if n <= rows:
+      return score_fn(params, tokens, token_mask)
+    count = -(-n // rows)
+
+    def split(x):  # [n, ...] -> [count, rows, ...]
+      pad = [(0, count * rows - n)] + [(0, 0)] * (x.ndim - 1)
+      x = jnp.pad(x, pad, mode="edge")
+      return x.reshape(rows, count, *x.shape[1:]).swapaxes(0, 1)
+
+    out = jax.lax.map(lambda chunk: score_fn(params, *chunk),
+                      (split(tokens), split(token_mask)))
+    return out.swapaxes(0, 1).reshape(count * rows, *out.shape[2:])[:n]
+
+  return chunked
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="max_steps")
