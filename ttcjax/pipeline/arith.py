@@ -266,9 +266,13 @@ def smoke() -> ArithStudyConfig:
 
 
 def micro() -> ArithStudyConfig:
-  """Smallest counts that still run every stage (tests)."""
+  """Smallest counts that still run every stage (tests). Training saves a
+  resume checkpoint after every step, so that a test can kill it between
+  checkpoints (tests/pipeline/test_study_resume.py)."""
   role = lambda objective, seed: RoleTraining(
-      train=_train(objective, 3, 1e-3, seed), batch_size=2, row_len=160)
+      train=dataclasses.replace(_train(objective, 3, 1e-3, seed),
+                                checkpoint_every=1),
+      batch_size=2, row_len=160)
   return ArithStudyConfig(
       arithmetic=arithmetic.ArithmeticConfig(max_ops=1, max_digits=1),
       policy=_model(32, 1, 64, 1),

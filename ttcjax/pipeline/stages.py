@@ -29,7 +29,8 @@ the trainer's own checkpoints kept there (`StageContext.work`), and long
 loops use `StageContext.map_chunks`, which stores each finished chunk as a
 JSON file and skips it on the next attempt. The work directory records the
 hash it was made with and is wiped when the hash changes; it is removed once
-the stage commits.
+the stage commits (or, after a kill between the commit and that, when the
+finished stage is next skipped).
 
 Determinism: artefacts must depend on the config and seeds only. Run-time
 facts (wall time, tokens/s) belong in the dict a stage function returns,
@@ -286,8 +287,17 @@ def stage_hashes(stages: Sequence[Stage]) -> dict[str, str]:
 
 
 def _append_log(workdir: Path, record: Mapping[str, Any]) -> None:
-  with open(workdir / LOG_FILE, "a") as f:
-    f.write(json.dumps(record, sort_keys=True) + "\n")
+  path = workdir / LOG_FILE
+  line = json.dumps(record, sort_keys=True) + "\n"
+  if path.exists() and path.stat().st_size:
+    with open(path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      # A last line cut short by a kill is ended first, or this record
+      # would join it and be skipped with it by `read_log`.
+      if f.read(1) != b"\n":
+        line = "\n" + line
+  with open(path, "a") as f:
+    f.write(line)
     f.flush()
     os.fsync(f.fileno())
 
@@ -338,6 +348,12 @@ def _run_one(stage: Stage, workdir: Path, digest: str,
     raise
   _remove(work)
   return info
+
+
+def _remove_scratch(workdir: Path, name: str) -> None:
+  """Removes what a kill between a stage's commit and its clean-up left."""
+  for suffix in ("tmp", "work", "old"):
+    _remove(workdir / f".{name}.{suffix}")
 
 
 def with_inputs(stages: Sequence[Stage], only: Sequence[str]) -> list[Stage]:
@@ -399,6 +415,7 @@ def run_stages(stages: Sequence[Stage], workdir: os.PathLike, *,
   for i, stage in enumerate(stages, start=1):
     prefix = f"[{i}/{len(stages)}] {stage.name}"
     if stage.name not in todo:
+      _remove_scratch(workdir, stage.name)
       log(f"{prefix}: done before (hash {hashes[stage.name]}), skipped")
       paths[stage.name] = workdir / stage.name
       continue
