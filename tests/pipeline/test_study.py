@@ -48,6 +48,21 @@ def test_search_run_covers_strategies():
       "best_of_n", "beam", "lookahead", "dvts", "revisions"}
   assert all(s.budgets == (2, 4, 8) for s in run.strategies)
   assert run.problems.num_problems == config.test_problems
+  # Chains see as many attempts as the revision model was trained with.
+  (rev,) = [s for s in run.strategies if s.strategy == "revisions"]
+  assert all(c.revision_context == config.revision_context
+             for c in rev.configs(None))
+  cpu = arith.arith_cpu()
+  sweep = study.SWEEPS["arith_cpu"]
+  run = study.search_run(cpu, sweep, ckpts)
+  assert run.problems.num_problems == sweep.problems < cpu.test_problems
+  (rev,) = [s for s in run.strategies if s.strategy == "revisions"]
+  assert {c.revision_context for c in rev.configs(None)} == {1}
+  by_name = {s.name: s for s in study.full_study_stages(cpu)}
+  other = cpu.replace(revision_context=2)
+  changed = {s.name: s for s in study.full_study_stages(other, sweep)}
+  assert (stages.stage_hashes(list(by_name.values()))["search_sweep"] !=
+          stages.stage_hashes(list(changed.values()))["search_sweep"])
 
 
 @pytest.mark.slow  # about 100 s on 2 cores

@@ -169,6 +169,8 @@ def search_run(config: arith.ArithStudyConfig, sweep: SweepConfig,
       search_lib.StrategySpec(strategy="revisions", budgets=b,
                               grid={"revision_length":
                                     sweep.revision_lengths},
+                              base={"revision_context":
+                                    config.revision_context},
                               selections=("weighted", "majority")),
   ]
   questions = [p.question for p in _test_problems(config)]
@@ -250,7 +252,8 @@ def full_study_stages(config: arith.ArithStudyConfig,
       stages.Stage("search_sweep", fn(_search_sweep, sw), dict(
           sampling, sweep=sw, arithmetic=c.arithmetic, test_seed=c.test_seed,
           test_problems=c.test_problems,
-          revision_attempts=c.revision_attempts),
+          revision_attempts=c.revision_attempts,
+          revision_context=c.revision_context),
                    ("pretrain_policy", "train_prm", "train_revision",
                     "train_orm"), cost=10),
       stages.Stage("analysis", fn(_analysis, sw), dict(
