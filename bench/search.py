@@ -24,20 +24,28 @@ same per-token model cost.
    gathers, roll-out rollback) and, for beam search, with a random
    reward-head PRM of the same shape (the real cost: the PRM re-reads every
    prefix each round). Target: <= 1.3x with the toy PRM. The split of the
-   search's time into decode calls, verifier calls and the rest is printed.
+   search's time into decode calls, verifier calls and the rest is printed,
+   and the same search with its cache allocated at full size from the start
+   and no straggler batches (`PolicyFns.grow_cache=False`,
+   `straggler_fraction=0`) is timed alternately with it.
 2. PRM scoring of N candidates with `verifiers.step_scores` (scores at
    every step end, packed) over one plain forward pass of the same batch
    (`models.apply(heads=('reward',))`). Target: <= 1.1x.
 
-Medians over `--reps` repetitions after a warm-up (compile excluded).
+Medians over `--reps` repetitions after a warm-up (compile excluded). In
+part 1 each repetition times the search, the full-cache search and both
+plain baselines back to back, and ratios are taken per repetition, so a
+load that drifts on a busy machine cancels.
 
   python bench/search.py            # about 9 minutes on 2 busy cores
   python bench/search.py --quick    # smoke run
+  python bench/search.py --only regular,toy --skip_prm   # a subset
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import statistics
@@ -106,6 +114,12 @@ def toy_prm(params, tokens, token_mask):
   del params
   mixed = jnp.cumsum(jnp.where(token_mask, tokens, 0), axis=1)
   return jax.nn.sigmoid(jnp.sin(mixed.astype(jnp.float32) * 0.37))
+
+
+def _timed(fn):
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return time.perf_counter() - start, out
 
 
 def _median_time(fn, reps):
@@ -193,16 +207,21 @@ def bench_search(args, params, prm_params, scenarios):
         "decode-loop steps of the batch (a round lasts as long as its\n"
         "longest step, all problems together, plus roll-outs); util: tokens "
         "/ (rows x iters); plain: us per token of plain sampling\n(tight "
-        "cache); ratio: search us/token over plain; =cache: over plain "
-        "sampling with the search's cache; per-iter: search\ndecode time "
-        "per iteration over plain's with the same cache; decode / verify / "
-        "other: seconds of the search")
+        "cache); ratio: search us/token over plain; full: the same search "
+        "on a full-size cache, no straggler\nbatches (grow_cache=False, "
+        "straggler_fraction=0, timed alternately); =cache: over plain sampling with the search's full "
+        "cache; per-iter: search\ndecode time per iteration over plain's "
+        "with the full cache; decode / verify / other: seconds of the "
+        "search")
   print(f"{'steps':<8} {'strategy':<10} {'PRM':<11} {'cache':>5} "
         f"{'tokens':>6} {'rounds':>6} {'iters':>5} {'util':>5} "
-        f"{'us/tok':>7} {'plain':>6} {'ratio':>6} {'=cache':>6} "
+        f"{'us/tok':>7} {'plain':>6} {'ratio':>6} {'full':>6} {'=cache':>6} "
         f"{'per-iter':>8} {'decode':>6} {'verify':>6} {'other':>5}")
   ratios = {}
   for scenario, strategy, prm_name, kw, verifier, factor in runs:
+    if args.only and not all(word in f"{scenario} {strategy} {prm_name}"
+                             for word in args.only.split(",")):
+      continue
     step_fn = scenarios[scenario]
     cache_len = prompt_len + int(factor * args.max_gen)
     policy = search.PolicyFns(
@@ -210,56 +229,61 @@ def bench_search(args, params, prm_params, scenarios):
                                  max_gen=args.max_gen),
         params=params, init_cache=lambda b, n: models.init_cache(CONFIG, b, n),
         max_len=cache_len, pad_id=TOK.pad_id, prompt_len=prompt_len)
+    # The engine without the cache growth and straggler batches.
+    full_policy = dataclasses.replace(policy, grow_cache=False,
+                                      straggler_fraction=0.0)
     plain = decoding.Decoder(step_fn, eos_id=-1, max_gen=args.max_gen)
     config = search.SearchConfig(strategy=strategy, max_rounds=40,
                                  trace=True, **kw)
-    run = lambda i, config=config, verifier=verifier, policy=policy: (
+    run = lambda i, policy, config=config, verifier=verifier: (
         search.run_search(config, problems, args.budget, policy, verifier,
                           task, jax.random.key(100 + i)))
-    run(-1)  # compile
-    split = Split()
-    restore = split.install()
-    per_token, utils, tokens, iterations, rounds = [], [], [], [], []
-    try:
-      for i in range(args.reps):
-        start = time.perf_counter()
-        results = run(i)
-        seconds = time.perf_counter() - start
-        made = sum(r.policy_tokens_generated for r in results)
-        depth = max(len(r.trace) for r in results)
-        iters = 0
-        for k in range(depth):
-          traces = [r.trace[k] for r in results if len(r.trace) > k]
-          iters += max(max(t.new_tokens) for t in traces)
-          iters += max(max(t.rollout_tokens) for t in traces)
-        per_token.append(seconds / made)
-        utils.append(made / (rows * iters))
-        tokens.append(made)
-        iterations.append(iters)
-        rounds.append(depth)
-    finally:
-      restore()
-    med = statistics.median
-    per_row = max(2, min(args.max_gen, int(np.ceil(med(tokens) / rows))))
+    # Compile every shape the timed runs meet (cache and verifier sizes
+    # depend on the run).
+    warm = [run(i, policy) for i in range(args.reps)][0]
+    run(0, full_policy)
+    made = sum(r.policy_tokens_generated for r in warm)
+    per_row = max(2, min(args.max_gen, int(np.ceil(made / rows))))
     sample(plain, per_row, 0)  # compile
     sample(plain, per_row, 0, cache_len)
-    base, _ = _median_time(lambda i: sample(plain, per_row, i), args.reps)
-    same, _ = _median_time(lambda i: sample(plain, per_row, i, cache_len),
-                           args.reps)
-    base_tok, same_tok = base / (rows * per_row), same / (rows * per_row)
-    ratio = med(per_token) / base_tok
-    ratios[(scenario, strategy, prm_name, cache_len)] = ratio
-    decode_s, score_s = split.decode / args.reps, split.score / args.reps
-    total_s = sum(per_token[i] * tokens[i] for i in range(args.reps)
-                  ) / args.reps
-    per_iter = (split.decode / sum(iterations)) / (same / per_row)
+    # Every repetition times all four, so load drifts cancel in its ratios.
+    split, rec = Split(), {}
+    for i in range(args.reps):
+      split.decode = split.score = 0.0
+      restore = split.install()
+      try:
+        seconds, results = _timed(lambda: run(i, policy))
+      finally:
+        restore()
+      full_seconds, _ = _timed(lambda: run(i, full_policy))
+      base, _ = _timed(lambda: sample(plain, per_row, i))
+      same, _ = _timed(lambda: sample(plain, per_row, i, cache_len))
+      made = sum(r.policy_tokens_generated for r in results)
+      depth = max(len(r.trace) for r in results)
+      iters = 0
+      for k in range(depth):
+        traces = [r.trace[k] for r in results if len(r.trace) > k]
+        iters += max(max(t.new_tokens) for t in traces)
+        iters += max(max(t.rollout_tokens) for t in traces)
+      base_tok, same_tok = base / (rows * per_row), same / (rows * per_row)
+      for k, v in (("us", 1e6 * seconds / made), ("plain", 1e6 * base_tok),
+                   ("ratio", seconds / made / base_tok),
+                   ("full", full_seconds / made / base_tok),
+                   ("same", seconds / made / same_tok),
+                   ("util", made / (rows * iters)), ("tokens", made),
+                   ("iters", iters), ("rounds", depth),
+                   ("per_iter", split.decode / iters / (same / per_row)),
+                   ("decode", split.decode), ("score", split.score),
+                   ("other", seconds - split.decode - split.score)):
+        rec.setdefault(k, []).append(v)
+    m = {k: statistics.median(v) for k, v in rec.items()}
+    ratios[(scenario, strategy, prm_name, cache_len)] = m["ratio"]
     print(f"{scenario:<8} {strategy:<10} {prm_name:<11} {cache_len:>5} "
-          f"{med(tokens):>6.0f} {med(rounds):>6.0f} {med(iterations):>5.0f} "
-          f"{med(utils):>5.2f} {1e6 * med(per_token):>7.0f} "
-          f"{1e6 * base_tok:>6.0f} {ratio:>5.2f}x "
-          f"{med(per_token) / same_tok:>5.2f}x {per_iter:>7.2f}x "
-          f"{decode_s:>6.2f} {score_s:>6.2f} "
-          f"{max(total_s - decode_s - score_s, 0):>5.2f}")
+          f"{m['tokens']:>6.0f} {m['rounds']:>6.0f} {m['iters']:>5.0f} "
+          f"{m['util']:>5.2f} {m['us']:>7.0f} {m['plain']:>6.0f} "
+          f"{m['ratio']:>5.2f}x {m['full']:>5.2f}x {m['same']:>5.2f}x "
+          f"{m['per_iter']:>7.2f}x {m['decode']:>6.2f} {m['score']:>6.2f} "
+          f"{max(m['other'], 0):>5.2f}")
   return ratios
 
 
@@ -306,6 +330,12 @@ def main():
   parser.add_argument("--cache_factor", type=float, default=4.0)
   parser.add_argument("--tight_cache_factor", type=float, default=1.5)
   parser.add_argument("--prm_len", type=int, default=128)
+  parser.add_argument("--only", default="",
+                      help="comma-separated words a search run's "
+                      "'steps strategy PRM' must all contain, e.g. "
+                      "'regular,toy'")
+  parser.add_argument("--skip_prm", action="store_true",
+                      help="skip part 2 (PRM scoring)")
   args = parser.parse_args()
   if args.quick:
     args.reps, args.problems, args.budget, args.max_gen = 1, 2, 4, 32
@@ -322,7 +352,7 @@ def main():
                                         solution_len=60),
                "regular": regular_step_fn(CONFIG, step_len=10, steps=6)}
   ratios = bench_search(args, params, prm_params, scenarios)
-  prm = bench_prm(args, prm_params)
+  prm = None if args.skip_prm else bench_prm(args, prm_params)
   print("\nsummary (targets: search with toy PRM <= "
         f"{TARGETS['search']}x, PRM scoring <= {TARGETS['prm']}x)")
   for (scenario, strategy, prm_name, cache), ratio in ratios.items():
@@ -331,8 +361,9 @@ def main():
                " PASS" if ratio <= target else " MISS")
     print(f"  {scenario:<8} {strategy:<10} {prm_name:<11} cache {cache:>3} "
           f"{ratio:5.2f}x{verdict}")
-  print(f"  PRM scoring                               {prm:5.3f}x "
-        f"{'PASS' if prm <= TARGETS['prm'] else 'MISS'}")
+  if prm is not None:
+    print(f"  PRM scoring                               {prm:5.3f}x "
+          f"{'PASS' if prm <= TARGETS['prm'] else 'MISS'}")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,14 @@ class ToyCache:
                         next_pos=take(self.next_pos))
 
   def rollback(self, index, valid, next_pos):
-    return self.replace(index=index, valid=valid, next_pos=next_pos)
+    pad = ((0, 0), (0, self.max_len - valid.shape[1]))
+    return self.replace(index=index, valid=jnp.pad(valid, pad),
+                        next_pos=next_pos)
+
+  def grow(self, max_len):
+    pad = ((0, 0), (0, max_len - self.max_len))
+    return self.replace(tokens=jnp.pad(self.tokens, pad),
+                        valid=jnp.pad(self.valid, pad))
 
 
 def init_cache(batch: int, max_len: int) -> ToyCache:

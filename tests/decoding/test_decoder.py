@@ -380,3 +380,81 @@ def test_take_then_continue_equals_continue_then_take(params, reference,
     np.testing.assert_array_equal(getattr(a, field), getattr(b, field), field)
   chex.assert_trees_all_close(a.logprobs, b.logprobs, atol=1e-5)
   assert isinstance(a, DecodeState)
+
+
+def test_a_step_resumed_in_a_grown_cache_equals_a_full_cache(params,
+                                                             reference):
+  prompts, mask, _, _ = reference
+  # One token in 8 ends a step; no EOS, so every row keeps going.
+  decoder = Decoder(decode_step_fn(CFG), eos_id=-1,
+                    stop_ids=tuple(range(0, CFG.vocab_size, 8)),
+                    max_gen=MAX_GEN)
+  sampler, keys, short = Sampling(temperature=1.0), _keys(3, seed=4), 2
+
+  def first_step(slots):
+    state = decoder.prefill(params, prompts, mask, init_cache(CFG, 3, slots),
+                            sampler, keys)
+    return decoder.decode(params, state, sampler, MAX_GEN, "step")
+
+  full, cut = first_step(CACHE_LEN), first_step(PROMPT_LEN + short)
+  assert int(cut.cache.index) == PROMPT_LEN + short
+  assert not bool((cut.step_done | cut.finished).all())  # cut mid-step
+  assert int(full.cache.index) > PROMPT_LEN + short
+  grown = cut.replace(cache=cut.cache.grow(CACHE_LEN))
+  assert grown.cache.k[0].shape == full.cache.k[0].shape
+  grown = decoder.decode(params, grown, sampler, MAX_GEN, "step", False)
+  for _ in range(2):  # the resumed step, then a fresh one
+    for field in ("tokens", "num_generated", "step_start", "step_done",
+                  "finished", "pending"):
+      np.testing.assert_array_equal(getattr(grown, field),
+                                    getattr(full, field), field)
+    for field in ("index", "valid", "next_pos"):
+      np.testing.assert_array_equal(getattr(grown.cache, field),
+                                    getattr(full.cache, field), field)
+    chex.assert_trees_all_close(grown.logprobs, full.logprobs, atol=1e-6)
+    grown, full = (decoder.decode(params, s, sampler, MAX_GEN, "step")
+                   for s in (grown, full))
+
+
+def test_kv_cache_grow_and_rollback_of_a_shorter_valid():
+  cache = init_cache(CFG, 2, 4)
+  cache = cache.replace(valid=cache.valid.at[:, :2].set(True),
+                        index=jnp.int32(2))
+  grown = cache.grow(6)
+  assert grown.max_len == 6 and grown.k[1].shape[2] == 6
+  np.testing.assert_array_equal(grown.valid[:, :4], cache.valid)
+  assert not bool(grown.valid[:, 4:].any())
+  back = grown.rollback(cache.index, cache.valid, cache.next_pos)
+  np.testing.assert_array_equal(back.valid, grown.valid)
+  assert cache.grow(4) is cache
+  with pytest.raises(ValueError, match="grow"):
+    cache.grow(3)
+
+
+def test_stragglers_decoded_apart_and_put_back_equal_one_batch(params,
+                                                              reference):
+  prompts, mask, _, _ = reference
+  decoder = Decoder(decode_step_fn(CFG), eos_id=-1,
+                    stop_ids=tuple(range(0, CFG.vocab_size, 4)),
+                    max_gen=MAX_GEN)
+  sampler, keys = Sampling(temperature=1.0), _keys(6, seed=5)
+  state = decoder.prefill(params, prompts, mask, init_cache(CFG, 3, CACHE_LEN),
+                          sampler, keys, 2)
+  want = decoder.decode(params, state, sampler, MAX_GEN, "step")
+  part = decoder.decode(params, state, sampler, MAX_GEN, "step", True, 2)
+  going = np.flatnonzero(~np.asarray(part.step_done | part.finished))
+  assert 1 <= len(going) <= 2
+  assert int(part.cache.index) < int(want.cache.index)
+  sub = part.take(jnp.asarray(going))
+  sub = decoder.decode(params, sub, sampler, MAX_GEN, "step", False)
+  got = part.put(jnp.asarray(going), sub)
+  for field in ("tokens", "num_generated", "step_start", "step_done",
+                "finished", "pending"):
+    np.testing.assert_array_equal(getattr(got, field), getattr(want, field),
+                                  field)
+  for field in ("index", "valid", "next_pos"):
+    np.testing.assert_array_equal(getattr(got.cache, field),
+                                  getattr(want.cache, field), field)
+  chex.assert_trees_all_close(got.logprobs, want.logprobs, atol=1e-6)
+  np.testing.assert_array_equal(jax.random.key_data(got.rngs),
+                                jax.random.key_data(want.rngs))

@@ -6,6 +6,7 @@ the scorer compile once.
 """
 
 import collections
+import dataclasses
 import functools
 import math
 
@@ -321,6 +322,86 @@ def test_rollback_restores_the_state_exactly(which, n):
   got = la.decode_step(policy, restored, sampler, ~rows)
   np.testing.assert_array_equal(got.tokens, want.tokens)
   np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy,kw", [("beam", {"beam_width": 2}),
+                                         ("lookahead", {"lookahead": 1}),
+                                         ("dvts", {"beam_width": 2})])
+def test_growing_cache_and_stragglers_give_the_plain_results(monkeypatch,
+                                                          strategy, kw):
+  slots = []
+
+  def spy(policy, state, *args):
+    slots.append(state.cache.max_len)
+    return decode_step(policy, state, *args)
+
+  decode_step, put = la.decode_step, decoding.DecodeState.put
+  monkeypatch.setattr(la, "decode_step", spy)
+  monkeypatch.setattr(tree, "decode_step", spy)
+  puts = []
+  monkeypatch.setattr(decoding.DecodeState, "put",
+                      lambda self, rows, sub: puts.append(len(rows)) or
+                      put(self, rows, sub))
+  score_fn = verifiers.reward_head_score_fn(
+      lambda p, t, m: models.reward_scores(REAL, p, t, m))
+  verifier = search.VerifierFns(score_fn=score_fn, params=_real_params(1),
+                                max_len=32)
+  config = search.SearchConfig(strategy=strategy, trace=True, **kw)
+
+  def run(policy):
+    return search.run_search(config, _problems(2), 4, policy, verifier, TASK,
+                             KEY)
+
+  grown = run(dataclasses.replace(_real_policy(), straggler_fraction=0.5))
+  assert min(slots) == 8 and max(slots) > 8  # from 2 x the prompt, doubling
+  assert puts and max(puts) <= 4  # <= 4 rows of 8 ended steps apart
+  slots.clear()
+  puts.clear()
+  full = run(dataclasses.replace(_real_policy(), grow_cache=False,
+                                 straggler_fraction=0.0))
+  assert set(slots) == {64} and not puts
+  for a, b in zip(grown, full):
+    assert [c.token_ids for c in a.candidates] == [c.token_ids
+                                                   for c in b.candidates]
+    for ca, cb in zip(a.candidates, b.candidates):
+      np.testing.assert_allclose(ca.step_scores, cb.step_scores, atol=1e-6)
+    assert (a.policy_tokens_generated, a.verifier_tokens_read, a.trace) == (
+        b.policy_tokens_generated, b.verifier_tokens_read, b.trace)
+
+
+def test_score_rows_reads_live_rows_at_a_power_of_two_width(monkeypatch):
+  shapes = []
+
+  def spy(score_fn, params, tokens, *rest):
+    shapes.append(tokens.shape)
+    return step_scores(score_fn, params, tokens, *rest)
+
+  step_scores = batching.step_scores
+  monkeypatch.setattr(batching, "step_scores", spy)
+  score_fn = verifiers.reward_head_score_fn(
+      lambda p, t, m: models.reward_scores(REAL, p, t, m))
+  verifier = search.VerifierFns(score_fn=score_fn, params=_real_params(1),
+                                max_len=32)
+  prompts = [[1, 2, 3]] * 6
+  solutions = [[4, 5, 6, 7, 8], None, [9] * 9, None, None, [2, 3]]
+  ends = [[2, 5], [], [4, 9], [], [], [2]]
+  got, read = batching.score_rows(verifier, prompts, solutions, ends)
+  assert shapes == [(4, 16)]  # 3 rows read, the longest 12 tokens
+  batching.score_rows(verifier, prompts, [None] * 5 + [[2]], [[]] * 5 + [[1]])
+  assert shapes[-1] == (1, 4)  # never below an eighth of 6 rows, 32 tokens
+  assert read == [8, 0, 12, 0, 0, 5]
+  for r, solution in enumerate(solutions):  # each alone, full width
+    if solution is None:
+      assert got[r] == []
+      continue
+    ids = np.zeros((1, 32), np.int32)
+    ids[0, :read[r]] = prompts[r] + solution
+    step_ends = np.zeros((1, 32), bool)
+    step_ends[0, [3 + e - 1 for e in ends[r]]] = True
+    want, _ = step_scores(score_fn, verifier.params, ids,
+                          np.arange(32)[None] < read[r], step_ends)
+    np.testing.assert_allclose(got[r], np.asarray(want)[0, :len(ends[r])],
+                               atol=1e-6)
 
 
 # --- Sharding ----------------------------------------------------------------

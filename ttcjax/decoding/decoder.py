@@ -71,6 +71,23 @@ class DecodeState:
     rest = jax.tree.map(leaves, self.replace(cache=None))
     return rest.replace(cache=self.cache.take(rows))
 
+  def put(self, rows: jax.Array, other: "DecodeState") -> "DecodeState":
+    """Writes `other`'s first `len(rows)` rows over rows `rows` `[n] int32`.
+
+    The inverse of `take` for a sub-batch decoded on its own: every array
+    with rows on axis 0 (the cache's too) is scattered, and row-less
+    leaves (the cache's `index`) come from `other`, whose cache must have
+    as many slots.
+    """
+    n = len(rows)
+
+    def put(mine, theirs):
+      if jnp.ndim(mine) == 0:
+        return theirs
+      return mine.at[rows].set(theirs[:n])
+
+    return jax.tree.map(put, self, other)
+
   def with_rngs(self, rngs: jax.Array) -> "DecodeState":
     return self.replace(rngs=rngs)
 
@@ -161,9 +178,10 @@ class Decoder:
     tokens, logp = _sample(sampler, logits, rngs, zeros)
     return self._record(state, tokens, logp, jnp.ones((batch,), bool))
 
-  @functools.partial(jax.jit, static_argnums=(0, 5))
+  @functools.partial(jax.jit, static_argnums=(0, 5, 6))
   def decode(self, params, state: DecodeState, sampler: Sampler,
-             max_steps: int | jax.Array, until: Literal["eos", "step"] = "eos"
+             max_steps: int | jax.Array, until: Literal["eos", "step"] = "eos",
+             new_step: bool = True, min_active: int | jax.Array = 0
              ) -> DecodeState:
     """Continues decoding every unfinished row.
 
@@ -175,6 +193,13 @@ class Decoder:
         traced, so changing it does not recompile.
       until: 'eos' decodes whole solutions; 'step' returns once every row
         has ended its current step (delimiter), finished, or hit a cap.
+      new_step: with until='step', rows that ended their step start a new
+        one. False resumes a call that stopped early (e.g. at the end of a
+        cache since grown): rows that ended their step stay done, the others
+        go on with the same step, exactly as if the loop had not stopped.
+      min_active: return as soon as at most this many rows are still
+        going (traced); e.g. to finish a few stragglers in a smaller batch
+        (`DecodeState.take`, decode, `DecodeState.put`).
 
     Returns:
       The new state. Rows stop at the end of the cache too: check
@@ -183,7 +208,7 @@ class Decoder:
     if until not in ("eos", "step"):
       raise ValueError(f"until must be 'eos' or 'step', got {until!r}")
     stop_on_step = until == "step"
-    if stop_on_step:
+    if stop_on_step and new_step:
       # A row that ended its previous step starts a new one now; a row cut
       # off mid-step (token cap, cache end) or fresh from prefill continues.
       state = state.replace(
@@ -197,7 +222,7 @@ class Decoder:
 
     def cond(carry):
       s, i = carry
-      return (jnp.any(active_rows(s)) & (i < max_steps) &
+      return ((jnp.sum(active_rows(s)) > min_active) & (i < max_steps) &
               (s.cache.index < s.cache.max_len))
 
     def body(carry):

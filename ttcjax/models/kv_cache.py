@@ -68,9 +68,37 @@ class KVCache:
     """Restores the bookkeeping of an earlier point; keys/values stay.
 
     Slots at and after `index` are overwritten by later writes and masked
-    until then, so no key or value needs to be copied.
+    until then, so no key or value needs to be copied. `valid` may be
+    shorter than the cache (saved before a `grow`): the new slots are
+    invalid.
     """
-    return self.replace(index=index, valid=valid, next_pos=next_pos)
+    return self.replace(index=index, valid=_pad_axis(valid, 1, self.max_len),
+                        next_pos=next_pos)
+
+  def grow(self, max_len: int) -> "KVCache":
+    """The same cache with `max_len` slots: the new slots are empty.
+
+    Attention reads every slot, valid or not, so a search that only fills
+    a few starts with a short cache and grows it as it fills.
+    """
+    if max_len < self.max_len:
+      raise ValueError(f"KVCache.grow: {max_len} slots < the current "
+                       f"{self.max_len}")
+    if max_len == self.max_len:
+      return self
+    pad = lambda x: _pad_axis(x, 2, max_len)
+    return self.replace(k=tuple(pad(x) for x in self.k),
+                        v=tuple(pad(x) for x in self.v),
+                        valid=_pad_axis(self.valid, 1, max_len))
+
+
+def _pad_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
+  """Zero-pads (False for bool) `x` at the end of `axis` to `size`."""
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths)
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> KVCache:

@@ -97,8 +97,8 @@ class PolicyFns:
       delimiters `stop_ids` and `max_gen` (tokens per candidate).
     params: passed to the decoder's `step_fn`.
     init_cache: `(batch, max_len) -> empty cache` (a `KVCache` or any
-      object with `take`, `index`, `max_len`, `valid`, `next_pos` and
-      `rollback`).
+      object with `take`, `index`, `max_len`, `valid`, `next_pos`,
+      `rollback` and, unless `grow_cache` is False, `grow`).
     max_len: cache slots per row. Every decode iteration of a search takes
       one slot for all rows, so tree searches need more than prompt width +
       `max_gen`; rows still going when the cache is full end unfinished.
@@ -109,6 +109,16 @@ class PolicyFns:
     detokenize: optional ids -> text, filling `Candidate.text`.
     shard: optional placement of a pytree whose arrays have rows on axis 0,
       e.g. `functools.partial(partitioning.shard_rows, mesh=mesh)`.
+    grow_cache: tree searches start with a cache of the next power of two
+      slots above the prompt width and double it (`cache.grow`, up to
+      `max_len`) whenever a step fills it, so attention reads about as
+      many slots as are in use rather than `max_len`. Results are those of
+      a full-size cache (up to float rounding of the masked slots).
+    straggler_fraction: once at most this fraction of a tree search's rows
+      are still in their step, they finish it as a batch of that size
+      (gathered, then scattered back) instead of the whole batch idling
+      along: a round lasts as long as its longest step. 0 disables it;
+      it is off with `shard`.
   """
   decoder: Decoder
   params: Any
@@ -119,6 +129,8 @@ class PolicyFns:
   prompt_len: int | None = None
   detokenize: Callable[[Sequence[int]], str] | None = None
   shard: Callable[[Any], Any] | None = None
+  grow_cache: bool = True
+  straggler_fraction: float = 0.125
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +141,8 @@ class VerifierFns:
     score_fn: `(params, tokens[n, L], token_mask[n, L]) -> [n, L]` scores
       in [0, 1]; keep one object (it is a static jit argument).
     params: passed to `score_fn`.
-    max_len: verifier input width `L` (fixed, so one compile serves all).
+    max_len: longest verifier input `L`; a call pads its inputs to a
+      power of two up to it (`batching.score_rows`).
     build_input: `(prompt_ids, solution_ids, step_ends) -> (ids,
       score_positions)`; `concat_input` or a `StepTagInput`.
     pad_id: padding id.

@@ -55,39 +55,63 @@ def score_rows(verifier: VerifierFns, prompts: Sequence[Sequence[int]],
     verifier: the verifier bundle.
     prompts: per row, prompt ids.
     solutions: per row, solution ids (EOS removed), or None to skip the row
-      (it is fed as padding and reads nothing). The row count is the batch
-      size, so keep it fixed to reuse the compiled shape.
+      (it reads nothing).
     step_ends: per row, step ends within its solution.
 
   Returns:
     (per row the step scores (empty for skipped rows), per row the tokens
     read).
+
+  The call reads only the rows not skipped (without `verifier.shard`),
+  right-padded to the longest input: both counts are rounded up to a power
+  of two, at most the row count and `verifier.max_len` and at least an
+  eighth of them, so a search compiles a few shapes and early rounds read
+  short prefixes.
   """
-  rows, width = len(solutions), verifier.max_len
-  ids = np.full((rows, width), verifier.pad_id, np.int32)
-  mask = np.zeros((rows, width), bool)
-  ends = np.zeros((rows, width), bool)
-  read = [0] * rows
+  rows = len(solutions)
+  inputs = {}
   for r, solution in enumerate(solutions):
     if solution is None:
       continue
     row_ids, positions = verifier.build_input(prompts[r], solution,
                                               step_ends[r])
-    if len(row_ids) > width:
+    if len(row_ids) > verifier.max_len:
       raise ValueError(f"verifier input of {len(row_ids)} tokens exceeds "
-                       f"VerifierFns.max_len={width}")
-    ids[r, :len(row_ids)] = row_ids
-    mask[r, :len(row_ids)] = True
-    ends[r, positions] = True
-    read[r] = len(row_ids)
+                       f"VerifierFns.max_len={verifier.max_len}")
+    inputs[r] = row_ids, positions
+  read = [len(inputs[r][0]) if r in inputs else 0 for r in range(rows)]
+  out = [[] for _ in range(rows)]
+  if not inputs:
+    return out, read
+  # Sharded rows must split evenly over devices: keep the row count.
+  fed = (sorted(inputs) if verifier.shard is None else range(rows))
+  # At most 4 sizes per axis: few compiles of the verifier.
+  n = len(fed) if verifier.shard else max(bucket(len(fed), rows), rows // 8)
+  width = max(bucket(max(read), verifier.max_len), verifier.max_len // 8)
+  ids = np.full((n, width), verifier.pad_id, np.int32)
+  mask = np.zeros((n, width), bool)
+  ends = np.zeros((n, width), bool)
+  for i, r in enumerate(fed):
+    if r in inputs:
+      row_ids, positions = inputs[r]
+      ids[i, :len(row_ids)] = row_ids
+      mask[i, :len(row_ids)] = True
+      ends[i, positions] = True
   arrays = (ids, mask, ends)
   if verifier.shard is not None:
     arrays = verifier.shard(arrays)
   scores, step_mask = jax.device_get(
       step_scores(verifier.score_fn, verifier.params, *arrays))
-  out = [scores[r, step_mask[r]].tolist() if solutions[r] is not None else []
-         for r in range(rows)]
+  for i, r in enumerate(fed):
+    if r in inputs:
+      out[r] = scores[i, step_mask[i]].tolist()
   return out, read
+
+
+def bucket(size: int, cap: int) -> int:
+  """The smallest power of two >= `size`, at most `cap`: array sizes that
+  follow a growing count with few distinct (compiled) shapes."""
+  return min(cap, 1 << max(int(size) - 1, 0).bit_length())
 
 
 def row_keys(problem_keys: jax.Array, rows_per_problem: int,

@@ -9,6 +9,12 @@ per-row fields, lets the roll-out write past them, and then restores them
 with `cache.rollback`. Keys and values written by the roll-out stay in the
 buffers, masked and overwritten by the next step, so no `[batch, heads,
 length, dim]` buffer is ever copied.
+
+`decode_step` keeps the cost of a step near that of plain sampling: the
+cache starts short and doubles as it fills (attention reads every slot, so
+a cache sized for 40 rounds would make every early step pay for all of
+them), and once only a few rows are still in their step they finish it in
+a batch of their own instead of the whole batch idling along.
 """
 
 from __future__ import annotations
@@ -21,6 +27,46 @@ import numpy as np
 
 from ttcjax.decoding import DecodeState, Greedy, Sampler, Sampling
 from ttcjax.search.base import PolicyFns
+from ttcjax.search.batching import bucket
+
+
+def cache_slots(policy: PolicyFns, used: int) -> int:
+  """Slots to allocate for a cache of which `used` are filled: the next
+  power of two above `used`, at most `policy.max_len` (all of it when the
+  cache does not grow)."""
+  if not policy.grow_cache:
+    return policy.max_len
+  return bucket(used + 1, policy.max_len)
+
+
+def _grow(policy: PolicyFns, state: DecodeState, slots: int) -> DecodeState:
+  state = state.replace(cache=state.cache.grow(slots))
+  return state if policy.shard is None else policy.shard(state)
+
+
+def _decode(policy: PolicyFns, state: DecodeState, sampler: Sampler,
+            new_step: bool, min_active: int
+            ) -> tuple[DecodeState, np.ndarray]:
+  """Decodes until at most `min_active` rows are still in their step (or
+  the cache is full at `policy.max_len`), growing the cache as it fills.
+
+  Returns:
+    The state and `[batch] bool` the rows still going.
+  """
+  dec = policy.decoder
+  while True:
+    slots = state.cache.max_len
+    if int(state.cache.index) >= slots and slots < policy.max_len:
+      state = _grow(policy, state, cache_slots(policy, slots))
+    state = dec.decode(policy.params, state, sampler, dec.max_gen, "step",
+                       new_step, min_active)
+    new_step = False
+    index, finished, step_done = jax.device_get(
+        (state.cache.index, state.finished, state.step_done))
+    going = ~(finished | step_done)
+    if (index < state.cache.max_len or going.sum() <= min_active or
+        state.cache.max_len >= policy.max_len):
+      return state, going
 
 
 def decode_step(policy: PolicyFns, state: DecodeState, sampler: Sampler,
@@ -29,7 +75,10 @@ def decode_step(policy: PolicyFns, state: DecodeState, sampler: Sampler,
 
   Frozen rows (dead beams, finished candidates, padding) are marked finished
   for the call, so they neither sample nor advance, then get their flag
-  back.
+  back. With `policy.grow_cache`, a cache that fills before every row ended
+  its step is doubled (up to `policy.max_len`) and the step resumes. Once
+  at most `policy.straggler_fraction` of the rows are still in their step,
+  they finish it as a batch of that size (gathered, then scattered back).
 
   Args:
     policy: policy callbacks.
@@ -41,10 +90,25 @@ def decode_step(policy: PolicyFns, state: DecodeState, sampler: Sampler,
     The state after every other row ended its step (delimiter, EOS, the
     token cap or the end of the cache).
   """
-  frozen = jnp.asarray(frozen)
   was = state.finished
-  state = policy.decoder.decode(policy.params, state.replace(
-      finished=was | frozen), sampler, policy.decoder.max_gen, "step")
+  frozen = jnp.asarray(frozen)
+  batch = state.batch_size
+  few = int(batch * policy.straggler_fraction)
+  if policy.shard is not None or 2 * few > batch:
+    few = 0  # a few rows would not split over devices, or save nothing
+  state, going = _decode(policy, state.replace(finished=was | frozen),
+                         sampler, True, few)
+  rows = np.flatnonzero(going)
+  if len(rows) and int(state.cache.index) < policy.max_len:
+    # Stragglers decode alone until they end their step, as `few` rows
+    # (repeated to fill; the copies are frozen).
+    fill = np.arange(few) >= len(rows)
+    sub = state.take(jnp.asarray(np.resize(rows, few)))
+    sub, _ = _decode(policy, sub.replace(finished=sub.finished | fill),
+                     sampler, False, 0)
+    if sub.cache.max_len > state.cache.max_len:
+      state = _grow(policy, state, sub.cache.max_len)
+    state = state.put(jnp.asarray(rows), sub)
   return state.replace(finished=jnp.where(frozen, was, state.finished))
 
 

@@ -3,7 +3,9 @@
 All problems of a batch and all their beams are rows of ONE decode state:
 row `p * N + j` is slot `j` of problem `p`. Each round
 
-1. every live row decodes one step (one `decode` call for the batch);
+1. every live row decodes one step (one `decode_step` for the batch; it
+   grows the cache as it fills and finishes the last few rows' steps in a
+   smaller batch, see `lookahead.decode_step`);
 2. lookahead only: live rows that continue roll out k greedy steps, and
    the cache is rolled back (see `lookahead.rollout_and_rollback`);
 3. every row with a new step is scored in ONE verifier call; the step's
@@ -33,8 +35,8 @@ from ttcjax.search import base, batching
 from ttcjax.search.base import (PolicyFns, RoundTrace, SearchConfig,
                                 SearchProblem, SearchResult, TaskFns,
                                 VerifierFns)
-from ttcjax.search.lookahead import (decode_step, rollout_and_rollback,
-                                     step_ended)
+from ttcjax.search.lookahead import (cache_slots, decode_step,
+                                     rollout_and_rollback, step_ended)
 from ttcjax.search.selection import select
 from ttcjax.verifiers.scoring import aggregate
 
@@ -128,7 +130,9 @@ class _Batch:
     policy, dec = self.policy, self.policy.decoder
     prompts, mask = batching.pad_prompts(self.padded, policy.pad_id,
                                      policy.prompt_len)
-    cache = policy.init_cache(len(self.padded), policy.max_len)
+    # A short cache that `decode_step` grows as it fills (`grow_cache`).
+    cache = policy.init_cache(len(self.padded),
+                              cache_slots(policy, prompts.shape[1]))
     inputs = self._shard((prompts, mask, cache,
                           batching.row_keys(self.problem_keys, self.n, 0)))
     state = dec.prefill(policy.params, *inputs[:3], policy.sampler,
