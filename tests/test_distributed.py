@@ -3,15 +3,12 @@ run on CPU (local coordinator) whose merged records equal one process's."""
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from ttcjax import distributed
+from ttcjax import distributed, testing
 
 # One worker of the two-process test. Each process computes records for its
 # share of the problems ('trivial': a string function; 'model': greedy decode
@@ -19,7 +16,7 @@ from ttcjax import distributed
 # so one compiled shape), gathers them, and process 0 writes the file.
 _WORKER = textwrap.dedent("""
     import json, sys
-    from ttcjax import distributed
+    from ttcjax import distributed, testing
     out, port, mode = sys.argv[1], sys.argv[2], sys.argv[5]
     num, pid = int(sys.argv[3]), int(sys.argv[4])
     if num > 1:
@@ -55,44 +52,17 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def _child_env(devices: int) -> dict:
-  env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if "xla_force_host_platform_device_count" not in f]
-  flags.append(f"--xla_force_host_platform_device_count={devices}")
-  env.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
-  for name in (distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID,
-               distributed.ENV_COORDINATOR, "CLUSTER_SPEC"):
-    env.pop(name, None)
-  return env
-
-
 def _run(tmp_path, num: int, mode: str, devices=(1, 2)
          ) -> tuple[list[dict], float]:
   worker = tmp_path / "worker.py"
   worker.write_text(_WORKER)
   out = tmp_path / f"records_{num}.jsonl"
-  port = str(_free_port())
-  began = time.perf_counter()
-  procs = [subprocess.Popen(
-      [sys.executable, str(worker), str(out), port, str(num), str(i), mode],
-      env=_child_env(devices[i % len(devices)]), stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(num)]
-  try:
-    logs = [p.communicate(timeout=240)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  seconds = time.perf_counter() - began
-  for i, p in enumerate(procs):
-    assert p.returncode == 0, f"process {i}:\n{logs[i][-3000:]}"
+  port = str(testing.free_port())
+  _, seconds = testing.run_processes(
+      [[sys.executable, str(worker), str(out), port, str(num), str(i), mode]
+       for i in range(num)],
+      [testing.cpu_process_env(devices[i % len(devices)])
+       for i in range(num)], timeout=240)
   with open(out) as f:
     return [json.loads(line) for line in f], seconds
 

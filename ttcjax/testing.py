@@ -232,3 +232,55 @@ def numpy_params(config, seed: int = 0, stddev: float | None = 0.3) -> dict:
 
   return jax.tree_util.tree_map_with_path(
       draw, models.param_shapes(config))
+
+
+# --- Local multi-process runs (multi-host tests on one CPU machine) ---------
+
+
+def free_port() -> int:
+  """A TCP port free on localhost now (for a local jax.distributed
+  coordinator)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def cpu_process_env(devices: int) -> dict[str, str]:
+  """This process's environment for a child on `devices` CPU devices, with
+  no process layout inherited (`ttcjax.distributed`'s variables dropped)."""
+  import os  # pylint: disable=g-import-not-at-top
+  from ttcjax import distributed  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if "xla_force_host_platform_device_count" not in f]
+  flags.append(f"--xla_force_host_platform_device_count={devices}")
+  env.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
+  for name in (distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID,
+               distributed.ENV_COORDINATOR, "CLUSTER_SPEC"):
+    env.pop(name, None)
+  return env
+
+
+def run_processes(commands: Sequence[Sequence[str]],
+                  envs: Sequence[dict[str, str]], *, timeout: float,
+                  cwd: str | None = None) -> tuple[list[str], float]:
+  """Starts every command at once, waits for all; returns their combined
+  stdout/stderr and the wall time. Kills what is left on a timeout and
+  fails (AssertionError with the log's tail) on a non-zero exit."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  began = time.perf_counter()
+  procs = [subprocess.Popen(list(cmd), cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for cmd, env in zip(commands, envs)]
+  try:
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  seconds = time.perf_counter() - began
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, f"process {i}:\n{logs[i][-4000:]}"
+  return logs, seconds

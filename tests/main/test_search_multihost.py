@@ -4,10 +4,7 @@ resumes from process 0's file alone."""
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 
@@ -56,48 +53,18 @@ def gin_file(tmp_path_factory):
   return str(path)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def _child_env() -> dict:
-  """CPU, one device per process, no process layout from this test's env."""
-  env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if "xla_force_host_platform_device_count" not in f]
-  env.update(XLA_FLAGS=" ".join(flags + [
-      "--xla_force_host_platform_device_count=1"]), JAX_PLATFORMS="cpu")
-  for name in (distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID,
-               distributed.ENV_COORDINATOR, "CLUSTER_SPEC"):
-    env.pop(name, None)
-  return env
-
-
 def _search(gin_file: str, workdirs: list[str]) -> tuple[list[str], float]:
   """Runs `ttcjax.main.search`, process i writing to (or not) workdirs[i];
   returns every process's log and the wall time."""
   num = len(workdirs)
-  layout = ([f"--coordinator_address=localhost:{_free_port()}",
+  layout = ([f"--coordinator_address=localhost:{testing.free_port()}",
              f"--num_processes={num}"] if num > 1 else [])
-  began = time.perf_counter()
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "ttcjax.main.search", f"--gin_file={gin_file}",
-       f"--workdir={workdir}", "--alsologtostderr", *layout,
-       *([f"--process_id={i}"] if num > 1 else [])],
-      cwd=REPO, env=_child_env(), stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i, workdir in
-           enumerate(workdirs)]
-  try:
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  seconds = time.perf_counter() - began
-  for i, p in enumerate(procs):
-    assert p.returncode == 0, f"process {i}:\n{logs[i][-4000:]}"
+  logs, seconds = testing.run_processes(
+      [[sys.executable, "-m", "ttcjax.main.search", f"--gin_file={gin_file}",
+        f"--workdir={workdir}", "--alsologtostderr", *layout,
+        *([f"--process_id={i}"] if num > 1 else [])]
+       for i, workdir in enumerate(workdirs)],
+      [testing.cpu_process_env(1)] * num, timeout=300, cwd=REPO)
   return logs, seconds
 
 
