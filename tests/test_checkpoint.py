@@ -52,6 +52,15 @@ def test_numpy_params_round_trip(tmp_path):
   _assert_bitwise_equal(params, checkpoint.restore(tmp_path / "ckpt")[1])
 
 
+def test_relative_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  params = _random_params(_CONFIG, 2)
+  checkpoint.save("rel/ckpt", params, _CONFIG)
+  assert checkpoint.exists(tmp_path / "rel" / "ckpt")
+  _assert_bitwise_equal(params, checkpoint.restore("rel/ckpt")[1])
+  assert str(checkpoint.absolute("gs://b/ckpt")) == "gs://b/ckpt"
+
+
 def test_sharded_restore(tmp_path):
   assert jax.device_count() == 8, "tests expect 8 host devices (XLA_FLAGS)"
   mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2),

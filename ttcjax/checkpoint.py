@@ -67,6 +67,13 @@ def _check_params(params: Params, config: ModelConfig) -> None:
           f"param_dtype={config.param_dtype!r}")
 
 
+def absolute(directory: PathLike) -> epath.Path:
+  """`directory` as a path, made absolute when local: orbax refuses
+  relative paths (`workdir/study` from `make study`). URLs (gs://) stay."""
+  text = os.fspath(directory)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def exists(directory: PathLike) -> bool:
   """Whether `directory` holds a complete checkpoint."""
   path = epath.Path(directory)
@@ -109,7 +116,7 @@ def save(directory: PathLike, params: Params, config: ModelConfig,
     ValueError: `params` do not match `config`.
   """
   _check_params(params, config)
-  target = epath.Path(directory)
+  target = absolute(directory)
   if target.exists() and any(target.iterdir()) and not overwrite:
     raise FileExistsError(f"{target}: exists and is not empty; pass "
                           "overwrite=True to replace it")
@@ -189,7 +196,7 @@ def restore(directory: PathLike, shardings: Any = None
     FileNotFoundError: `directory` is not a complete checkpoint.
     ValueError: the stored config is invalid.
   """
-  path = epath.Path(directory)
+  path = absolute(directory)
   if not exists(path):
     raise FileNotFoundError(f"{path}: not a complete ttcjax checkpoint (needs "
                             f"{_CONFIG}, {_METADATA} and {_PARAMS}/)")

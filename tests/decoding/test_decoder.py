@@ -382,6 +382,18 @@ def test_take_then_continue_equals_continue_then_take(params, reference,
   assert isinstance(a, DecodeState)
 
 
+def _assert_same_step_state(got, want):
+  """Same tokens, step bookkeeping and cache bookkeeping; logprobs to 1e-6."""
+  for field in ("tokens", "num_generated", "step_start", "step_done",
+                "finished", "pending"):
+    np.testing.assert_array_equal(getattr(got, field), getattr(want, field),
+                                  field)
+  for field in ("index", "valid", "next_pos"):
+    np.testing.assert_array_equal(getattr(got.cache, field),
+                                  getattr(want.cache, field), field)
+  chex.assert_trees_all_close(got.logprobs, want.logprobs, atol=1e-6)
+
+
 def test_a_step_resumed_in_a_grown_cache_equals_a_full_cache(params,
                                                              reference):
   prompts, mask, _, _ = reference
@@ -404,14 +416,7 @@ def test_a_step_resumed_in_a_grown_cache_equals_a_full_cache(params,
   assert grown.cache.k[0].shape == full.cache.k[0].shape
   grown = decoder.decode(params, grown, sampler, MAX_GEN, "step", False)
   for _ in range(2):  # the resumed step, then a fresh one
-    for field in ("tokens", "num_generated", "step_start", "step_done",
-                  "finished", "pending"):
-      np.testing.assert_array_equal(getattr(grown, field),
-                                    getattr(full, field), field)
-    for field in ("index", "valid", "next_pos"):
-      np.testing.assert_array_equal(getattr(grown.cache, field),
-                                    getattr(full.cache, field), field)
-    chex.assert_trees_all_close(grown.logprobs, full.logprobs, atol=1e-6)
+    _assert_same_step_state(grown, full)
     grown, full = (decoder.decode(params, s, sampler, MAX_GEN, "step")
                    for s in (grown, full))
 
@@ -448,13 +453,6 @@ def test_stragglers_decoded_apart_and_put_back_equal_one_batch(params,
   sub = part.take(jnp.asarray(going))
   sub = decoder.decode(params, sub, sampler, MAX_GEN, "step", False)
   got = part.put(jnp.asarray(going), sub)
-  for field in ("tokens", "num_generated", "step_start", "step_done",
-                "finished", "pending"):
-    np.testing.assert_array_equal(getattr(got, field), getattr(want, field),
-                                  field)
-  for field in ("index", "valid", "next_pos"):
-    np.testing.assert_array_equal(getattr(got.cache, field),
-                                  getattr(want.cache, field), field)
-  chex.assert_trees_all_close(got.logprobs, want.logprobs, atol=1e-6)
+  _assert_same_step_state(got, want)
   np.testing.assert_array_equal(jax.random.key_data(got.rngs),
                                 jax.random.key_data(want.rngs))

@@ -289,6 +289,20 @@ def test_checkpoint_manager_keeps_n(tmp_path):
   assert steps == [10, 12]
 
 
+def test_relative_workdir(tmp_path, monkeypatch):
+  """`make study` passes `workdir/study`; orbax refuses relative paths."""
+  monkeypatch.chdir(tmp_path)
+  source = training.ArraySource(_lm_arrays(4, 5), batch_size=4)
+  config = _TRAIN.replace(total_steps=4, warmup_steps=1, checkpoint_every=2)
+  training.train(_CONFIG, config, source, None, "rel/run",
+                 init_params=_tiny_params(_CONFIG, 5))
+  assert (tmp_path / "rel/run/checkpoints/4").is_dir()
+  assert checkpoint.load_step("rel/run/final") == 4
+  # A rerun resumes from the relative directory's checkpoints.
+  training.train(_CONFIG, config, source, None, "rel/run",
+                 init_params=_tiny_params(_CONFIG, 5))
+
+
 def test_reward_objective_trains_with_added_head(tmp_path):
   policy = _tiny_params(_CONFIG, 6)
   params = training.add_reward_head(policy, _CONFIG, jax.random.key(0))

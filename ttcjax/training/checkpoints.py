@@ -16,6 +16,7 @@ from typing import Any
 from etils import epath
 import orbax.checkpoint as ocp
 
+from ttcjax.checkpoint import absolute
 from ttcjax.training.train_state import TrainState
 
 
@@ -59,7 +60,7 @@ class TrainCheckpoints:
       keep: how many of the latest steps to keep (older ones are deleted).
     """
     self.manager = ocp.CheckpointManager(
-        epath.Path(directory),
+        absolute(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
   def latest_step(self) -> int | None:
