@@ -161,3 +161,32 @@ def test_orm_candidates_from_chains():
       ("p", (), "x", True), ("p", (), "y", False), ("p", ("y",), "z", True),
       ("q", (), "a", False), ("q", ("a",), "b", False),
       ("q", ("b",), "c", True)]
+
+
+def test_keep_correct_adds_examples_ending_in_their_own_target():
+  samples = _samples()
+  n_right = sum(ok for s in samples.values() for _, ok in s)
+  base, _ = rd.revision_lm_examples(TOK, QUESTIONS, samples,
+                                    np.random.default_rng(0), max_len=512)
+  same, _ = rd.revision_lm_examples(TOK, QUESTIONS, samples,
+                                    np.random.default_rng(0), max_len=512,
+                                    keep_correct=0.0)
+  for a, b in zip(base, same, strict=True):  # off: the paper's data, as is
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+  examples, stats = rd.revision_lm_examples(
+      TOK, QUESTIONS, samples, np.random.default_rng(0), max_len=512,
+      keep_correct=1.0)
+  assert stats["n_keep_correct"] == n_right
+  assert len(examples) == 2 * n_right - stats["n_too_long"]
+  for e, b in zip(examples[:n_right], base, strict=True):
+    np.testing.assert_array_equal(e["tokens"], b["tokens"])
+  for e in examples[n_right:]:
+    target = e["loss_weights"] > 0
+    answer = TOK.decode(e["tokens"][target][:-1])  # EOS dropped
+    question = TOK.decode(e["tokens"][~target])
+    last = question.split("Attempt ")[-1].split(":\n", 1)[1]
+    assert last.replace(ex.REVISION_HEADER, "").rstrip("\n") == (
+        answer.rstrip("\n"))
+  with pytest.raises(ValueError, match="keep_correct"):
+    rd.revision_lm_examples(TOK, QUESTIONS, samples,
+                            np.random.default_rng(0), keep_correct=1.5)

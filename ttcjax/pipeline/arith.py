@@ -111,6 +111,9 @@ class ArithStudyConfig:
       copy draws its own wrong attempts). 0 in the paper; with a tiny policy
       most problems have no correct sample, and the references teach the
       revision format on every problem.
+    revision_keep_correct: probability that a revision trajectory also
+      yields an example whose last attempt is its (correct) target, so the
+      model learns to keep right answers (0: the paper's data).
     revision: the revision model's training.
     orm: the revision ORM's training.
     test_problems, test_seed: held-out problems (seed < 1000).
@@ -142,6 +145,7 @@ class ArithStudyConfig:
   revision_context: int = 4
   revision_targets_per_problem: int | None = None
   revision_reference_targets: int = 0
+  revision_keep_correct: float = 0.0
   revision: RoleTraining
   orm: RoleTraining
   test_problems: int
@@ -567,7 +571,8 @@ def _train_revision(config: ArithStudyConfig, ctx: stages.StageContext):
              for u, s in samples.items()}
   exs, stats = revision_data.revision_lm_examples(
       TOKENIZER, questions, samples, rng, max_len=config.revision_max_len,
-      max_context=config.revision_context)
+      max_context=config.revision_context,
+      keep_correct=config.revision_keep_correct)
   stages.atomic_write_json(ctx.out / "data_stats.json", stats)
   model_config, params = checkpoint.restore(
       ctx.input("pretrain_policy") / "model")
@@ -624,7 +629,11 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
           context=c.revision_context,
           targets_per_problem=c.revision_targets_per_problem,
           reference_targets=c.revision_reference_targets,
-          include_reference=c.include_reference),
+          include_reference=c.include_reference,
+          # Only when set: finished studies made before the option keep
+          # their hashes.
+          **({"keep_correct": c.revision_keep_correct}
+             if c.revision_keep_correct else {})),
                    ("pretrain_policy", "revision_data"), cost=2),
       stages.Stage("train_orm", fn(_train_orm), dict(
           training=c.orm, max_len=c.revision_max_len,

@@ -80,9 +80,16 @@ def revision_lm_examples(tokenizer: TextTokenizer,
                          samples: Mapping[Any, Sequence[Sample]],
                          rng: np.random.Generator, *,
                          max_len: int | None = None,
-                         max_context: int = MAX_CONTEXT, max_k: int = 4
+                         max_context: int = MAX_CONTEXT, max_k: int = 4,
+                         keep_correct: float = 0.0
                          ) -> tuple[list[Example], dict[str, int]]:
   """Revision-model LM examples: one per correct sample.
+
+  With `keep_correct > 0` (not in the paper), each trajectory also yields,
+  with that probability, a second example whose last attempt is the target
+  itself: a chain's later attempts see right answers as well as wrong ones,
+  and this teaches the model to keep a right answer instead of revising it
+  away.
 
   Args:
     tokenizer: see `ttcjax.data.examples.TextTokenizer`.
@@ -92,15 +99,26 @@ def revision_lm_examples(tokenizer: TextTokenizer,
     max_len: longest example (oldest attempts are dropped first to fit).
     max_context: most attempts in context.
     max_k: most wrong attempts drawn per trajectory.
+    keep_correct: probability of the extra keep-the-right-answer example
+      per trajectory (drawn after the trajectories, from `rng`).
 
   Returns:
     `(examples, stats)`: `n_trajectories`, `n_too_long` (skipped: the
-    target alone does not fit), `n_examples`, and `attempts_<k>` counts of
-    trajectories with k attempts in context.
+    target alone does not fit), `n_examples`, `n_keep_correct` (extra
+    examples), and `attempts_<k>` counts of trajectories with k attempts in
+    context.
   """
+  if not 0.0 <= keep_correct <= 1.0:
+    raise ValueError(f"keep_correct must be in [0, 1], got {keep_correct}")
   trajectories = build_revision_trajectories(samples, rng, max_context, max_k)
+  if keep_correct > 0:
+    keep = rng.random(len(trajectories)) < keep_correct
+    trajectories = trajectories + [
+        (uid, list(attempts) + [target], target)
+        for (uid, attempts, target), k in zip(trajectories, keep) if k]
   examples = []
   stats = collections.Counter(n_trajectories=len(trajectories), n_too_long=0)
+  stats["n_keep_correct"] = (int(keep.sum()) if keep_correct > 0 else 0)
   for uid, attempts, target in trajectories:
     stats[f"attempts_{len(attempts)}"] += 1
     try:
