@@ -1,6 +1,7 @@
 """Search records (keys, durable appends, resume) and the search stage end to
 end: tiny random checkpoints -> `search_lib.run` -> records.jsonl."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -12,7 +13,7 @@ from ttcjax import checkpoint, models, search, testing
 from ttcjax.main import search as entry
 from ttcjax.main import search_lib
 from ttcjax.search import records
-from ttcjax.search.base import Candidate, SearchResult
+from ttcjax.search.base import Candidate, SearchConfig, SearchResult
 from ttcjax.study import flops
 
 
@@ -222,6 +223,24 @@ def _canonical(recs):
     for c in r["candidates"]:
       c["score"] = round(c["score"], 4)
   return sorted(json.dumps(r, sort_keys=True) for r in recs)
+
+
+def test_max_rows_shrinks_batches_not_records(checkpoints, tmp_path):
+  config = _run_config(checkpoints)
+  base_config = SearchConfig(strategy="best_of_n")
+  assert search_lib.batch_problems(2, base_config, 4, None) == 2
+  assert search_lib.batch_problems(2, base_config, 4, 4) == 1
+  assert search_lib.batch_problems(2, base_config, 4, 3) == 1  # at least 1
+  revisions = SearchConfig(strategy="revisions", revision_length=2)
+  assert search_lib.batch_problems(8, revisions, 8, 8) == 2  # 4 chains each
+  with pytest.raises(ValueError, match="SearchRun.max_rows"):
+    dataclasses.replace(config, max_rows=0)
+  small = dataclasses.replace(config, max_rows=2)  # N=4: one problem a batch
+  search_lib.run(config, str(tmp_path / "a"))
+  search_lib.run(small, str(tmp_path / "b"))
+  read = lambda d: records.read_records(
+      os.path.join(tmp_path, d, records.RECORDS_FILE))
+  assert _canonical(read("a")) == _canonical(read("b"))
 
 
 def test_search_run_writes_records_then_resumes(checkpoints, tmp_path):

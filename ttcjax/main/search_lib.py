@@ -225,6 +225,11 @@ class SearchRun:
     verifier_rows: rows the PRM/ORM reads per forward pass
       (`verifiers.chunked_score_fn`), bounding its activation memory; None:
       every row of a scoring call at once.
+    max_rows: most policy rows in one search batch (problems x N for
+      best-of-N and the tree searches, problems x N / L chains for
+      revisions): at large N, fewer problems go in a batch (at least one),
+      so the KV cache stays within what `ttcjax.memory` budgets. Records do
+      not depend on it. None: `problems_per_batch` at every budget.
   """
   problems: ProblemSource
   checkpoints: Checkpoints
@@ -238,6 +243,7 @@ class SearchRun:
   tree_cache_tokens: int | None = None
   mesh: partitioning.MeshConfig | None = None
   verifier_rows: int | None = None
+  max_rows: int | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "strategies", tuple(self.strategies))
@@ -252,10 +258,11 @@ class SearchRun:
       raise ValueError(f"SearchRun.mesh must be a MeshConfig or None, got "
                        f"{self.mesh!r} (bind search.SearchRun.mesh = "
                        f"@ttcjax.MeshConfig())")
-    if self.verifier_rows is not None and (
-        not isinstance(self.verifier_rows, int) or self.verifier_rows < 1):
-      raise ValueError(f"SearchRun.verifier_rows must be a positive int or "
-                       f"None, got {self.verifier_rows!r}")
+    for name in ("verifier_rows", "max_rows"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"SearchRun.{name} must be a positive int or None, "
+                         f"got {value!r}")
     names = {s.strategy for s in self.strategies}
     if names & set(_PRM_STRATEGIES):
       _check_path(self.checkpoints.policy, "Checkpoints.policy", True)
@@ -566,6 +573,16 @@ def _claim(done: set[records.Key], uid: str, strategy: str,
   return fresh
 
 
+def batch_problems(size: int, config: base.SearchConfig, budget: int,
+                   max_rows: int | None) -> int:
+  """Problems per batch: `size`, fewer when their rows exceed `max_rows`."""
+  if max_rows is None:
+    return size
+  rows = (chain_count(budget, config.revision_length)
+          if config.strategy == "revisions" else budget)
+  return max(1, min(size, max_rows // rows))
+
+
 def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
   """Runs every sweep of `run_config`, appending to `<workdir>/records.jsonl`.
 
@@ -625,6 +642,9 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
       if ident in seen:  # e.g. beam_width 4 and 'sqrt' at N=16
         continue
       seen.add(ident)
+      per_batch = batch_problems(size, config, budget, run_config.max_rows)
+      if per_batch != size:
+        config = dataclasses.replace(config, problems_per_batch=per_batch)
       counts["skipped"] += sum(
           records.key_of(p.uid, config.strategy, hp, budget) in done
           for p in search_problems for hp in hparams)
@@ -636,8 +656,8 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
         bundles = _setup(run_config, problems, tok, placement)
       models_ = bundles["revision" if config.strategy == "revisions"
                         else "prm"]
-      batches = [todo[start:start + size]
-                 for start in range(0, len(todo), size)]
+      batches = [todo[start:start + per_batch]
+                 for start in range(0, len(todo), per_batch)]
       mine_total = sum(map(len, batches[host::hosts]))
       mine_done = 0
       for first in range(0, len(batches), hosts):
