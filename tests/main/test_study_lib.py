@@ -9,6 +9,7 @@ import pytest
 from ttcjax import checkpoint, models, testing
 from ttcjax.main import gin_utils, search_lib, study_lib
 from ttcjax.pipeline import stages
+from ttcjax.pipeline import study as arith_study
 from ttcjax.study import analysis as analysis_lib
 
 TINY = models.ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4,
@@ -115,7 +116,7 @@ def test_search_study_end_to_end(checkpoints, tmp_path):
   large = stages.read_json(work / "large_eval" / "results.json")
   assert sorted(large) == [f"arith-0-{i}" for i in range(6)]
   # Greedy: one candidate per problem, at temperature 0.
-  recs = study_lib.read_jsonl(work / "large_eval" / "records.jsonl")
+  recs = arith_study.read_jsonl(work / "large_eval" / "records.jsonl")
   assert {r["budget"] for r in recs} == {1} and len(recs) == 6
   before = (work / "results.json").read_bytes()
   study_lib.run(spec, work)  # finished: every stage skipped

@@ -29,7 +29,6 @@ classes configurable (modules `study` and `search`), for both entry points.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -41,7 +40,6 @@ from ttcjax.pipeline import arith, stages
 from ttcjax.pipeline import study as arith_study
 from ttcjax.search import records as records_lib
 from ttcjax.study import analysis as analysis_lib
-from ttcjax.study import difficulty, report
 from ttcjax.tasks import arithmetic
 
 def _replace_checked(obj, overrides: Mapping[str, Any], what: str):
@@ -158,26 +156,14 @@ class SearchStudy:
         pretrain_tokens=self.pretrain_tokens), tuple(inputs), cost=1))
     return out
 
-  @staticmethod
-  def _run_into(run: search_lib.SearchRun, ctx: stages.StageContext):
-    work = ctx.work / "search"
-    counts = search_lib.run(run, str(work))
-    stages.atomic_write_bytes(ctx.out / records_lib.RECORDS_FILE,
-                              (work / records_lib.RECORDS_FILE).read_bytes())
-    return counts
-
   def _sweep(self, ctx: stages.StageContext):
-    return self._run_into(self.search, ctx)
+    return arith_study.search_into(self.search, ctx)
 
   def _large_eval(self, ctx: stages.StageContext):
-    counts = self._run_into(self.large_run(), ctx)
-    recs = read_jsonl(ctx.out / records_lib.RECORDS_FILE)
-    correct = {str(r["uid"]): bool(r["correct"]) for r in recs}
-    stages.atomic_write_json(ctx.out / "results.json", correct)
-    acc = sum(correct.values()) / max(1, len(correct))
-    stages.atomic_write_json(ctx.out / "metrics.json",
-                             {"accuracy": acc, "n": len(correct)})
-    return dict(counts, accuracy=acc)
+    counts = arith_study.search_into(self.large_run(), ctx)
+    recs = arith_study.read_jsonl(ctx.out / records_lib.RECORDS_FILE)
+    return dict(counts, **arith_study.write_large_results(
+        ctx, {str(r["uid"]): bool(r["correct"]) for r in recs}))
 
   def flops_info(self) -> dict[str, Any] | None:
     if self.large_policy is None:
@@ -189,25 +175,8 @@ class SearchStudy:
         "d_pretrain": int(self.pretrain_tokens)}
 
   def _analysis(self, ctx: stages.StageContext):
-    recs = read_jsonl(ctx.input("search_sweep") / records_lib.RECORDS_FILE)
-    oracle, scores = difficulty.samples_from_records(
-        recs, strategy="best_of_n", budget=self.oracle_budget(),
-        hparams={"selection": "weighted"})
-    if not oracle:
-      raise ValueError(f"no best_of_n records at budget "
-                       f"{self.oracle_budget()} with selection 'weighted': "
-                       f"nothing to bin the problems by")
-    large = None
-    if self.large_policy is not None:
-      large = stages.read_json(ctx.input("large_eval") / "results.json")
-    result = analysis_lib.analyze(recs, oracle, scores, large,
-                                  self.flops_info(), self.analysis)
-    return {"files": sorted(report.write_report(ctx.out, result))}
-
-
-def read_jsonl(path) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return arith_study.analyze_into(ctx, self.oracle_budget(),
+                                    self.flops_info(), self.analysis)
 
 
 Study = ArithStudy | SearchStudy
@@ -224,14 +193,10 @@ def experiment(spec: Study) -> Study:
 def run(spec: Study, workdir: os.PathLike, *,
         only: Sequence[str] | None = None, on_change: str = "error",
         log: Callable[[str], None] = logging.info) -> dict[str, Any]:
-  """Runs the study's unfinished stages into `workdir`; copies report.md
-  and results.json to its root. Returns stage name -> artefact directory."""
-  todo = spec.stages()
-  if only is not None:
-    todo = stages.with_inputs(todo, only)
-  dirs = stages.run_stages(todo, workdir, on_change=on_change, log=log)
-  arith_study.copy_to_root(os.fspath(workdir))
-  return dirs
+  """Runs the study's unfinished stages into `workdir`
+  (`ttcjax.pipeline.study.run_study`)."""
+  return arith_study.run_study(spec.stages(), workdir, only=only,
+                               on_change=on_change, log=log)
 
 
 def register() -> None:

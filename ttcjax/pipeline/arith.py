@@ -224,7 +224,8 @@ def _model(d: int, layers: int, ff: int, heads: int) -> models.ModelConfig:
 
 def arith_cpu() -> ArithStudyConfig:
   """The full micro-scale study, sized for a 2-core CPU (policy training
-  about 5 minutes; the whole study well under an hour)."""
+  about 4-5 minutes; with the ~14x model and the sweep of
+  `ttcjax.pipeline.study.SWEEPS['arith_cpu']`, 1-2 hours)."""
   return ArithStudyConfig(
       arithmetic=arithmetic.ArithmeticConfig(max_ops=3, max_digits=2),
       policy=_model(96, 3, 256, 3),

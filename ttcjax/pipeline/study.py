@@ -26,7 +26,6 @@ import functools
 import json
 import math
 import os
-import shutil
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
@@ -146,8 +145,15 @@ def _large_eval(config: arith.ArithStudyConfig, ctx: stages.StageContext):
   rows = ctx.map_chunks(
       "greedy", _test_problems(config), config.chunk_problems,
       lambda chunk: arith.sample_rows(config, chunk, policy, 1, key))
-  correct = {r["uid"]: bool(r["correct"][0]) for r in rows}
-  stages.atomic_write_json(ctx.out / "results.json", correct)
+  return write_large_results(
+      ctx, {r["uid"]: bool(r["correct"][0]) for r in rows})
+
+
+def write_large_results(ctx: stages.StageContext,
+                        correct: Mapping[str, bool]) -> dict[str, float]:
+  """The larger model's greedy correctness per uid (results.json, what the
+  analysis reads) and its accuracy (metrics.json)."""
+  stages.atomic_write_json(ctx.out / "results.json", dict(correct))
   acc = sum(correct.values()) / max(1, len(correct))
   stages.atomic_write_json(ctx.out / "metrics.json", {
       "accuracy": acc, "n": len(correct)})
@@ -192,15 +198,23 @@ def _search_sweep(config: arith.ArithStudyConfig, sweep: SweepConfig,
   ckpts = search_lib.Checkpoints(
       policy=model("pretrain_policy"), prm=model("train_prm"),
       revision=model("train_revision"), orm=model("train_orm"))
+  return search_into(search_run(config, sweep, ckpts), ctx)
+
+
+def search_into(run: search_lib.SearchRun,
+                ctx: stages.StageContext) -> dict[str, int]:
+  """Runs `run` with its records growing in the stage's work directory (a
+  killed run resumes) and copies them to the stage's records.jsonl."""
   work = ctx.work / "search"
-  counts = search_lib.run(search_run(config, sweep, ckpts), str(work))
+  counts = search_lib.run(run, str(work))
   src = work / records_lib.RECORDS_FILE
-  stages.atomic_write_bytes(ctx.out / "records.jsonl", src.read_bytes())
+  stages.atomic_write_bytes(ctx.out / records_lib.RECORDS_FILE,
+                            src.read_bytes())
   return counts
 
 
-def _read_jsonl(path) -> list[dict]:
-  with open(path) as f:
+def read_jsonl(path) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -220,15 +234,29 @@ def analysis_config(sweep: SweepConfig) -> analysis_lib.AnalysisConfig:
 
 def _analysis(config: arith.ArithStudyConfig, sweep: SweepConfig,
               ctx: stages.StageContext):
-  recs = _read_jsonl(ctx.input("search_sweep") / "records.jsonl")
+  return analyze_into(ctx, max(sweep.budgets), flops_info(config),
+                      analysis_config(sweep))
+
+
+def analyze_into(ctx: stages.StageContext, oracle_budget: int,
+                 flops: Mapping[str, Any] | None,
+                 config: analysis_lib.AnalysisConfig) -> dict[str, Any]:
+  """The analysis stage: the search_sweep stage's records, difficulty from
+  its weighted best-of-N candidates at `oracle_budget`, the large_eval
+  stage's results when it is an input (else no FLOPs-matched comparison),
+  and the report (report.md, results.json, figures/) in `ctx.out`."""
+  recs = read_jsonl(ctx.input("search_sweep") / records_lib.RECORDS_FILE)
   oracle, scores = difficulty.samples_from_records(
-      recs, strategy="best_of_n", budget=max(sweep.budgets),
+      recs, strategy="best_of_n", budget=oracle_budget,
       hparams={"selection": "weighted"})
-  large = stages.read_json(ctx.input("large_eval") / "results.json")
-  result = analysis_lib.analyze(recs, oracle, scores, large,
-                                flops_info(config), analysis_config(sweep))
-  written = report.write_report(ctx.out, result)
-  return {"files": sorted(written)}
+  if not oracle:
+    raise ValueError(f"no best_of_n records at budget {oracle_budget} with "
+                     f"selection 'weighted': nothing to bin the problems by")
+  large = None
+  if "large_eval" in ctx.inputs:
+    large = stages.read_json(ctx.input("large_eval") / "results.json")
+  result = analysis_lib.analyze(recs, oracle, scores, large, flops, config)
+  return {"files": sorted(report.write_report(ctx.out, result))}
 
 
 def full_study_stages(config: arith.ArithStudyConfig,
@@ -275,20 +303,24 @@ def copy_to_root(workdir: str) -> dict[str, str]:
   return out
 
 
-def run_full_study(config: arith.ArithStudyConfig, workdir: str, *,
-                   sweep: SweepConfig | str | None = None,
-                   only: Sequence[str] | None = None,
-                   on_change: str = "error",
-                   log: Callable[[str], None] = logging.info
-                   ) -> dict[str, str]:
-  """Runs `full_study_stages` into `workdir`; copies report.md and
-  results.json to its root. Returns stage name -> artefact directory."""
-  todo = full_study_stages(config, sweep)
+def run_study(todo: Sequence[stages.Stage], workdir: str, *,
+              only: Sequence[str] | None = None, on_change: str = "error",
+              log: Callable[[str], None] = logging.info) -> dict[str, str]:
+  """Runs a study's stages (`only` these and their inputs) into `workdir`;
+  copies report.md and results.json to its root. Returns stage name ->
+  artefact directory."""
   if only is not None:
     todo = stages.with_inputs(todo, only)
   dirs = stages.run_stages(todo, workdir, on_change=on_change, log=log)
   copy_to_root(os.fspath(workdir))
   return dirs
+
+
+def run_full_study(config: arith.ArithStudyConfig, workdir: str, *,
+                   sweep: SweepConfig | str | None = None,
+                   **kwargs) -> dict[str, str]:
+  """`run_study` of `full_study_stages(config, sweep)`."""
+  return run_study(full_study_stages(config, sweep), workdir, **kwargs)
 
 
 def headline(results: Mapping[str, Any]) -> list[str]:
