@@ -30,6 +30,8 @@ import random
 import re
 from typing import Optional, Union
 
+from ttcjax.tasks import base as _task_base
+
 STEP_DELIMITER = "\n"
 ANSWER_PREFIX = "#### "
 QUESTION_PREFIX = "Compute: "
@@ -349,3 +351,45 @@ def check_solution_steps(problem_or_expression: Union[Problem, str], text: str) 
         verdicts.append(ok)
         previous = current
     return verdicts
+
+
+@_task_base.register
+class ArithmeticTask(_task_base.Task):
+    """The arithmetic task behind the `Task` interface.
+
+    Problems are drawn with :func:`generate` from ``config`` and a seed;
+    answers are compared as integers; :func:`check_solution_steps` is the exact
+    step checker.
+    """
+
+    name = "arithmetic"
+    step_delimiter = STEP_DELIMITER
+
+    def __init__(self, config: ArithmeticConfig = ArithmeticConfig()):
+        self.config = config
+
+    def problems(self, num: Optional[int], seed: int) -> list[Problem]:
+        if num is None:
+            raise ValueError("the arithmetic task is generated: give a problem count")
+        return generate(self.config, num, seed)
+
+    def prompt(self, problem: Problem) -> str:
+        return prompt(problem)
+
+    def extract_answer(self, text: Optional[str]) -> Optional[str]:
+        return extract_answer(text)
+
+    def is_equiv(self, predicted: Optional[str], target: str) -> bool:
+        if predicted is None:
+            return False
+        a, b = _parse_int(predicted), _parse_int(str(target))
+        return a is not None and a == b
+
+    def split_steps(self, text: str) -> list[str]:
+        return split_steps(text)
+
+    def check_steps(self, problem: Problem, text: str) -> list[bool]:
+        return check_solution_steps(problem, text)
+
+    def difficulty_features(self, problem: Problem) -> dict:
+        return {"n_ops": problem.n_ops, "digits": problem.digits}

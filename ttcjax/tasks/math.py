@@ -32,6 +32,8 @@ import re
 from fractions import Fraction
 from typing import Optional
 
+from ttcjax.tasks import base as _task_base
+
 MAX_ANSWER_CHARS = 1_000
 MAX_NUMBER_DIGITS = 40
 MAX_COMPARISONS = 2_000
@@ -519,3 +521,37 @@ def is_equiv(pred: Optional[str], target: Optional[str]) -> bool:
     if pred is None or target is None:
         return False
     return _Judge().equiv(str(pred), str(target))
+
+
+@_task_base.register
+class MathTask(_task_base.Task):
+    """MATH / MATH-500 behind the `Task` interface.
+
+    Problems come from a MATH-style jsonl (:func:`load_jsonl`); the answer is
+    the last ``\\boxed{}`` of the output, judged by :func:`is_equiv`. Steps
+    end with a blank line, as in huggingface/search-and-learn. There is no
+    exact step checker.
+    """
+
+    name = "math"
+    step_delimiter = "\n\n"
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def problems(self, num: Optional[int], seed: int) -> list[MathProblem]:
+        del seed  # file order
+        loaded = load_jsonl(self.path)
+        return loaded if num is None else loaded[:num]
+
+    def prompt(self, problem: MathProblem) -> str:
+        return problem.problem + "\n"
+
+    def extract_answer(self, text: Optional[str]) -> Optional[str]:
+        return extract_boxed(text)
+
+    def is_equiv(self, predicted: Optional[str], target: str) -> bool:
+        return is_equiv(predicted, target)
+
+    def difficulty_features(self, problem: MathProblem) -> dict:
+        return {"level": problem.level, "subject": problem.subject}
