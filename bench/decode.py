@@ -48,7 +48,7 @@ from ttcjax.decoding import Decoder, Sampling
 from ttcjax.decoding.decoder import _sample  # pylint: disable=protected-access
 from ttcjax.models import hf_import
 from ttcjax.models.transformer import attend
-from ttcjax.study import flops
+from ttcjax.analysis import flops
 
 # name: (vocab, d_model, layers, heads, kv heads, d_ff, tied embeddings)
 SIZES = {
@@ -613,7 +613,7 @@ def print_flops(name: str, r: dict, w: Workload, small_rate: float,
                                 batch=w.batch, cache_len=w.cache_len)
   achieved = per_step * steps / r["decode"]
   dense = 2 * r["n"] * w.batch * steps / r["decode"]
-  print(f"\n== {name} decode FLOP/s (FLOPs from ttcjax.study.flops."
+  print(f"\n== {name} decode FLOP/s (FLOPs from ttcjax.analysis.flops."
         f"decode_flops, dense attention over {w.cache_len} slots: "
         f"{per_step / 1e9:.3f} GFLOP/step x {steps} steps)")
   print(f"  ttcjax decode achieved            {achieved / 1e9:8.1f} GFLOP/s"

@@ -11,7 +11,7 @@ bfloat16 Llama-shaped model is randomly initialised on the device, then:
            `--peak_bw`. Every cache slot is counted: `attend` reads them all;
   forward  MFU of a cache-less forward pass (`lm_logits`, LM head at every
            position) over `--prefill_batch` x `--prefill_len` tokens:
-           FLOPs from `ttcjax.study.flops.prefill_flops` / time /
+           FLOPs from `ttcjax.analysis.flops.prefill_flops` / time /
            `--peak_flops`, with causal (useful) and dense (computed) counts.
 
 Nothing is asserted. `--tiny` swaps in a small config and shapes so the
@@ -33,7 +33,7 @@ import numpy as np
 
 from ttcjax import models
 from ttcjax.decoding import Decoder, Sampling
-from ttcjax.study import flops
+from ttcjax.analysis import flops
 
 CONFIG_1B = models.ModelConfig(
     vocab_size=32000, d_model=2048, n_layers=16, n_heads=16, n_kv_heads=8,

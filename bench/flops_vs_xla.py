@@ -1,9 +1,9 @@
-"""Compares ttcjax.study.flops with XLA's cost analysis.
+"""Compares ttcjax.analysis.flops with XLA's cost analysis.
 
 Prints, per model size, the accountant's count (matmuls only, and with the
 rough elementwise count), XLA's count and their ratios for a cache-less
 prefill (`lm_logits`, dense attention) and one cached decode step. Nothing is
-asserted; `tests/study/test_flops.py` holds the bounds.
+asserted; `tests/analysis/test_flops.py` holds the bounds.
 
   python bench/flops_vs_xla.py
 """
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ttcjax import models
-from ttcjax.study import flops
+from ttcjax.analysis import flops
 
 SIZES = {
     "tiny  d=64  L2 h4/kv2 tied  ": models.ModelConfig(

@@ -8,7 +8,7 @@ Qwen2.5-Math-1.5B, PRM of Qwen2.5-Math-PRM-7B's shape, bf16):
    layout of `memory.MATH500_LAYOUTS` plus two that do not fit (the default
    rules on a `model`=4 mesh, and everything replicated), with the most rows
    each layout holds. Baseline: the same batch with every array replicated.
-2. FLOPs (`ttcjax.study.flops.search_flops`) and chip-hours for the 500
+2. FLOPs (`ttcjax.analysis.flops.search_flops`) and chip-hours for the 500
    problems at budgets 16/64/256, best-of-N and beam search, on TPU v4 and
    v5e at the stated MFU.
 
@@ -24,7 +24,7 @@ import argparse
 import dataclasses
 
 from ttcjax import memory
-from ttcjax.study import flops
+from ttcjax.analysis import flops
 
 GiB = memory.GiB
 

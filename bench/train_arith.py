@@ -1,6 +1,6 @@
 """Trains and evaluates the arithmetic study's models; prints the figures.
 
-Runs a preset's stages (`ttcjax.pipeline`) into a workdir, finished stages
+Runs a preset's stages (`ttcjax.experiments`) into a workdir, finished stages
 skipped, then prints: the policy's training wall time, pass@1 overall, by
 difficulty bucket and by quantile bin, the PRM's ROC AUC on held-out
 samples next to a difficulty-only baseline (AUC of -(n_ops, digits) on the
@@ -26,8 +26,8 @@ import os
 import shutil
 import time
 
-from ttcjax import checkpoint, pipeline
-from ttcjax.pipeline import arith, evaluate
+from ttcjax import checkpoint, experiments
+from ttcjax.experiments import embedded, evaluate
 
 
 def _pct(x) -> str:
@@ -39,7 +39,7 @@ def _f3(x) -> str:
 
 
 def _difficulty_auc(workdir: str) -> float:
-  rows = arith.load_rows(os.path.join(workdir, "eval_policy", "samples.json"))
+  rows = embedded.load_rows(os.path.join(workdir, "eval_policy", "samples.json"))
   scores = [-(r["n_ops"] * 10 + r["digits"]) for r in rows
             for _ in r["correct"]]
   return evaluate.roc_auc(scores, [ok for r in rows for ok in r["correct"]])
@@ -97,7 +97,7 @@ def report(workdir: str) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--preset", default="smoke",
-                      choices=sorted(arith.PRESETS))
+                      choices=sorted(embedded.PRESETS))
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--fresh", action="store_true",
                       help="delete the workdir first")
@@ -116,7 +116,7 @@ def main() -> None:
     return
   print(f"load average {os.getloadavg()} on {os.cpu_count()} cores")
   began = time.perf_counter()
-  pipeline.run_arith_study(arith.PRESETS[args.preset](), workdir,
+  experiments.run_arith_study(embedded.PRESETS[args.preset](), workdir,
                            on_change=args.on_change,
                            log=lambda line: print(line, flush=True))
   print(f"study: {time.perf_counter() - began:.0f} s this run; load average "

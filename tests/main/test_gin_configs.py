@@ -8,7 +8,7 @@ import re
 import pytest
 
 from ttcjax.main import gin_utils
-from ttcjax.main import train_lib
+from ttcjax.training import roles
 from ttcjax.models import ModelConfig
 
 try:  # search/*.gin configurables; imported first so that ArithmeticConfig,
@@ -17,9 +17,9 @@ try:  # search/*.gin configurables; imported first so that ArithmeticConfig,
 except ImportError:
   search_main = None
 try:
-  study_lib = importlib.import_module("ttcjax.main.study_lib")
+  studies = importlib.import_module("ttcjax.experiments.studies")
 except ImportError:
-  study_lib = None
+  studies = None
 
 GIN_DIR = gin_utils.REPO_GIN_CONFIGS
 ALL_FILES = sorted(os.path.relpath(p, GIN_DIR) for p in glob.glob(
@@ -34,9 +34,9 @@ MODEL_PARAMS = {"tiny": (0.2, 0.5), "small": (2, 5), "1b": (1540, 1547),
 @pytest.fixture(autouse=True)
 def _registered():
   gin_utils.register(gin_utils.core_configurables() |
-                     train_lib.GIN_CONFIGURABLES)
-  if study_lib is not None:
-    study_lib.register()
+                     roles.GIN_CONFIGURABLES)
+  if studies is not None:
+    studies.register()
 
 
 def _text(path):
@@ -60,15 +60,15 @@ def _build_entry_point(path):
   a study experiment."""
   text = _text(path)
   if "study.experiment.spec" in text:
-    if study_lib is None:
-      pytest.skip("ttcjax.main.study_lib is not importable")
-    spec = gin_utils.build(study_lib.experiment)
-    assert isinstance(spec, (study_lib.ArithStudy, study_lib.SearchStudy))
+    if studies is None:
+      pytest.skip("ttcjax.experiments.studies is not importable")
+    spec = gin_utils.build(studies.experiment)
+    assert isinstance(spec, (studies.ArithStudy, studies.SearchStudy))
     assert spec.stages()
     if "search.SearchRun." not in text:
       return spec
   if "TrainRun." in text:
-    return gin_utils.build(train_lib.TrainRun)
+    return gin_utils.build(roles.TrainRun)
   if "search.SearchRun." in text:
     if search_main is None:
       pytest.skip("ttcjax.main.search is not importable")
@@ -175,13 +175,13 @@ def test_invalid_value_fails_at_build():
   gin_utils.parse(_POLICY, ["TRAIN_STEPS = 5"])  # warmup 10 > 5 steps
   with pytest.raises(gin_utils.GinConfigError,
                      match="TrainConfig.warmup_steps"):
-    gin_utils.build(train_lib.TrainRun)
+    gin_utils.build(roles.TrainRun)
   gin_utils.parse(["models/tiny.gin", "runs/train_prm.gin"],
                   ["TRAIN_STEPS = 50", "INIT_CHECKPOINT = None",
                    "TRAIN_FILE = 'x.jsonl'", "TrainConfig.objective = 'lm'"])
   with pytest.raises(gin_utils.GinConfigError,
                      match="role='prm' needs TrainConfig.objective='reward'"):
-    gin_utils.build(train_lib.TrainRun)
+    gin_utils.build(roles.TrainRun)
 
 
 def test_byte_tokenizer_needs_byte_vocab():
@@ -189,4 +189,4 @@ def test_byte_tokenizer_needs_byte_vocab():
                   ["TRAIN_STEPS = 50"])
   with pytest.raises(gin_utils.GinConfigError,
                      match="DataConfig.tokenizer_dir"):
-    gin_utils.build(train_lib.TrainRun)
+    gin_utils.build(roles.TrainRun)

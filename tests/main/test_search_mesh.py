@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ttcjax import checkpoint, memory, models, partitioning, testing, verifiers
-from ttcjax.main import search_lib
+from ttcjax.experiments import sweep_runner
 from ttcjax.partitioning import MeshConfig
 from ttcjax.search import records
 
@@ -57,16 +57,16 @@ def ckpts(tmp_path_factory):
   root = tmp_path_factory.mktemp("ckpts")
   checkpoint.save(root / "policy", testing.numpy_params(TINY, 0), TINY)
   checkpoint.save(root / "prm", testing.numpy_params(PRM, 1), PRM)
-  return search_lib.Checkpoints(policy=str(root / "policy"),
+  return sweep_runner.Checkpoints(policy=str(root / "policy"),
                                 prm=str(root / "prm"))
 
 
 def _run_config(ckpts, **kw):
   # 4 problems in batches of 2: 8 rows per batch (2 x N=4), 8 devices.
-  return search_lib.SearchRun(
-      problems=search_lib.ProblemSource(num_problems=4),
+  return sweep_runner.SearchRun(
+      problems=sweep_runner.ProblemSource(num_problems=4),
       checkpoints=ckpts,
-      strategies=(search_lib.StrategySpec(
+      strategies=(sweep_runner.StrategySpec(
           strategy="beam", budgets=(4,), grid={"beam_width": [2]},
           base={"max_rounds": 3}),),
       max_new_tokens=12, problems_per_batch=2, **kw)
@@ -87,9 +87,9 @@ def _search(run_config, workdir, monkeypatch):
         placed=(policy.shard is not None, verifier.shard is not None)))
     return results
 
-  run_search = search_lib.run_search
-  monkeypatch.setattr(search_lib, "run_search", spy)
-  search_lib.run(run_config, str(workdir))
+  run_search = sweep_runner.run_search
+  monkeypatch.setattr(sweep_runner, "run_search", spy)
+  sweep_runner.run(run_config, str(workdir))
   with open(os.path.join(workdir, records.RECORDS_FILE)) as f:
     return [json.loads(line) for line in f], calls
 
@@ -140,10 +140,10 @@ def test_sharded_and_chunked_runs_write_the_plain_records(
 
 
 def test_placement_rules_follow_the_memory_table():
-  assert search_lib.Placement.of(None) == search_lib.Placement()
-  assert search_lib.Placement.of(MeshConfig(fsdp=-1, data=1)).rules == (
+  assert sweep_runner.Placement.of(None) == sweep_runner.Placement()
+  assert sweep_runner.Placement.of(MeshConfig(fsdp=-1, data=1)).rules == (
       partitioning.logical_axis_rules())
-  assert search_lib.Placement.of(MeshConfig(data=2, model=4)).rules == (
+  assert sweep_runner.Placement.of(MeshConfig(data=2, model=4)).rules == (
       memory.search_rules())
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from ttcjax import checkpoint, models, training
 from ttcjax.main import gin_utils
-from ttcjax.main import train_lib
+from ttcjax.training import roles
 from ttcjax.models import ModelConfig
 from ttcjax.partitioning import MeshConfig
 from ttcjax.tasks import arithmetic
@@ -44,12 +44,12 @@ def _prm_rows(n, seed=7):
 
 
 def _run(role, train_file, **data):
-  reward = role in train_lib.REWARD_ROLES
-  return train_lib.TrainRun(
+  reward = role in roles.REWARD_ROLES
+  return roles.TrainRun(
       role=role, model=TINY.replace(reward_head=reward),
       train=training.TrainConfig(objective="reward" if reward else "lm",
                                  total_steps=2, warmup_steps=1),
-      data=train_lib.DataConfig(batch_size=4, train_file=train_file, **data),
+      data=roles.DataConfig(batch_size=4, train_file=train_file, **data),
       mesh=MeshConfig())
 
 
@@ -66,16 +66,16 @@ def test_policy_run_from_gin(tmp_path):
   bindings = FAST + ["TRAIN_STEPS = 3", "DataConfig.train_examples = 32",
                      "DataConfig.eval_examples = 8"]
   files = ["models/tiny.gin", "runs/train_policy.gin"]
-  _, history = train_lib.train_from_gin(files, bindings, workdir)
+  _, history = roles.train_from_gin(files, bindings, workdir)
   assert history[-1]["step"] == 3 and "eval_loss" in history[-1]
   config, params = checkpoint.restore(workdir / "final")
   assert config == TINY and "reward_head" not in params
 
   # config.gin is the whole run: parsing it alone rebuilds the same TrainRun.
   gin_utils.parse(files, bindings)
-  expected = gin_utils.build(train_lib.TrainRun)
+  expected = gin_utils.build(roles.TrainRun)
   gin_utils.parse([str(workdir / "config.gin")], [])
-  assert gin_utils.build(train_lib.TrainRun) == expected
+  assert gin_utils.build(roles.TrainRun) == expected
   assert "TRAIN_STEPS = 3" in (workdir / "config.gin").read_text()
 
 
@@ -83,7 +83,7 @@ def test_prm_run_from_a_policy_checkpoint(tmp_path):
   _save_policy(tmp_path / "policy")
   data = _write_jsonl(tmp_path / "prm.jsonl", _prm_rows(16))
   workdir = tmp_path / "prm"
-  _, history = train_lib.train_from_gin(
+  _, history = roles.train_from_gin(
       ["models/tiny.gin", "runs/train_prm.gin"],
       FAST + ["TRAIN_STEPS = 2", f"INIT_CHECKPOINT = '{tmp_path}/policy'",
               f"TRAIN_FILE = '{data}'"], workdir)
@@ -99,7 +99,7 @@ def test_init_params_adds_reward_head_to_the_policy(tmp_path):
                             init_checkpoint=str(tmp_path / "policy"))
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
                            ("data", "fsdp", "model"))
-  got = train_lib.init_params(run, mesh)
+  got = roles.init_params(run, mesh)
   assert set(got) == set(params) | {"reward_head"}
   np.testing.assert_array_equal(got["embedding"], params["embedding"])
   assert got["reward_head"]["kernel"].shape == (TINY.d_model, 1)
@@ -108,10 +108,10 @@ def test_init_params_adds_reward_head_to_the_policy(tmp_path):
 def test_init_checkpoint_must_match_the_model():
   with pytest.raises(ValueError, match=r"ckpt: .*d_model: checkpoint 64, "
                      r"run 96"):
-    train_lib.check_compatible(TINY.replace(d_model=64, param_dtype="bfloat16"),
+    roles.check_compatible(TINY.replace(d_model=64, param_dtype="bfloat16"),
                                TINY, "ckpt")
   # Dtypes, length and the reward head may differ.
-  train_lib.check_compatible(TINY.replace(param_dtype="bfloat16", max_len=64,
+  roles.check_compatible(TINY.replace(param_dtype="bfloat16", max_len=64,
                                           reward_head=True), TINY, "ckpt")
 
 
@@ -133,9 +133,9 @@ ROLE_ROWS = {
 def test_numpy_sources_of_each_role(tmp_path, kind):
   role = kind.split("_")[0]
   path = _write_jsonl(tmp_path / "d.jsonl", ROLE_ROWS[kind] * 3)
-  train, eval_source = train_lib.numpy_sources(
-      _run(role, path, eval_file=path), train_lib.make_tokenizer(
-          train_lib.DataConfig()))
+  train, eval_source = roles.numpy_sources(
+      _run(role, path, eval_file=path), roles.make_tokenizer(
+          roles.DataConfig()))
   batch = train.get(0)
   assert batch["tokens"].shape[0] == 4 and batch["tokens"].shape[1] % 8 == 0
   training.check_batch(batch, "reward" if role in ("prm", "orm") else "lm",
@@ -157,13 +157,13 @@ def test_bad_jsonl_names_path_and_line(tmp_path):
                                              "step_labels": [1]}])
   with pytest.raises(ValueError, match=rf"{path}:2: field 'steps' must be a "
                      "list of strings"):
-    train_lib.numpy_sources(_run("prm", path),
-                            train_lib.make_tokenizer(train_lib.DataConfig()))
+    roles.numpy_sources(_run("prm", path),
+                            roles.make_tokenizer(roles.DataConfig()))
 
 
 def test_config_gin_is_written_before_data_is_read(tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-    train_lib.train_from_gin(
+    roles.train_from_gin(
         ["models/tiny.gin", "runs/train_orm.gin"],
         ["TRAIN_STEPS = 20", "INIT_CHECKPOINT = None",
          f"TRAIN_FILE = '{tmp_path}/missing.jsonl'"], tmp_path / "orm")
@@ -172,7 +172,7 @@ def test_config_gin_is_written_before_data_is_read(tmp_path):
 
 def test_gin_errors_come_before_any_work(tmp_path):
   with pytest.raises(gin_utils.GinConfigError, match="d_modle"):
-    train_lib.train_from_gin(["models/tiny.gin", "runs/train_policy.gin"],
+    roles.train_from_gin(["models/tiny.gin", "runs/train_policy.gin"],
                              ["TRAIN_STEPS = 5", "ModelConfig.d_modle = 3"],
                              tmp_path / "w")
   assert not (tmp_path / "w").exists()
@@ -196,7 +196,7 @@ def test_core_packages_import_without_gin_or_tensorflow():
   blocked = ("gin", "tensorflow", "seqio", "tensorflow_datasets")
   code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
           "import ttcjax.models, ttcjax.training, ttcjax.partitioning, "
-          "ttcjax.tasks.arithmetic, ttcjax.data, ttcjax.main.train_lib")
+          "ttcjax.tasks.arithmetic, ttcjax.data, ttcjax.training.roles")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
                  cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
@@ -205,9 +205,9 @@ def test_seqio_source_matches_numpy(tmp_path):
   pytest.importorskip("seqio")
   path = _write_jsonl(tmp_path / "prm.jsonl", _prm_rows(6))
   run = _run("prm", path, eval_file=path, source="seqio", max_len=96)
-  tok = train_lib.make_tokenizer(run.data)
-  seqio_train, seqio_eval = train_lib.seqio_sources(run, tok)
-  _, numpy_eval = train_lib.numpy_sources(run, tok)
+  tok = roles.make_tokenizer(run.data)
+  seqio_train, seqio_eval = roles.seqio_sources(run, tok)
+  _, numpy_eval = roles.numpy_sources(run, tok)
   for i in range(2):
     want, got = numpy_eval.get(i), seqio_eval.get(i)
     for key, value in want.items():

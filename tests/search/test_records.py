@@ -1,5 +1,5 @@
 """Search records (keys, durable appends, resume) and the search stage end to
-end: tiny random checkpoints -> `search_lib.run` -> records.jsonl."""
+end: tiny random checkpoints -> `sweep_runner.run` -> records.jsonl."""
 
 import dataclasses
 import glob
@@ -11,10 +11,10 @@ import pytest
 
 from ttcjax import checkpoint, models, search, testing
 from ttcjax.main import search as entry
-from ttcjax.main import search_lib
+from ttcjax.experiments import sweep_runner
 from ttcjax.search import records
 from ttcjax.search.base import Candidate, SearchConfig, SearchResult
-from ttcjax.study import flops
+from ttcjax.analysis import flops
 
 
 def _result(uid="p0", strategy="best_of_n", budget=2, answers=("3", "4")):
@@ -140,32 +140,32 @@ def test_required_checkpoints_must_be_bound():
   finally:
     gin.clear_config()
   with pytest.raises(ValueError, match="Checkpoints.orm"):
-    search_lib.SearchRun(
-        problems=search_lib.ProblemSource(),
-        checkpoints=search_lib.Checkpoints(revision="/r"),
-        strategies=[search_lib.StrategySpec(strategy="revisions",
+    sweep_runner.SearchRun(
+        problems=sweep_runner.ProblemSource(),
+        checkpoints=sweep_runner.Checkpoints(revision="/r"),
+        strategies=[sweep_runner.StrategySpec(strategy="revisions",
                                             budgets=[2])])
   with pytest.raises(ValueError, match="selection"):
-    search_lib.StrategySpec(strategy="beam", budgets=[2],
+    sweep_runner.StrategySpec(strategy="beam", budgets=[2],
                             grid={"selection": ["plain"]})
 
 
 def test_problem_sources_and_task_callbacks(tmp_path):
-  tok = search_lib.make_tokenizer(search_lib.Checkpoints())
-  arith = search_lib.load_problems(search_lib.ProblemSource(num_problems=2,
+  tok = sweep_runner.make_tokenizer(sweep_runner.Checkpoints())
+  arith = sweep_runner.load_problems(sweep_runner.ProblemSource(num_problems=2,
                                                             seed=3))
   assert [p.uid for p in arith] == ["arith-3-0", "arith-3-1"]
   assert arith[0].prompt == arith[0].question + "\n"  # as in training
   assert arith[0].question.startswith("Compute: ")
-  chat = search_lib.ProblemSource(num_problems=1, seed=3,
+  chat = sweep_runner.ProblemSource(num_problems=1, seed=3,
                                   prompt_template="<u>{problem}</u> \\boxed{}")
-  assert search_lib.load_problems(chat)[0].prompt == (
+  assert sweep_runner.load_problems(chat)[0].prompt == (
       f"<u>{arith[0].question}</u> \\boxed{{}}")
   with pytest.raises(ValueError, match="prompt_template"):
-    search_lib.ProblemSource(prompt_template="no slot")
+    sweep_runner.ProblemSource(prompt_template="no slot")
   with pytest.raises(ValueError, match="step_delimiter"):
-    search_lib.Checkpoints(step_delimiter="\n\n")  # byte tokenizer
-  task = search_lib.task_fns(search_lib.ProblemSource(), tok)
+    sweep_runner.Checkpoints(step_delimiter="\n\n")  # byte tokenizer
+  task = sweep_runner.task_fns(sweep_runner.ProblemSource(), tok)
   assert task.answer_fn(tok.encode_text.encode("1+2=3\n#### 03\n")) == "03"
   assert task.equiv_fn("03", "3") and not task.equiv_fn("4", "3")
   path = tmp_path / "math.jsonl"
@@ -173,18 +173,18 @@ def test_problem_sources_and_task_callbacks(tmp_path):
       {"problem": "1/2+1/2?", "answer": "1", "level": 2, "unique_id": "m0"},
       {"problem": "x?", "solution": "so \\boxed{\\frac{1}{2}}",
        "type": "Algebra"})) + "\n")
-  source = search_lib.ProblemSource(task="math", path=str(path),
+  source = sweep_runner.ProblemSource(task="math", path=str(path),
                                     num_problems=None)
-  math_problems = search_lib.load_problems(source)
+  math_problems = sweep_runner.load_problems(source)
   assert [(p.uid, p.reference) for p in math_problems] == [
       ("m0", "1"), ("math.jsonl:2", "\\frac{1}{2}")]
   assert math_problems[1].extra["subject"] == "Algebra"
-  task = search_lib.task_fns(source, tok)
+  task = sweep_runner.task_fns(source, tok)
   ids = tok.encode_text.encode("so \\boxed{0.5}")
   assert task.answer_fn(ids) == "0.5"
   assert task.equiv_fn("0.5", math_problems[1].reference)
   with pytest.raises(ValueError, match="ProblemSource.path"):
-    search_lib.ProblemSource(task="math")
+    sweep_runner.ProblemSource(task="math")
 
 
 # --- End to end ------------------------------------------------------------
@@ -199,19 +199,19 @@ def checkpoints(tmp_path_factory):
   checkpoint.save(root / "policy", testing.numpy_params(TINY, 0), TINY)
   prm = TINY.replace(reward_head=True)
   checkpoint.save(root / "prm", testing.numpy_params(prm, 1), prm)
-  return search_lib.Checkpoints(policy=str(root / "policy"),
+  return sweep_runner.Checkpoints(policy=str(root / "policy"),
                                 prm=str(root / "prm"))
 
 
 def _run_config(checkpoints):
-  return search_lib.SearchRun(
-      problems=search_lib.ProblemSource(task="arithmetic", num_problems=3,
+  return sweep_runner.SearchRun(
+      problems=sweep_runner.ProblemSource(task="arithmetic", num_problems=3,
                                         seed=0),
       checkpoints=checkpoints,
       strategies=[
-          search_lib.StrategySpec(strategy="best_of_n", budgets=[2, 4],
+          sweep_runner.StrategySpec(strategy="best_of_n", budgets=[2, 4],
                                   selections=["weighted", "majority"]),
-          search_lib.StrategySpec(strategy="beam", budgets=[2, 4],
+          sweep_runner.StrategySpec(strategy="beam", budgets=[2, 4],
                                   grid={"beam_width": [2, 4]},
                                   base={"max_rounds": 3}),
       ],
@@ -228,16 +228,16 @@ def _canonical(recs):
 def test_max_rows_shrinks_batches_not_records(checkpoints, tmp_path):
   config = _run_config(checkpoints)
   base_config = SearchConfig(strategy="best_of_n")
-  assert search_lib.batch_problems(2, base_config, 4, None) == 2
-  assert search_lib.batch_problems(2, base_config, 4, 4) == 1
-  assert search_lib.batch_problems(2, base_config, 4, 3) == 1  # at least 1
+  assert sweep_runner.batch_problems(2, base_config, 4, None) == 2
+  assert sweep_runner.batch_problems(2, base_config, 4, 4) == 1
+  assert sweep_runner.batch_problems(2, base_config, 4, 3) == 1  # at least 1
   revisions = SearchConfig(strategy="revisions", revision_length=2)
-  assert search_lib.batch_problems(8, revisions, 8, 8) == 2  # 4 chains each
+  assert sweep_runner.batch_problems(8, revisions, 8, 8) == 2  # 4 chains each
   with pytest.raises(ValueError, match="SearchRun.max_rows"):
     dataclasses.replace(config, max_rows=0)
   small = dataclasses.replace(config, max_rows=2)  # N=4: one problem a batch
-  search_lib.run(config, str(tmp_path / "a"))
-  search_lib.run(small, str(tmp_path / "b"))
+  sweep_runner.run(config, str(tmp_path / "a"))
+  sweep_runner.run(small, str(tmp_path / "b"))
   read = lambda d: records.read_records(
       os.path.join(tmp_path, d, records.RECORDS_FILE))
   assert _canonical(read("a")) == _canonical(read("b"))
@@ -248,7 +248,7 @@ def test_search_run_writes_records_then_resumes(checkpoints, tmp_path):
   # 3 problems x (best-of-N: 2 budgets x 2 selections; beam: width 2 at
   # N=2, widths 2 and 4 at N=4).
   want = 3 * (2 * 2 + 3)
-  assert search_lib.run(config, workdir) == {"written": want, "skipped": 0}
+  assert sweep_runner.run(config, workdir) == {"written": want, "skipped": 0}
   path = os.path.join(workdir, records.RECORDS_FILE)
   first = records.read_records(path)
   assert len(first) == want == len({records.record_key(r) for r in first})
@@ -267,7 +267,7 @@ def test_search_run_writes_records_then_resumes(checkpoints, tmp_path):
       assert r["candidates"] == twin["candidates"]
 
   # Rerun: nothing new.
-  assert search_lib.run(config, workdir) == {"written": 0, "skipped": want}
+  assert sweep_runner.run(config, workdir) == {"written": 0, "skipped": want}
   assert len(records.read_records(path)) == want
 
   # Killed while writing the first batch of beam N=4 M=4 (problems 0, 1):
@@ -280,6 +280,6 @@ def test_search_run_writes_records_then_resumes(checkpoints, tmp_path):
   with open(path, "wb") as f:
     f.write(b"\n".join(lines[:-2]) + b"\n" + lines[-2][:40])
   assert len(records.read_records(path)) == want - 2
-  assert search_lib.run(config, workdir) == {"written": 2,
+  assert sweep_runner.run(config, workdir) == {"written": 2,
                                              "skipped": want - 2}
   assert _canonical(records.read_records(path)) == _canonical(first)

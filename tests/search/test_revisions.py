@@ -231,11 +231,11 @@ def test_unfinished_and_answerless_attempts_are_never_chosen():
 
 
 def test_search_lib_prompt_fn_is_the_trained_layout():
-  from ttcjax.main import search_lib  # pylint: disable=g-import-not-at-top
+  from ttcjax.experiments import sweep_runner  # pylint: disable=g-import-not-at-top
   tok = ByteTokenizer()
-  wrap = search_lib.Tokenizer(tok, tok.decode, tok.eos_id, tok.pad_id,
+  wrap = sweep_runner.Tokenizer(tok, tok.decode, tok.eos_id, tok.pad_id,
                                (tok.encode("\n")[0],))
-  fn = search_lib.revision_prompt_fn({"p": "Compute: 1+2"}, wrap, 200)
+  fn = sweep_runner.revision_prompt_fn({"p": "Compute: 1+2"}, wrap, 200)
   problem = search.SearchProblem("p", tok.encode("Compute: 1+2\n"))
   attempts = ["1+2=4\n#### 4\n", "1+2=5\n#### 5\n"]
   got = fn(problem, [tok.encode(a) for a in attempts])
@@ -243,6 +243,6 @@ def test_search_lib_prompt_fn_is_the_trained_layout():
   assert tok.decode(fn(problem, [])) == "Compute: 1+2\nRevised solution:\n"
   # Too long for the width: the oldest attempts go first.
   width = len(examples.revision_prompt_ids(tok, "Compute: 1+2", attempts[1:]))
-  tight = search_lib.revision_prompt_fn({"p": "Compute: 1+2"}, wrap, width)
+  tight = sweep_runner.revision_prompt_fn({"p": "Compute: 1+2"}, wrap, width)
   assert tok.decode(tight(problem, [tok.encode(a) for a in attempts])) == (
       "Compute: 1+2\nAttempt 1:\n1+2=5\n#### 5\nRevised solution:\n")

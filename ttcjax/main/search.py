@@ -21,7 +21,8 @@ from absl import app, flags, logging
 import gin
 
 from ttcjax import distributed
-from ttcjax.main import gin_utils, search_lib, study_lib
+from ttcjax.experiments import studies, sweep_runner
+from ttcjax.main import gin_utils
 
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
@@ -29,11 +30,11 @@ _PROCESS_FLAGS = distributed.define_flags()
 
 # Gin names are `search.<Class>` (and `study.*`, so that an experiment file
 # that also configures a study parses here); the libraries stay gin-free.
-study_lib.register()
-SearchRun = gin.get_configurable(search_lib.SearchRun)
+studies.register()
+SearchRun = gin.get_configurable(sweep_runner.SearchRun)
 
 
-def parse(gin_files, gin_bindings, search_paths=()) -> search_lib.SearchRun:
+def parse(gin_files, gin_bindings, search_paths=()) -> sweep_runner.SearchRun:
   """Parses gin files and bindings; returns the configured `SearchRun`.
 
   Raises:
@@ -41,7 +42,7 @@ def parse(gin_files, gin_bindings, search_paths=()) -> search_lib.SearchRun:
       %gin.REQUIRED value at fault.
   """
   gin_utils.parse(gin_files, gin_bindings, search_paths)
-  return gin_utils.build(search_lib.SearchRun)
+  return gin_utils.build(sweep_runner.SearchRun)
 
 
 def main(argv):
@@ -60,7 +61,7 @@ def main(argv):
   except gin_utils.GinConfigError as e:
     raise SystemExit(f"ttcjax.main.search: {e}") from None
   gin_utils.write_operative_config(_WORKDIR.value)
-  counts = search_lib.run(config, _WORKDIR.value)
+  counts = sweep_runner.run(config, _WORKDIR.value)
   logging.info("records: %d written, %d already there", counts["written"],
                counts["skipped"])
 

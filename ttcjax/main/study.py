@@ -5,7 +5,7 @@ r"""Runs a study: the arithmetic study end to end, or a study over checkpoints.
   python -m ttcjax.main.study --gin_file=experiments/math500_tpu.gin \
       --gin_bindings="POLICY_CKPT = '...'" ... --workdir=DIR
 
-A gin experiment selects the study (`ttcjax.main.study_lib`):
+A gin experiment selects the study (`ttcjax.experiments.studies`):
 `study.experiment.spec = @study.ArithStudy()` (a preset of the embedded
 arithmetic study, with overrides) or `@study.SearchStudy()` (sweep given
 checkpoints, analyse, report). `--preset=NAME` is
@@ -22,11 +22,12 @@ import os
 
 from absl import app, flags, logging
 
-from ttcjax.main import gin_utils, study_lib
-from ttcjax.pipeline import arith
-from ttcjax.pipeline import study as arith_study
+from ttcjax.experiments import studies
+from ttcjax.main import gin_utils
+from ttcjax.experiments import embedded
+from ttcjax.experiments import embedded_study
 
-_PRESETS = sorted(set(arith.PRESETS) & set(arith_study.SWEEPS))
+_PRESETS = sorted(set(embedded.PRESETS) & set(embedded_study.SWEEPS))
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _PRESET = flags.DEFINE_enum(
     "preset", None, _PRESETS,
@@ -44,7 +45,7 @@ def _log(line: str) -> None:
 
 
 def experiment(gin_files, gin_bindings, preset, search_paths=()
-               ) -> study_lib.Study:
+               ) -> studies.Study:
   """The study the flags select; gin errors name what is wrong.
 
   Raises:
@@ -54,11 +55,11 @@ def experiment(gin_files, gin_bindings, preset, search_paths=()
   if bool(gin_files) == bool(preset):
     raise app.UsageError("give --gin_file=experiments/<name>.gin or "
                          f"--preset (one of {_PRESETS}), not both")
-  study_lib.register()
+  studies.register()
   if preset:
     gin_files = [f"experiments/{preset}.gin"]
   gin_utils.parse(gin_files, gin_bindings, search_paths)
-  return gin_utils.build(study_lib.experiment)
+  return gin_utils.build(studies.experiment)
 
 
 def main(argv):
@@ -71,7 +72,7 @@ def main(argv):
     raise SystemExit(f"ttcjax.main.study: {e}") from None
   workdir = _WORKDIR.value
   gin_utils.write_operative_config(workdir)
-  study_lib.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
+  studies.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
                 log=_log)
   path = os.path.join(workdir, "report.md")
   if not os.path.exists(path):
@@ -80,7 +81,7 @@ def main(argv):
   print(f"report: {os.path.abspath(path)}")
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
-  for line in arith_study.headline(results):
+  for line in embedded_study.headline(results):
     print(line)
 
 

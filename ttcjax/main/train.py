@@ -29,7 +29,7 @@ from absl import flags
 
 from ttcjax import distributed
 from ttcjax.main import gin_utils
-from ttcjax.main import train_lib
+from ttcjax.training import roles
 
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.",
@@ -48,7 +48,7 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   try:
-    train_lib.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
+    roles.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
                              _WORKDIR.value, _GIN_SEARCH_PATHS.value)
   except gin_utils.GinConfigError as e:
     raise SystemExit(f"ttcjax.main.train: {e}") from None

@@ -14,7 +14,7 @@ budget N use N generations; lookahead search with k roll-out steps uses
 N * (k + 1) (Snell et al. 2024, Sec. 5). Every `SearchResult` also carries
 exact token counts (tokens the policy sampled, prompt tokens prefilled once
 per problem, tokens the verifier read), so FLOPs follow exactly from
-`ttcjax.study.flops.search_flops`.
+`ttcjax.analysis.flops.search_flops`.
 
 Randomness: `search_key(key, uid, strategy, budget)` folds a problem's uid
 (hashed stably), the strategy name and the budget into the base key, so a

@@ -5,7 +5,7 @@ A record holds the answer a strategy chose, whether it is correct, and what
 it cost, counted three ways (STYLE.md: the unit of a budget is always
 named): generations, tokens (policy sampled, prompt prefilled, verifier
 read) and, when model configs are given, FLOPs from
-`ttcjax.study.flops.search_flops`.
+`ttcjax.analysis.flops.search_flops`.
 
 `RecordWriter` appends a batch of records with one write, then flushes and
 fsyncs, so a killed run loses at most the batch being written; a line cut
@@ -126,7 +126,7 @@ def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
                      for c in result.candidates],
   }
   if policy_config is not None:
-    from ttcjax.study import flops  # pylint: disable=g-import-not-at-top
+    from ttcjax.analysis import flops  # pylint: disable=g-import-not-at-top
     count = flops.search_flops(
         policy_config, prompt_tokens=result.prompt_tokens_prefilled,
         generated_tokens=result.policy_tokens_generated,

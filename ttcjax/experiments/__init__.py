@@ -1,13 +1,17 @@
-"""Study pipelines: stages with atomic, resumable artefacts.
+"""Experiments: studies built from stages with atomic, resumable artefacts.
 
 `stages` is the generic runner (a study is a list of `Stage`s run into a
-workdir, finished ones skipped, killed ones resumed). `arith` holds the
-arithmetic study's config, presets and training stages, `evaluate` its
-measurements. `run_arith_study` runs the whole study:
+workdir, finished ones skipped, killed ones resumed). `embedded` holds the
+embedded study's config, presets and training stages, `evaluate` its
+measurements, `embedded_study` the sweep, large-model and analysis stages
+and the runner shared with the checkpoint study, `studies` the two study
+kinds a gin experiment selects (`ArithStudy`, `SearchStudy`), and
+`sweep_runner` checkpoints + problems -> records.jsonl. `run_arith_study`
+runs the training and evaluation stages:
 
-  from ttcjax import pipeline
-  pipeline.run_arith_study(pipeline.arith.smoke(), "/tmp/study", log=print)
-  print(pipeline.evaluate.summarize("/tmp/study"))
+  from ttcjax import experiments
+  experiments.run_arith_study(experiments.embedded.smoke(), "/tmp/study", log=print)
+  print(experiments.evaluate.summarize("/tmp/study"))
 """
 
 from __future__ import annotations
@@ -16,15 +20,15 @@ from typing import Callable, Sequence
 
 from absl import logging
 
-from ttcjax.pipeline import arith, evaluate, stages
-from ttcjax.pipeline.arith import ArithStudyConfig, RoleTraining
-from ttcjax.pipeline.stages import (Stage, StageConfigError, StageContext,
+from ttcjax.experiments import embedded, evaluate, stages
+from ttcjax.experiments.embedded import ArithStudyConfig, RoleTraining
+from ttcjax.experiments.stages import (Stage, StageConfigError, StageContext,
                                     run_stages)
 
 
 def study_stages(config: ArithStudyConfig) -> list[Stage]:
   """Training then evaluation stages of the arithmetic study."""
-  return arith.training_stages(config) + evaluate.eval_stages(config)
+  return embedded.training_stages(config) + evaluate.eval_stages(config)
 
 
 def run_arith_study(config: ArithStudyConfig, workdir: str, *,

@@ -15,8 +15,8 @@ PRM, the revision model and its ORM (Snell et al. 2024, Secs. 5-6).
                    builds its own data, so changing one's data leaves the
                    other finished)
 
-Evaluation stages live in `ttcjax.pipeline.evaluate`;
-`ttcjax.pipeline.study_stages` joins both lists.
+Evaluation stages live in `ttcjax.experiments.evaluate`;
+`ttcjax.experiments.study_stages` joins both lists.
 
 Problems are drawn by seed: training seeds are >= 1000 (as `ttcjax.data`'s
 own splits), the test seed < 1000, and every split has its own seed, so no
@@ -44,9 +44,9 @@ import numpy as np
 from ttcjax import checkpoint, decoding, models, training
 from ttcjax.data import examples
 from ttcjax.keys import stable_hash
-from ttcjax.pipeline import stages
+from ttcjax.experiments import stages
 from ttcjax.search.base import PolicyFns
-from ttcjax.study import flops
+from ttcjax.analysis import flops
 from ttcjax.tasks import arithmetic
 from ttcjax.tokenizer import ByteTokenizer
 from ttcjax.verifiers import labeling, revision_data
@@ -225,7 +225,7 @@ def _model(d: int, layers: int, ff: int, heads: int) -> models.ModelConfig:
 def arith_cpu() -> ArithStudyConfig:
   """The full micro-scale study, sized for a 2-core CPU (policy training
   about 4-5 minutes; with the ~14x model and the sweep of
-  `ttcjax.pipeline.study.SWEEPS['arith_cpu']`, 1-2 hours)."""
+  `ttcjax.experiments.embedded_study.SWEEPS['arith_cpu']`, 1-2 hours)."""
   return ArithStudyConfig(
       arithmetic=arithmetic.ArithmeticConfig(max_ops=3, max_digits=2),
       policy=_model(96, 3, 256, 3),
@@ -273,7 +273,7 @@ def smoke() -> ArithStudyConfig:
 def micro() -> ArithStudyConfig:
   """Smallest counts that still run every stage (tests). Training saves a
   resume checkpoint after every step, so that a test can kill it between
-  checkpoints (tests/pipeline/test_study_resume.py)."""
+  checkpoints (tests/experiments/test_study_resume.py)."""
   role = lambda objective, seed: RoleTraining(
       train=dataclasses.replace(_train(objective, 3, 1e-3, seed),
                                 checkpoint_every=1),

@@ -4,8 +4,8 @@ bootstrap, on synthetic records whose answers are known by construction."""
 import numpy as np
 import pytest
 
-from ttcjax.study import compute_optimal as co
-from ttcjax.study import flops, flops_matched, stats
+from ttcjax.analysis import compute_optimal as co
+from ttcjax.analysis import flops, flops_matched, stats
 
 BEAM = {"strategy": "beam", "hparams": {"beam_width": 4,
                                         "selection": "weighted"}}

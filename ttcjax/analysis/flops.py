@@ -21,7 +21,7 @@ attention modes differ:
   over every key slot, masked afterwards. Without a cache that is the full
   square over the sequence; with a cache it is every one of its `cache_len`
   slots. This is the mode that matches XLA's `cost_analysis` (see
-  `tests/study/test_flops.py` and `bench/flops_vs_xla.py`).
+  `tests/analysis/test_flops.py` and `bench/flops_vs_xla.py`).
 
 Functions take `attention=None` to mean "dense when `cache_len` is given,
 causal otherwise": naming the cache size asks about our implementation.

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ttcjax.pipeline import stages
+from ttcjax.experiments import stages
 
 
 class Killed(Exception):

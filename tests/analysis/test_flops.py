@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from ttcjax import models
-from ttcjax.study import flops
+from ttcjax.analysis import flops
 
 # Matmul-only counts are held to 5% of XLA (which also counts elementwise
 # ops) on sizes with d_model >= 128; the tiny size needs the rough
@@ -288,7 +288,7 @@ def test_xla_flops_on_a_matmul_and_on_list_results(monkeypatch):
 
 
 def test_study_imports_without_tensorflow():
-  code = ("import sys, ttcjax.study; "
+  code = ("import sys, ttcjax.analysis; "
           "bad = [m for m in ('tensorflow', 'seqio', 'gin') "
           "if m in sys.modules]; assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)

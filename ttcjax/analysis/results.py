@@ -1,8 +1,8 @@
 """`analyze`: search records + difficulty samples -> one JSON-ready dict.
 
-The dict holds every number `ttcjax.study.report.write_report` prints or
-plots; its layout is `ttcjax.study.report.RESULTS_SCHEMA`. All numbers come
-from the same bootstrap weight rows (`ttcjax.study.stats`), seeded by
+The dict holds every number `ttcjax.analysis.report.write_report` prints or
+plots; its layout is `ttcjax.analysis.report.RESULTS_SCHEMA`. All numbers come
+from the same bootstrap weight rows (`ttcjax.analysis.stats`), seeded by
 `AnalysisConfig.seed`, so the same inputs give the same dict, and
 `results.json` is byte-identical across reruns.
 """
@@ -17,8 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ttcjax.study import compute_optimal as co
-from ttcjax.study import difficulty, flops_matched, stats
+from ttcjax.analysis import compute_optimal as co
+from ttcjax.analysis import difficulty, flops_matched, stats
 
 SCHEMA_VERSION = 1
 KINDS = ("oracle", "predicted")
@@ -43,7 +43,7 @@ class AnalysisConfig:
 
   Attributes:
     n_bins: difficulty bins (5 quantiles).
-    tie_break: 'uid' or 'hash' (`ttcjax.study.difficulty`).
+    tie_break: 'uid' or 'hash' (`ttcjax.analysis.difficulty`).
     seed: bootstrap rows and CV folds.
     n_bootstrap: resamples B.
     ci_level: interval coverage.
@@ -52,7 +52,7 @@ class AnalysisConfig:
     families: family -> strategies; compute-optimal chooses within one.
     baselines: family -> `{'strategy', 'hparams'}` matching one method (the
       paper: weighted best-of-N; for revisions, parallel sampling L = 1).
-    pool: 'equal' or 'at_most' (`ttcjax.study.compute_optimal`).
+    pool: 'equal' or 'at_most' (`ttcjax.analysis.compute_optimal`).
     target_budgets: baseline budgets of the headline (16, 64, 256).
     comparison_strategies: strategies set against the search baseline per
       bin (paper Fig. 3 right).
@@ -62,7 +62,7 @@ class AnalysisConfig:
     flops_ratios: R = D_inf / D_pre values (0.16, 0.79, 22).
     flops_convention: '2nd' or '4nd'.
     flops_matched_mode: 'interpolate' or 'floor'
-      (`ttcjax.study.flops_matched`).
+      (`ttcjax.analysis.flops_matched`).
   """
   n_bins: int = 5
   tie_break: str = "uid"

@@ -35,7 +35,7 @@ from typing import Callable
 
 import pytest
 
-from ttcjax.pipeline import arith, stages, study
+from ttcjax.experiments import embedded, embedded_study, stages
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POLL_S = 0.01
@@ -97,7 +97,7 @@ def _mid_sweep(records: int) -> KillPoint:
 
 def kill_points(preset: str) -> list[KillPoint]:
   """The kills of one interrupted run, in study order."""
-  config = arith.PRESETS[preset]()
+  config = embedded.PRESETS[preset]()
   return [_mid_training("pretrain_policy",
                         config.pretrain.train.total_steps),
           _after_first_chunk(*CHUNKED[preset]),
@@ -245,7 +245,7 @@ def test_killed_study_resumes_to_identical_results(preset, tmp_path,
 
   # Nothing of the kills is left behind.
   assert not [n for n in os.listdir(workdir) if n.startswith(".")]
-  names = [s.name for s in study.full_study_stages(arith.PRESETS[preset]())]
+  names = [s.name for s in embedded_study.full_study_stages(embedded.PRESETS[preset]())]
   assert [r["stage"] for r in stages.read_log(workdir)] == names
 
   reference = reference.result()

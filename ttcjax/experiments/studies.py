@@ -1,17 +1,17 @@
 """What `ttcjax.main.study` runs: the study experiments a gin file selects.
 
-Two kinds of study, both a list of `ttcjax.pipeline.stages` run into one
+Two kinds of study, both a list of `ttcjax.experiments.stages` run into one
 workdir (atomic, resumable, skipped when done):
 
   ArithStudy    the whole micro-scale study on the embedded arithmetic task
-                (`ttcjax.pipeline.study.full_study_stages`): train the
+                (`ttcjax.experiments.embedded_study.full_study_stages`): train the
                 policy, PRM, revision model, ORM and a ~14x model, evaluate,
                 sweep every strategy, analyse, report. A preset by name, with
                 optional overrides of top-level `ArithStudyConfig` and
                 `SweepConfig` fields.
   SearchStudy   a study over given checkpoints (e.g. imported Hugging Face
                 models on MATH-500): sweep the strategies of a
-                `search_lib.SearchRun`, optionally score a larger policy
+                `sweep_runner.SearchRun`, optionally score a larger policy
                 greedily for the FLOPs-matched comparison, analyse, report.
                 Difficulty comes from the best-of-N candidates at the
                 largest budget (oracle: their correctness; predicted: their
@@ -35,11 +35,11 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import logging
 
 from ttcjax import checkpoint, partitioning
-from ttcjax.main import search_lib
-from ttcjax.pipeline import arith, stages
-from ttcjax.pipeline import study as arith_study
+from ttcjax.experiments import sweep_runner
+from ttcjax.experiments import embedded, stages
+from ttcjax.experiments import embedded_study
 from ttcjax.search import records as records_lib
-from ttcjax.study import analysis as analysis_lib
+from ttcjax.analysis import results as analysis_lib
 from ttcjax.tasks import arithmetic
 
 def _replace_checked(obj, overrides: Mapping[str, Any], what: str):
@@ -53,11 +53,11 @@ def _replace_checked(obj, overrides: Mapping[str, Any], what: str):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ArithStudy:
-  """The embedded arithmetic study (`ttcjax.pipeline.study`).
+  """The embedded arithmetic study (`ttcjax.experiments.embedded_study`).
 
   Attributes:
-    preset: 'smoke', 'arith_cpu' or 'micro' (`ttcjax.pipeline.arith.PRESETS`
-      with `ttcjax.pipeline.study.SWEEPS`).
+    preset: 'smoke', 'arith_cpu' or 'micro' (`ttcjax.experiments.embedded.PRESETS`
+      with `ttcjax.experiments.embedded_study.SWEEPS`).
     overrides: top-level `ArithStudyConfig` fields to replace (e.g.
       `{'seed': 1, 'test_problems': 128}`).
     sweep: `SweepConfig` fields to replace (e.g. `{'budgets': (4, 16)}`).
@@ -67,28 +67,28 @@ class ArithStudy:
   sweep: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
-    if self.preset not in arith.PRESETS or self.preset not in (
-        arith_study.SWEEPS):
+    if self.preset not in embedded.PRESETS or self.preset not in (
+        embedded_study.SWEEPS):
       raise ValueError(f"ArithStudy.preset={self.preset!r}: presets are "
-                       f"{sorted(set(arith.PRESETS) & set(arith_study.SWEEPS))}")
+                       f"{sorted(set(embedded.PRESETS) & set(embedded_study.SWEEPS))}")
     object.__setattr__(self, "overrides", dict(self.overrides))
     object.__setattr__(self, "sweep", {
         k: tuple(v) if isinstance(v, list) else v
         for k, v in dict(self.sweep).items()})
     self.stages()  # validates the overrides before any work
 
-  def config(self) -> arith.ArithStudyConfig:
-    base = arith.PRESETS[self.preset]()
+  def config(self) -> embedded.ArithStudyConfig:
+    base = embedded.PRESETS[self.preset]()
     if not self.overrides:
       return base
     return _replace_checked(base, self.overrides, "ArithStudy.overrides")
 
-  def sweep_config(self) -> arith_study.SweepConfig:
-    return _replace_checked(arith_study.SWEEPS[self.preset], self.sweep,
+  def sweep_config(self) -> embedded_study.SweepConfig:
+    return _replace_checked(embedded_study.SWEEPS[self.preset], self.sweep,
                             "ArithStudy.sweep")
 
   def stages(self) -> list[stages.Stage]:
-    return arith_study.full_study_stages(self.config(), self.sweep_config())
+    return embedded_study.full_study_stages(self.config(), self.sweep_config())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,9 +105,9 @@ class SearchStudy:
       FLOPs-matched budgets depend on it); required with `large_policy`.
     difficulty_budget: the best-of-N budget whose candidates are the
       difficulty samples (None: the largest best-of-N budget).
-    analysis: the analysis settings (`ttcjax.study.analysis.AnalysisConfig`).
+    analysis: the analysis settings (`ttcjax.analysis.results.AnalysisConfig`).
   """
-  search: search_lib.SearchRun
+  search: sweep_runner.SearchRun
   large_policy: str | None = None
   pretrain_tokens: int | None = None
   difficulty_budget: int | None = None
@@ -135,11 +135,11 @@ class SearchStudy:
     return max(next(s for s in self.search.strategies
                     if s.strategy == "best_of_n").budgets)
 
-  def large_run(self) -> search_lib.SearchRun:
+  def large_run(self) -> sweep_runner.SearchRun:
     """Greedy decoding of the large policy (one sample, N = 1)."""
     ckpts = dataclasses.replace(self.search.checkpoints,
                                 policy=self.large_policy)
-    greedy = search_lib.StrategySpec(strategy="best_of_n", budgets=(1,),
+    greedy = sweep_runner.StrategySpec(strategy="best_of_n", budgets=(1,),
                                      selections=("plain",))
     return dataclasses.replace(self.search, checkpoints=ckpts,
                                strategies=(greedy,), temperature=0.0)
@@ -157,12 +157,12 @@ class SearchStudy:
     return out
 
   def _sweep(self, ctx: stages.StageContext):
-    return arith_study.search_into(self.search, ctx)
+    return embedded_study.search_into(self.search, ctx)
 
   def _large_eval(self, ctx: stages.StageContext):
-    counts = arith_study.search_into(self.large_run(), ctx)
-    recs = arith_study.read_jsonl(ctx.out / records_lib.RECORDS_FILE)
-    return dict(counts, **arith_study.write_large_results(
+    counts = embedded_study.search_into(self.large_run(), ctx)
+    recs = embedded_study.read_jsonl(ctx.out / records_lib.RECORDS_FILE)
+    return dict(counts, **embedded_study.write_large_results(
         ctx, {str(r["uid"]): bool(r["correct"]) for r in recs}))
 
   def flops_info(self) -> dict[str, Any] | None:
@@ -175,7 +175,7 @@ class SearchStudy:
         "d_pretrain": int(self.pretrain_tokens)}
 
   def _analysis(self, ctx: stages.StageContext):
-    return arith_study.analyze_into(ctx, self.oracle_budget(),
+    return embedded_study.analyze_into(ctx, self.oracle_budget(),
                                     self.flops_info(), self.analysis)
 
 
@@ -194,8 +194,8 @@ def run(spec: Study, workdir: os.PathLike, *,
         only: Sequence[str] | None = None, on_change: str = "error",
         log: Callable[[str], None] = logging.info) -> dict[str, Any]:
   """Runs the study's unfinished stages into `workdir`
-  (`ttcjax.pipeline.study.run_study`)."""
-  return arith_study.run_study(spec.stages(), workdir, only=only,
+  (`ttcjax.experiments.embedded_study.run_study`)."""
+  return embedded_study.run_study(spec.stages(), workdir, only=only,
                                on_change=on_change, log=log)
 
 
@@ -211,8 +211,8 @@ def register() -> None:
   from ttcjax.main import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.register({"MeshConfig": partitioning.MeshConfig})
   for module, fns in (
-      ("search", (search_lib.SearchRun, search_lib.ProblemSource,
-                  search_lib.Checkpoints, search_lib.StrategySpec,
+      ("search", (sweep_runner.SearchRun, sweep_runner.ProblemSource,
+                  sweep_runner.Checkpoints, sweep_runner.StrategySpec,
                   arithmetic.ArithmeticConfig)),
       ("study", (experiment, ArithStudy, SearchStudy,
                  analysis_lib.AnalysisConfig))):

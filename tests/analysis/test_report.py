@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from ttcjax.study import flops, report
+from ttcjax.analysis import flops, report
 
 N_PROBLEMS = 100
 BUDGETS = [2 ** k for k in range(11)]  # 1 .. 1024 generations
@@ -138,7 +138,7 @@ def test_flops_matched_section(study):
 
 
 def test_study_imports_without_matplotlib_or_tensorflow():
-  code = ("import sys; import ttcjax.study.report, ttcjax.study.analysis; "
+  code = ("import sys; import ttcjax.analysis.report, ttcjax.analysis.results; "
           "bad = [m for m in ('matplotlib', 'tensorflow', 'seqio', 'gin') "
           "if m in sys.modules]; assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,16 +5,16 @@ import os
 
 import pytest
 
-from ttcjax.main import search_lib
-from ttcjax.pipeline import arith, stages, study
+from ttcjax.experiments import sweep_runner
+from ttcjax.experiments import embedded, embedded_study, stages
 
 NEW = ("pretrain_large", "large_eval", "search_sweep", "analysis")
 
 
-@pytest.mark.parametrize("preset", sorted(study.SWEEPS))
+@pytest.mark.parametrize("preset", sorted(embedded_study.SWEEPS))
 def test_stage_list_and_wiring(preset):
-  config = arith.PRESETS[preset]()
-  todo = study.full_study_stages(config)
+  config = embedded.PRESETS[preset]()
+  todo = embedded_study.full_study_stages(config)
   names = [s.name for s in todo]
   assert names[-4:] == list(NEW)
   assert len(set(names)) == len(names)
@@ -22,28 +22,28 @@ def test_stage_list_and_wiring(preset):
     assert set(s.inputs) <= set(names[:i]), s.name
   hashes = stages.stage_hashes(todo)
   assert set(hashes) == set(names)
-  assert study.sweep_for(config) is study.SWEEPS[preset]
+  assert embedded_study.sweep_for(config) is embedded_study.SWEEPS[preset]
 
 
-@pytest.mark.parametrize("preset", sorted(study.SWEEPS))
+@pytest.mark.parametrize("preset", sorted(embedded_study.SWEEPS))
 def test_large_model_is_about_14x(preset):
-  policy = arith.PRESETS[preset]().policy
-  large = study.large_model_config(policy)
+  policy = embedded.PRESETS[preset]().policy
+  large = embedded_study.large_model_config(policy)
   ratio = large.num_params() / policy.num_params()
   assert 12 <= ratio <= 16
   assert large.vocab_size == policy.vocab_size
-  info = study.flops_info(arith.PRESETS[preset]())
+  info = embedded_study.flops_info(embedded.PRESETS[preset]())
   assert info["n_large"] == large.num_params()
-  p = arith.PRESETS[preset]().pretrain
+  p = embedded.PRESETS[preset]().pretrain
   assert info["d_pretrain"] == (p.train.total_steps * p.batch_size *
                                 p.row_len)
 
 
 def test_search_run_covers_strategies():
-  config = arith.smoke()
-  ckpts = search_lib.Checkpoints(policy="/p", prm="/q", revision="/r",
+  config = embedded.smoke()
+  ckpts = sweep_runner.Checkpoints(policy="/p", prm="/q", revision="/r",
                                  orm="/o")
-  run = study.search_run(config, study.SWEEPS["smoke"], ckpts)
+  run = embedded_study.search_run(config, embedded_study.SWEEPS["smoke"], ckpts)
   assert {s.strategy for s in run.strategies} == {
       "best_of_n", "beam", "lookahead", "dvts", "revisions"}
   assert all(s.budgets == (2, 4, 8) for s in run.strategies)
@@ -52,15 +52,15 @@ def test_search_run_covers_strategies():
   (rev,) = [s for s in run.strategies if s.strategy == "revisions"]
   assert all(c.revision_context == config.revision_context
              for c in rev.configs(None))
-  cpu = arith.arith_cpu()
-  sweep = study.SWEEPS["arith_cpu"]
-  run = study.search_run(cpu, sweep, ckpts)
+  cpu = embedded.arith_cpu()
+  sweep = embedded_study.SWEEPS["arith_cpu"]
+  run = embedded_study.search_run(cpu, sweep, ckpts)
   assert run.problems.num_problems == sweep.problems < cpu.test_problems
   (rev,) = [s for s in run.strategies if s.strategy == "revisions"]
   assert {c.revision_context for c in rev.configs(None)} == {1}
-  by_name = {s.name: s for s in study.full_study_stages(cpu)}
+  by_name = {s.name: s for s in embedded_study.full_study_stages(cpu)}
   other = cpu.replace(revision_context=2)
-  changed = {s.name: s for s in study.full_study_stages(other, sweep)}
+  changed = {s.name: s for s in embedded_study.full_study_stages(other, sweep)}
   assert (stages.stage_hashes(list(by_name.values()))["search_sweep"] !=
           stages.stage_hashes(list(changed.values()))["search_sweep"])
 
@@ -69,18 +69,18 @@ def test_search_run_covers_strategies():
 def test_micro_study_end_to_end(tmp_path):
   workdir = str(tmp_path / "study")
   lines = []
-  study.run_full_study(arith.micro(), workdir, log=lines.append)
+  embedded_study.run_full_study(embedded.micro(), workdir, log=lines.append)
   for name in ("report.md", "results.json"):
     assert os.path.exists(os.path.join(workdir, name))
     assert os.path.exists(os.path.join(workdir, "analysis", name))
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
-  assert results["problems"]["n"] == arith.micro().test_problems
+  assert results["problems"]["n"] == embedded.micro().test_problems
   assert results["flops_matched"] is not None
-  assert study.headline(results)
+  assert embedded_study.headline(results)
   assert os.path.getsize(os.path.join(workdir, "search_sweep",
                                       "records.jsonl")) > 0
   again = []
-  study.run_full_study(arith.micro(), workdir, log=again.append)
+  embedded_study.run_full_study(embedded.micro(), workdir, log=again.append)
   done = [l for l in again if "skipped" in l]
-  assert len(done) == len(study.full_study_stages(arith.micro()))
+  assert len(done) == len(embedded_study.full_study_stages(embedded.micro()))

@@ -7,10 +7,11 @@ import gin
 import pytest
 
 from ttcjax import checkpoint, models, testing
-from ttcjax.main import gin_utils, search_lib, study_lib
-from ttcjax.pipeline import stages
-from ttcjax.pipeline import study as arith_study
-from ttcjax.study import analysis as analysis_lib
+from ttcjax.experiments import studies, sweep_runner
+from ttcjax.main import gin_utils
+from ttcjax.experiments import stages
+from ttcjax.experiments import embedded_study
+from ttcjax.analysis import results as analysis_lib
 
 TINY = models.ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4,
                           n_kv_heads=2, d_ff=64, max_len=256)
@@ -18,7 +19,7 @@ TINY = models.ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4,
 
 @pytest.fixture(autouse=True)
 def _registered():
-  study_lib.register()
+  studies.register()
   yield
   gin.clear_config()  # unlocks it for the next module's registrations
 
@@ -26,8 +27,8 @@ def _registered():
 def test_preset_files_select_their_preset():
   for name in ("smoke", "arith_cpu", "micro"):
     gin_utils.parse([f"experiments/{name}.gin"], [])
-    spec = gin_utils.build(study_lib.experiment)
-    assert spec == study_lib.ArithStudy(preset=name)
+    spec = gin_utils.build(studies.experiment)
+    assert spec == studies.ArithStudy(preset=name)
     assert [s.name for s in spec.stages()][-1] == "analysis"
 
 
@@ -35,10 +36,10 @@ def test_overrides_reach_config_and_sweep():
   gin_utils.parse(["experiments/micro.gin"], [
       "study.ArithStudy.overrides = {'seed': 7, 'test_problems': 3}",
       "study.ArithStudy.sweep = {'budgets': [2, 4]}"])
-  spec = gin_utils.build(study_lib.experiment)
+  spec = gin_utils.build(studies.experiment)
   assert spec.config().seed == 7 and spec.config().test_problems == 3
   assert spec.sweep_config().budgets == (2, 4)
-  base = study_lib.ArithStudy(preset="micro").stages()
+  base = studies.ArithStudy(preset="micro").stages()
   by_name = {s.name: s for s in base}
   changed = {s.name: s for s in spec.stages()}
   assert (stages.stage_hashes(list(by_name.values()))["search_sweep"] !=
@@ -47,15 +48,15 @@ def test_overrides_reach_config_and_sweep():
 
 def test_bad_experiments_fail_before_any_work():
   with pytest.raises(ValueError, match="presets are"):
-    study_lib.ArithStudy(preset="huge")
+    studies.ArithStudy(preset="huge")
   with pytest.raises(ValueError, match=r"unknown fields \['tset_problems'\]"):
-    study_lib.ArithStudy(preset="micro", overrides={"tset_problems": 3})
+    studies.ArithStudy(preset="micro", overrides={"tset_problems": 3})
   with pytest.raises(ValueError, match=r"unknown fields \['budget'\]"):
-    study_lib.ArithStudy(preset="micro", sweep={"budget": (2,)})
+    studies.ArithStudy(preset="micro", sweep={"budget": (2,)})
   gin_utils.parse(["experiments/micro.gin"],
                   ["study.experiment.spec = @search.ArithmeticConfig()"])
   with pytest.raises(gin_utils.GinConfigError, match="ArithStudy"):
-    gin_utils.build(study_lib.experiment)
+    gin_utils.build(studies.experiment)
 
 
 @pytest.fixture(scope="module")
@@ -70,34 +71,34 @@ def checkpoints(tmp_path_factory):
 
 
 def _search_run(root, strategies=None):
-  return search_lib.SearchRun(
-      problems=search_lib.ProblemSource(task="arithmetic", num_problems=6,
+  return sweep_runner.SearchRun(
+      problems=sweep_runner.ProblemSource(task="arithmetic", num_problems=6,
                                         seed=0),
-      checkpoints=search_lib.Checkpoints(policy=str(root / "policy"),
+      checkpoints=sweep_runner.Checkpoints(policy=str(root / "policy"),
                                          prm=str(root / "prm")),
       strategies=strategies or [
-          search_lib.StrategySpec(strategy="best_of_n", budgets=[2, 4],
+          sweep_runner.StrategySpec(strategy="best_of_n", budgets=[2, 4],
                                   selections=["weighted", "majority"]),
-          search_lib.StrategySpec(strategy="beam", budgets=[4],
+          sweep_runner.StrategySpec(strategy="beam", budgets=[4],
                                   grid={"beam_width": [2]},
                                   base={"max_rounds": 3})],
       max_new_tokens=12, problems_per_batch=3)
 
 
 def test_search_study_needs_weighted_best_of_n(checkpoints):
-  beam_only = [search_lib.StrategySpec(strategy="beam", budgets=[4])]
+  beam_only = [sweep_runner.StrategySpec(strategy="beam", budgets=[4])]
   with pytest.raises(ValueError, match="best_of_n StrategySpec"):
-    study_lib.SearchStudy(search=_search_run(checkpoints, beam_only))
+    studies.SearchStudy(search=_search_run(checkpoints, beam_only))
   with pytest.raises(ValueError, match="difficulty_budget=8"):
-    study_lib.SearchStudy(search=_search_run(checkpoints),
+    studies.SearchStudy(search=_search_run(checkpoints),
                           difficulty_budget=8)
   with pytest.raises(ValueError, match="pretrain_tokens"):
-    study_lib.SearchStudy(search=_search_run(checkpoints),
+    studies.SearchStudy(search=_search_run(checkpoints),
                           large_policy=str(checkpoints / "large"))
 
 
 def test_search_study_end_to_end(checkpoints, tmp_path):
-  spec = study_lib.SearchStudy(
+  spec = studies.SearchStudy(
       search=_search_run(checkpoints),
       large_policy=str(checkpoints / "large"), pretrain_tokens=10_000,
       analysis=analysis_lib.AnalysisConfig(n_bins=2, n_bootstrap=20,
@@ -105,7 +106,7 @@ def test_search_study_end_to_end(checkpoints, tmp_path):
   assert [s.name for s in spec.stages()] == ["search_sweep", "large_eval",
                                              "analysis"]
   work = tmp_path / "study"
-  study_lib.run(spec, work)
+  studies.run(spec, work)
   with open(work / "results.json") as f:
     results = json.load(f)
   assert os.path.exists(work / "report.md")
@@ -116,8 +117,8 @@ def test_search_study_end_to_end(checkpoints, tmp_path):
   large = stages.read_json(work / "large_eval" / "results.json")
   assert sorted(large) == [f"arith-0-{i}" for i in range(6)]
   # Greedy: one candidate per problem, at temperature 0.
-  recs = arith_study.read_jsonl(work / "large_eval" / "records.jsonl")
+  recs = embedded_study.read_jsonl(work / "large_eval" / "records.jsonl")
   assert {r["budget"] for r in recs} == {1} and len(recs) == 6
   before = (work / "results.json").read_bytes()
-  study_lib.run(spec, work)  # finished: every stage skipped
+  studies.run(spec, work)  # finished: every stage skipped
   assert (work / "results.json").read_bytes() == before

@@ -2,7 +2,7 @@
 ~14x larger model answering greedily (Snell et al. 2024, Sec. 7, Fig. 9).
 
 Pretraining plus inference FLOPs are matched with the paper's coarse
-convention (`ttcjax.study.flops.flops_matched_budget`, `2 N D` inference by
+convention (`ttcjax.analysis.flops.flops_matched_budget`, `2 N D` inference by
 default):
 
   6 N_s D_pre + 2 N_s D_inf X = 6 N_l D_pre + 2 N_l D_inf,
@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ttcjax.study import flops, stats
+from ttcjax.analysis import flops, stats
 
 PAPER_RATIOS = (0.16, 0.79, 22.0)
 MODES = ("interpolate", "floor")
@@ -48,7 +48,7 @@ def matched_budgets(n_small: float, n_large: float, d_pretrain: float,
     n_large: parameters of the large model N_l.
     d_pretrain: pretraining tokens D_pre.
     ratios: R = D_inf / D_pre values.
-    convention: '2nd' or '4nd' (see `ttcjax.study.flops.inference_flops`).
+    convention: '2nd' or '4nd' (see `ttcjax.analysis.flops.inference_flops`).
 
   Returns:
     `{"n_small", "n_large", "size_ratio", "d_pretrain", "convention",

@@ -28,7 +28,7 @@ import json
 import os
 from typing import Any, Mapping
 
-from ttcjax.study.analysis import AnalysisConfig, analyze  # re-exported
+from ttcjax.analysis.results import AnalysisConfig, analyze  # re-exported
 
 __all__ = ["AnalysisConfig", "RESULTS_SCHEMA", "analyze", "write_report"]
 
@@ -315,7 +315,7 @@ def write_report(workdir: str | os.PathLike, analysis: Mapping[str, Any]
   Returns:
     name -> path of every file written.
   """
-  from ttcjax.study import plots  # pylint: disable=g-import-not-at-top
+  from ttcjax.analysis import plots  # pylint: disable=g-import-not-at-top
   workdir = os.fspath(workdir)
   os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
   written = {}

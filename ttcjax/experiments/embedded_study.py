@@ -1,18 +1,18 @@
 """The end-to-end arithmetic study: training, evaluation, search, report.
 
-`full_study_stages(config)` is `ttcjax.pipeline.study_stages(config)` (the
+`full_study_stages(config)` is `ttcjax.experiments.study_stages(config)` (the
 policy, PRM, revision model and ORM, and their evaluations) followed by:
 
   pretrain_large  an LM with ~14x the policy's parameters, trained on the
                   same pretraining data with the same recipe (the paper's
                   FLOPs-matched comparison, Sec. 7)
   large_eval      its greedy correctness on every test problem
-  search_sweep    `ttcjax.main.search_lib.run` of every strategy x
+  search_sweep    `ttcjax.experiments.sweep_runner.run` of every strategy x
                   hyper-parameters x budget over the test problems; the
                   records grow in the stage's work directory, so a killed
                   sweep resumes, and are copied to the stage output
   analysis        difficulty samples from best-of-N at the largest budget,
-                  `ttcjax.study.analysis.analyze`, `report.write_report`
+                  `ttcjax.analysis.results.analyze`, `report.write_report`
                   (report.md, results.json, figures/); report.md and
                   results.json are also copied to the workdir root
 
@@ -31,11 +31,11 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import logging
 
 from ttcjax import checkpoint, models
-from ttcjax.main import search_lib
-from ttcjax.pipeline import arith, evaluate, stages
+from ttcjax.experiments import sweep_runner
+from ttcjax.experiments import embedded, evaluate, stages
 from ttcjax.search import records as records_lib
-from ttcjax.study import analysis as analysis_lib
-from ttcjax.study import difficulty, report
+from ttcjax.analysis import results as analysis_lib
+from ttcjax.analysis import difficulty, report
 
 LARGE_RATIO = 14.0
 
@@ -77,15 +77,15 @@ SWEEPS = {
 }
 
 
-def preset_of(config: arith.ArithStudyConfig) -> str | None:
+def preset_of(config: embedded.ArithStudyConfig) -> str | None:
   """The preset name whose config equals `config`, or None."""
-  for name, make in arith.PRESETS.items():
+  for name, make in embedded.PRESETS.items():
     if make() == config:
       return name
   return None
 
 
-def sweep_for(config: arith.ArithStudyConfig,
+def sweep_for(config: embedded.ArithStudyConfig,
               sweep: SweepConfig | str | None = None) -> SweepConfig:
   if isinstance(sweep, SweepConfig):
     return sweep
@@ -120,31 +120,31 @@ def large_model_config(policy: models.ModelConfig,
 # --- Stage functions ---------------------------------------------------------
 
 
-def _test_problems(config: arith.ArithStudyConfig):
-  return arith.arithmetic.generate(config.arithmetic, config.test_problems,
+def _test_problems(config: embedded.ArithStudyConfig):
+  return embedded.arithmetic.generate(config.arithmetic, config.test_problems,
                                    config.test_seed)
 
 
-def _pretrain_large(config: arith.ArithStudyConfig,
+def _pretrain_large(config: embedded.ArithStudyConfig,
                     ctx: stages.StageContext):
   large = large_model_config(config.policy)
-  info = arith._pretrain_policy(config.replace(policy=large), ctx)  # pylint: disable=protected-access
+  info = embedded._pretrain_policy(config.replace(policy=large), ctx)  # pylint: disable=protected-access
   return dict(info or {}, n_small=config.policy.num_params(),
               n_large=large.num_params(),
               ratio=round(large.num_params() / config.policy.num_params(), 3))
 
 
-def _large_eval(config: arith.ArithStudyConfig, ctx: stages.StageContext):
+def _large_eval(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
   model_config, params = checkpoint.restore(
       ctx.input("pretrain_large") / "model")
-  policy = arith.policy_fns(model_config, params,
+  policy = embedded.policy_fns(model_config, params,
                             prompt_len=config.prompt_len,
                             max_new_tokens=config.max_new_tokens,
                             temperature=0.0)
-  key = arith.stage_key(config, ctx.name)
+  key = embedded.stage_key(config, ctx.name)
   rows = ctx.map_chunks(
       "greedy", _test_problems(config), config.chunk_problems,
-      lambda chunk: arith.sample_rows(config, chunk, policy, 1, key))
+      lambda chunk: embedded.sample_rows(config, chunk, policy, 1, key))
   return write_large_results(
       ctx, {r["uid"]: bool(r["correct"][0]) for r in rows})
 
@@ -160,19 +160,19 @@ def write_large_results(ctx: stages.StageContext,
   return {"accuracy": acc}
 
 
-def search_run(config: arith.ArithStudyConfig, sweep: SweepConfig,
-               ckpts: search_lib.Checkpoints) -> search_lib.SearchRun:
+def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
+               ckpts: sweep_runner.Checkpoints) -> sweep_runner.SearchRun:
   """The sweep's `SearchRun` over the test problems."""
   b = tuple(sweep.budgets)
   specs = [
-      search_lib.StrategySpec(strategy="best_of_n", budgets=b,
+      sweep_runner.StrategySpec(strategy="best_of_n", budgets=b,
                               selections=("weighted", "majority", "plain")),
-      search_lib.StrategySpec(strategy="beam", budgets=b,
+      sweep_runner.StrategySpec(strategy="beam", budgets=b,
                               grid={"beam_width": sweep.beam_widths}),
-      search_lib.StrategySpec(strategy="lookahead", budgets=b,
+      sweep_runner.StrategySpec(strategy="lookahead", budgets=b,
                               grid={"lookahead": sweep.lookaheads}),
-      search_lib.StrategySpec(strategy="dvts", budgets=b),
-      search_lib.StrategySpec(strategy="revisions", budgets=b,
+      sweep_runner.StrategySpec(strategy="dvts", budgets=b),
+      sweep_runner.StrategySpec(strategy="revisions", budgets=b,
                               grid={"revision_length":
                                     sweep.revision_lengths},
                               base={"revision_context":
@@ -181,8 +181,8 @@ def search_run(config: arith.ArithStudyConfig, sweep: SweepConfig,
   ]
   questions = [p.question for p in _test_problems(config)]
   count = min(sweep.problems or config.test_problems, config.test_problems)
-  return search_lib.SearchRun(
-      problems=search_lib.ProblemSource(
+  return sweep_runner.SearchRun(
+      problems=sweep_runner.ProblemSource(
           task="arithmetic", num_problems=count,
           seed=config.test_seed, arithmetic=config.arithmetic),
       checkpoints=ckpts, strategies=specs,
@@ -192,21 +192,21 @@ def search_run(config: arith.ArithStudyConfig, sweep: SweepConfig,
       revision_prompt_len=evaluate.revision_prompt_len(config, questions))
 
 
-def _search_sweep(config: arith.ArithStudyConfig, sweep: SweepConfig,
+def _search_sweep(config: embedded.ArithStudyConfig, sweep: SweepConfig,
                   ctx: stages.StageContext):
   model = lambda stage: str(ctx.input(stage) / "model")
-  ckpts = search_lib.Checkpoints(
+  ckpts = sweep_runner.Checkpoints(
       policy=model("pretrain_policy"), prm=model("train_prm"),
       revision=model("train_revision"), orm=model("train_orm"))
   return search_into(search_run(config, sweep, ckpts), ctx)
 
 
-def search_into(run: search_lib.SearchRun,
+def search_into(run: sweep_runner.SearchRun,
                 ctx: stages.StageContext) -> dict[str, int]:
   """Runs `run` with its records growing in the stage's work directory (a
   killed run resumes) and copies them to the stage's records.jsonl."""
   work = ctx.work / "search"
-  counts = search_lib.run(run, str(work))
+  counts = sweep_runner.run(run, str(work))
   src = work / records_lib.RECORDS_FILE
   stages.atomic_write_bytes(ctx.out / records_lib.RECORDS_FILE,
                             src.read_bytes())
@@ -218,7 +218,7 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def flops_info(config: arith.ArithStudyConfig) -> dict[str, Any]:
+def flops_info(config: embedded.ArithStudyConfig) -> dict[str, Any]:
   """n_small, n_large and D_pre (tokens seen in pretraining)."""
   p = config.pretrain
   return {"n_small": config.policy.num_params(),
@@ -232,7 +232,7 @@ def analysis_config(sweep: SweepConfig) -> analysis_lib.AnalysisConfig:
       target_budgets=tuple(float(b) for b in sweep.budgets))
 
 
-def _analysis(config: arith.ArithStudyConfig, sweep: SweepConfig,
+def _analysis(config: embedded.ArithStudyConfig, sweep: SweepConfig,
               ctx: stages.StageContext):
   return analyze_into(ctx, max(sweep.budgets), flops_info(config),
                       analysis_config(sweep))
@@ -259,17 +259,17 @@ def analyze_into(ctx: stages.StageContext, oracle_budget: int,
   return {"files": sorted(report.write_report(ctx.out, result))}
 
 
-def full_study_stages(config: arith.ArithStudyConfig,
+def full_study_stages(config: embedded.ArithStudyConfig,
                       sweep: SweepConfig | str | None = None
                       ) -> list[stages.Stage]:
   """Training, evaluation, the large model, the search sweep, the report."""
-  from ttcjax import pipeline  # pylint: disable=g-import-not-at-top
+  from ttcjax import experiments  # pylint: disable=g-import-not-at-top
   sw = sweep_for(config, sweep)
   c = config
   fn = lambda f, *a: functools.partial(f, c, *a)
   large = large_model_config(c.policy)
-  sampling = arith._sampling_config(c)  # pylint: disable=protected-access
-  return pipeline.study_stages(c) + [
+  sampling = embedded._sampling_config(c)  # pylint: disable=protected-access
+  return experiments.study_stages(c) + [
       stages.Stage("pretrain_large", fn(_pretrain_large), dict(
           arithmetic=c.arithmetic, policy=large, seed=c.pretrain_seed,
           problems=c.pretrain_problems, training=c.pretrain), cost=20),
@@ -316,7 +316,7 @@ def run_study(todo: Sequence[stages.Stage], workdir: str, *,
   return dirs
 
 
-def run_full_study(config: arith.ArithStudyConfig, workdir: str, *,
+def run_full_study(config: embedded.ArithStudyConfig, workdir: str, *,
                    sweep: SweepConfig | str | None = None,
                    **kwargs) -> dict[str, str]:
   """`run_study` of `full_study_stages(config, sweep)`."""

@@ -18,7 +18,7 @@ fold and scored on the other, and vice versa. The bin's accuracy is the mean
 held-out correctness over all its problems (the size-weighted average of the
 two fold scores). Ties go to the cheaper cell, then to the method id that
 sorts first. The selection is redone inside every bootstrap resample (see
-`ttcjax.study.stats`), so intervals include selection noise.
+`ttcjax.analysis.stats`), so intervals include selection noise.
 
 Candidates at budget B are the family's cells costing exactly B (`pool =
 'equal'`, the paper's choice among hyper-parameters at one budget) or at
@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ttcjax.study import stats
+from ttcjax.analysis import stats
 
 BUDGET_DEPENDENT_HPARAMS = ("chains", "ratio")
 BUDGET_FIELDS = ("generations", "budget")

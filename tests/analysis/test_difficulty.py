@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ttcjax.study import difficulty
+from ttcjax.analysis import difficulty
 
 
 def test_bins_balanced_and_bin_one_easiest():

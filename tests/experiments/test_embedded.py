@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from ttcjax import checkpoint, pipeline
+from ttcjax import checkpoint, experiments
 from ttcjax.data import examples
-from ttcjax.pipeline import arith, evaluate, stages
+from ttcjax.experiments import embedded, evaluate, stages
 from ttcjax.tasks import arithmetic
 
 STAGES = ("pretrain_policy", "sample_train", "mc_labels", "train_prm",
@@ -23,8 +23,8 @@ STAGES = ("pretrain_policy", "sample_train", "mc_labels", "train_prm",
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("micro")
-  config = arith.micro()
-  pipeline.run_arith_study(config, str(workdir), log=lambda _: None)
+  config = embedded.micro()
+  experiments.run_arith_study(config, str(workdir), log=lambda _: None)
   return config, workdir
 
 
@@ -40,7 +40,7 @@ def test_every_stage_finished_with_its_artefacts(study):
     assert "reward_head" in params if config.reward_head else True
     summary = stages.read_json(workdir / name / "train_summary.json")
     assert summary["examples"] > 0 and summary["train_flops"] > 0
-  labels = arith.load_rows(workdir / "mc_labels" / "labels.json")
+  labels = embedded.load_rows(workdir / "mc_labels" / "labels.json")
   assert labels and all(len(r["steps"]) == len(r["step_labels"])
                         for r in labels)
   for name in ("train_revision", "train_orm"):
@@ -60,21 +60,21 @@ def test_measurements_load(study):
   revision = summary["eval_revision"]
   assert len(revision["pass_at_1_by_attempt"]) == config.revision_attempts
   assert "pretrain_policy" in summary["train_seconds"]
-  rows = arith.load_rows(workdir / "eval_policy" / "samples.json")
+  rows = embedded.load_rows(workdir / "eval_policy" / "samples.json")
   assert all(r["uid"].startswith(f"arith-{config.test_seed}-") for r in rows)
 
 
 def test_rerun_is_a_no_op(study):
   config, workdir = study
   lines = []
-  pipeline.run_arith_study(config, str(workdir), log=lines.append)
+  experiments.run_arith_study(config, str(workdir), log=lines.append)
   assert len(lines) == len(STAGES) and all("skipped" in l for l in lines)
 
 
 def test_killed_sampling_resumes_to_the_same_artefacts(study, tmp_path,
                                                        monkeypatch):
   config, workdir = study
-  real, calls = arith.sample_rows, []
+  real, calls = embedded.sample_rows, []
 
   def dies_on_second_chunk(*args, **kwargs):
     calls.append(1)
@@ -84,10 +84,10 @@ def test_killed_sampling_resumes_to_the_same_artefacts(study, tmp_path,
 
   monkeypatch.setattr(arith, "sample_rows", dies_on_second_chunk)
   with pytest.raises(KeyboardInterrupt):
-    pipeline.run_arith_study(config, str(tmp_path), only=["sample_train"],
+    experiments.run_arith_study(config, str(tmp_path), only=["sample_train"],
                              log=lambda _: None)
   assert not (tmp_path / "sample_train").exists()
-  pipeline.run_arith_study(config, str(tmp_path), only=["sample_train"],
+  experiments.run_arith_study(config, str(tmp_path), only=["sample_train"],
                            log=lambda _: None)
   # Retrained from the same seed and resampled (chunk 1 from its stored
   # file): byte-identical to the full run.
@@ -137,10 +137,10 @@ def test_revision_metrics_per_attempt():
 
 
 def test_pack_examples_keeps_every_example():
-  tok = arith.TOKENIZER
+  tok = embedded.TOKENIZER
   exs = [examples.lm_example(tok, arithmetic.prompt(p), p.solution)
          for p in arithmetic.generate(arithmetic.ArithmeticConfig(), 20, 5)]
-  batch = arith.pack_examples(exs, 160)
+  batch = embedded.pack_examples(exs, 160)
   assert batch["tokens"].shape[1] == 160
   assert len(batch["tokens"]) < len(exs)
   assert batch["loss_weights"].sum() == sum(e["loss_weights"].sum()
@@ -149,17 +149,17 @@ def test_pack_examples_keeps_every_example():
   flat = batch["tokens"][batch["token_mask"]]
   assert np.array_equal(flat, np.concatenate([e["tokens"] for e in exs]))
   with pytest.raises(ValueError, match="row_len"):
-    arith.pack_examples(exs, 8)
+    embedded.pack_examples(exs, 8)
 
 
 def test_config_keeps_test_and_training_seeds_apart():
   with pytest.raises(ValueError, match="test_seed"):
-    arith.micro().replace(test_seed=1000)
+    embedded.micro().replace(test_seed=1000)
   with pytest.raises(ValueError, match="distinct"):
-    arith.micro().replace(label_seed=1000)
-  for preset in arith.PRESETS.values():
+    embedded.micro().replace(label_seed=1000)
+  for preset in embedded.PRESETS.values():
     config = preset()
     assert config.prompt_len >= max(
-        len(arith.prompt_ids(p)) for p in arithmetic.generate(
+        len(embedded.prompt_ids(p)) for p in arithmetic.generate(
             config.arithmetic, 200, 0))
     json.dumps(stages.jsonable(config))  # hashable as a stage config

@@ -29,7 +29,7 @@ import numpy as np
 
 from ttcjax import checkpoint, models, verifiers
 from ttcjax.data import examples
-from ttcjax.pipeline import arith, stages
+from ttcjax.experiments import embedded, stages
 from ttcjax.search import base, batching, records, revisions
 from ttcjax.tasks import arithmetic
 
@@ -117,19 +117,19 @@ def _write_metrics(ctx: stages.StageContext, metrics: dict) -> None:
   stages.atomic_write_json(ctx.out / "metrics.json", _finite(metrics))
 
 
-def _test_problems(config: arith.ArithStudyConfig, count: int):
+def _test_problems(config: embedded.ArithStudyConfig, count: int):
   return arithmetic.generate(config.arithmetic, count, config.test_seed)
 
 
-def _eval_policy(config: arith.ArithStudyConfig, ctx: stages.StageContext):
-  policy = arith.load_policy(config, ctx.input("pretrain_policy") / "model")
-  key = arith.stage_key(config, ctx.name)
+def _eval_policy(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
+  policy = embedded.load_policy(config, ctx.input("pretrain_policy") / "model")
+  key = embedded.stage_key(config, ctx.name)
   rows = ctx.map_chunks(
       "samples", _test_problems(config, config.test_problems),
       config.chunk_problems,
-      lambda chunk: arith.sample_rows(config, chunk, policy,
+      lambda chunk: embedded.sample_rows(config, chunk, policy,
                                       config.eval_samples, key))
-  arith.save_rows(ctx.out / "samples.json", rows)
+  embedded.save_rows(ctx.out / "samples.json", rows)
   _write_metrics(ctx, policy_metrics(rows))
 
 
@@ -148,12 +148,12 @@ def verifier_fns(model_dir, max_len: int) -> tuple[models.ModelConfig,
     raise ValueError(f"{model_dir}: not a reward model (reward_head=False)")
   return model_config, base.VerifierFns(
       score_fn=_reward_score_fn(model_config), params=params,
-      max_len=max_len, pad_id=arith.TOKENIZER.pad_id)
+      max_len=max_len, pad_id=embedded.TOKENIZER.pad_id)
 
 
 def _strip_eos(ids: Sequence[int]) -> list[int]:
   ids = [int(i) for i in ids]
-  eos = arith.TOKENIZER.eos_id
+  eos = embedded.TOKENIZER.eos_id
   return ids[:ids.index(eos)] if eos in ids else ids
 
 
@@ -171,7 +171,7 @@ def score_samples(verifier: base.VerifierFns, prompts: Sequence[Sequence[int]],
     sols = [_strip_eos(s) for s in solutions[start:start + rows_per_call]]
     sols = [s or None for s in sols]  # an empty solution is not read
     pad = rows_per_call - len(sols)
-    ends = [batching.step_ends_of(s, 0, len(s), arith.NEWLINE_IDS) if s
+    ends = [batching.step_ends_of(s, 0, len(s), embedded.NEWLINE_IDS) if s
             else [] for s in sols]
     scores, _ = batching.score_rows(
         verifier, list(prompts[start:start + rows_per_call]) + [[0]] * pad,
@@ -212,8 +212,8 @@ def prm_metrics(rows: Sequence[dict],
   return out
 
 
-def _eval_prm(config: arith.ArithStudyConfig, ctx: stages.StageContext):
-  rows = arith.load_rows(ctx.input("eval_policy") / "samples.json")
+def _eval_prm(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
+  rows = embedded.load_rows(ctx.input("eval_policy") / "samples.json")
   _, verifier = verifier_fns(ctx.input("train_prm") / "model",
                              config.prompt_len + config.max_new_tokens)
   flat = [(r["prompt_ids"], s) for r in rows for s in r["samples"]]
@@ -223,16 +223,16 @@ def _eval_prm(config: arith.ArithStudyConfig, ctx: stages.StageContext):
   for r in rows:
     per_problem.append(scores[at:at + len(r["samples"])])
     at += len(r["samples"])
-  arith.save_rows(ctx.out / "scores.json", per_problem)
+  embedded.save_rows(ctx.out / "scores.json", per_problem)
   _write_metrics(ctx, prm_metrics(rows, per_problem))
 
 
-def revision_prompt_len(config: arith.ArithStudyConfig,
+def revision_prompt_len(config: embedded.ArithStudyConfig,
                         questions: Sequence[str]) -> int:
   """Fixed revision prompt width: the longest 0-attempt prompt plus
   `min(revision_attempts - 1, revision_context)` attempts of
   `max_new_tokens` and their headers, rounded up to 32."""
-  zero = max(len(examples.revision_prompt_ids(arith.TOKENIZER, q, []))
+  zero = max(len(examples.revision_prompt_ids(embedded.TOKENIZER, q, []))
              for q in questions)
   header = len(examples.ATTEMPT_HEADER.format(index=9)) + 1
   width = zero + min(config.revision_attempts - 1, config.revision_context
@@ -262,21 +262,21 @@ def revision_metrics(recs: Sequence[dict], chains: int,
   }
 
 
-def _eval_revision(config: arith.ArithStudyConfig,
+def _eval_revision(config: embedded.ArithStudyConfig,
                    ctx: stages.StageContext):
   problems = _test_problems(config, config.revision_eval_problems)
   questions = {p.uid: arithmetic.prompt(p) for p in problems}
   width = revision_prompt_len(config, list(questions.values()))
   rev_config, params = checkpoint.restore(ctx.input("train_revision") /
                                           "model")
-  plain = arith.policy_fns(rev_config, params, prompt_len=width,
+  plain = embedded.policy_fns(rev_config, params, prompt_len=width,
                            max_new_tokens=config.max_new_tokens,
                            temperature=config.temperature)
 
   def prompt_fn(problem: base.SearchProblem, attempts):
     return examples.revision_prompt_ids(
-        arith.TOKENIZER, questions[problem.uid],
-        [arith.TOKENIZER.decode(a) for a in attempts], max_prompt_len=width,
+        embedded.TOKENIZER, questions[problem.uid],
+        [embedded.TOKENIZER.decode(a) for a in attempts], max_prompt_len=width,
         max_context=config.revision_context)
 
   policy = revisions.RevisionPolicyFns(
@@ -286,8 +286,8 @@ def _eval_revision(config: arith.ArithStudyConfig,
       prompt_fn=prompt_fn)
   orm_config, verifier = verifier_fns(ctx.input("train_orm") / "model",
                                       width + config.max_new_tokens)
-  task = base.TaskFns(answer_fn=arith.answer_of,
-                      equiv_fn=arith.answers_equal)
+  task = base.TaskFns(answer_fn=embedded.answer_of,
+                      equiv_fn=embedded.answers_equal)
   per_call = max(1, min(config.decode_rows // config.revision_chains,
                         config.chunk_problems))
   search_config = base.SearchConfig(
@@ -296,28 +296,28 @@ def _eval_revision(config: arith.ArithStudyConfig,
       revision_context=config.revision_context, problems_per_batch=per_call)
   budget = config.revision_chains * config.revision_attempts
   hparams = records.hparams_of(search_config, budget)
-  key = arith.stage_key(config, ctx.name)
+  key = embedded.stage_key(config, ctx.name)
 
   def run_chunk(chunk):
     results = revisions.revisions(
-        [base.SearchProblem(p.uid, arith.prompt_ids(p)) for p in chunk],
+        [base.SearchProblem(p.uid, embedded.prompt_ids(p)) for p in chunk],
         budget, policy, verifier, task, search_config, key)
     return [records.make_record(
         result, hparams=hparams,
-        grade_fn=functools.partial(arith.answers_equal, p.answer),
+        grade_fn=functools.partial(embedded.answers_equal, p.answer),
         policy_config=rev_config, verifier_config=orm_config,
         policy_context=policy.max_len, verifier_context=verifier.max_len,
         extra={"reference": p.answer, "n_ops": p.n_ops, "digits": p.digits})
             for p, result in zip(chunk, results)]
 
   recs = ctx.map_chunks("chains", problems, config.chunk_problems, run_chunk)
-  arith.save_rows(ctx.out / "records.json", recs)
+  embedded.save_rows(ctx.out / "records.json", recs)
   _write_metrics(ctx, revision_metrics(recs, config.revision_chains,
                                        config.revision_attempts))
 
 
-def eval_stages(config: arith.ArithStudyConfig) -> list[stages.Stage]:
-  """The evaluation stages (after `arith.training_stages`)."""
+def eval_stages(config: embedded.ArithStudyConfig) -> list[stages.Stage]:
+  """The evaluation stages (after `embedded.training_stages`)."""
   c = config
   sampling = dict(seed=c.seed, temperature=c.temperature,
                   max_new_tokens=c.max_new_tokens, decode_rows=c.decode_rows,
