@@ -89,9 +89,9 @@ def test_search_study_needs_weighted_best_of_n(checkpoints):
   beam_only = [sweep_runner.StrategySpec(strategy="beam", budgets=[4])]
   with pytest.raises(ValueError, match="best_of_n StrategySpec"):
     studies.SearchStudy(search=_search_run(checkpoints, beam_only))
-  with pytest.raises(ValueError, match="difficulty_budget=8"):
+  with pytest.raises(ValueError, match="difficulty_samples=1"):
     studies.SearchStudy(search=_search_run(checkpoints),
-                          difficulty_budget=8)
+                          difficulty_samples=1)
   with pytest.raises(ValueError, match="pretrain_tokens"):
     studies.SearchStudy(search=_search_run(checkpoints),
                           large_policy=str(checkpoints / "large"))
@@ -103,8 +103,8 @@ def test_search_study_end_to_end(checkpoints, tmp_path):
       large_policy=str(checkpoints / "large"), pretrain_tokens=10_000,
       analysis=analysis_lib.AnalysisConfig(n_bins=2, n_bootstrap=20,
                                            target_budgets=(2.0, 4.0)))
-  assert [s.name for s in spec.stages()] == ["search_sweep", "large_eval",
-                                             "analysis"]
+  assert [s.name for s in spec.stages()] == [
+      "search_sweep", "difficulty_samples", "large_eval", "analysis"]
   work = tmp_path / "study"
   studies.run(spec, work)
   with open(work / "results.json") as f:
@@ -119,6 +119,13 @@ def test_search_study_end_to_end(checkpoints, tmp_path):
   # Greedy: one candidate per problem, at temperature 0.
   recs = embedded_study.read_jsonl(work / "large_eval" / "records.jsonl")
   assert {r["budget"] for r in recs} == {1} and len(recs) == 6
+  # Difficulty: a draw of its own (issue 10), 4 samples per problem.
+  draw = embedded_study.read_jsonl(work / "difficulty_samples" /
+                                   "records.jsonl")
+  assert len(draw) == 6 and {r["budget"] for r in draw} == {4}
+  assert results["difficulty"]["oracle"]["samples_per_problem"] == 4
+  assert results["difficulty"]["cost"]["flops_source"] == "flops_info"
+  assert results["verifier"]["prm"]["n_candidates"] == 24
   before = (work / "results.json").read_bytes()
   studies.run(spec, work)  # finished: every stage skipped
   assert (work / "results.json").read_bytes() == before
