@@ -39,6 +39,7 @@ import functools
 import json
 import math
 import os
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
@@ -311,11 +312,32 @@ def search_into(run: sweep_runner.SearchRun,
   """Runs `run` with its records growing in the stage's work directory (a
   killed run resumes) and copies them to the stage's records.jsonl."""
   work = ctx.work / "search"
-  counts = sweep_runner.run(run, str(work))
+  counts = sweep_runner.run(run, str(work), progress=_progress_line(ctx))
   src = work / records_lib.RECORDS_FILE
   stages.atomic_write_bytes(ctx.out / records_lib.RECORDS_FILE,
                             src.read_bytes())
   return counts
+
+
+def _progress_line(ctx: stages.StageContext, every_s: float = 60.0,
+                   clock: Callable[[], float] = time.perf_counter):
+  """A `sweep_runner.run` progress callback: a console line (via `ctx.log`)
+  at most every `every_s` seconds, and at the end, with an ETA."""
+  began = clock()
+  last = [began]
+
+  def report_(done: int, total: int) -> None:
+    now = clock()
+    if total <= 0 or (now - last[0] < every_s and done < total):
+      return
+    last[0] = now
+    spent = now - began
+    left = spent / max(done, 1) * (total - done)
+    ctx.log(f"  {ctx.name}: {done}/{total} generations ({done / total:.0%};"
+            f" {stages.duration(spent)} so far, ~{stages.duration(left)} "
+            "left)")
+
+  return report_
 
 
 def read_jsonl(path) -> list[dict]:

@@ -190,6 +190,16 @@ class SearchStudy:
 Study = ArithStudy | SearchStudy
 
 
+def notices(spec: Study) -> list[str]:
+  """Lines a study's console starts with: its analysis notice (e.g. that the
+  preset cannot show the headline's direction)."""
+  if isinstance(spec, ArithStudy):
+    notice = embedded_study.analysis_config(spec.sweep_config()).notice
+  else:
+    notice = spec.analysis.notice
+  return [notice] if notice else []
+
+
 def experiment(spec: Study) -> Study:
   """The study a gin experiment selects (`study.experiment.spec = ...`)."""
   if not isinstance(spec, (ArithStudy, SearchStudy)):
