@@ -1,5 +1,6 @@
 """Study experiments: gin selection, overrides, the study over checkpoints."""
 
+import dataclasses
 import json
 import os
 
@@ -12,6 +13,7 @@ from ttcjax.main import gin_utils
 from ttcjax.experiments import stages
 from ttcjax.experiments import embedded_study
 from ttcjax.analysis import results as analysis_lib
+from ttcjax.tasks import arithmetic
 
 TINY = models.ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4,
                           n_kv_heads=2, d_ff=64, max_len=256)
@@ -129,3 +131,38 @@ def test_search_study_end_to_end(checkpoints, tmp_path):
   before = (work / "results.json").read_bytes()
   studies.run(spec, work)  # finished: every stage skipped
   assert (work / "results.json").read_bytes() == before
+
+
+def test_checkpoint_off_the_task_vocabulary_fails_before_any_work(
+    checkpoints, tmp_path):
+  small = TINY.replace(vocab_size=100, reward_head=True)
+  checkpoint.save(tmp_path / "prm100", testing.numpy_params(small, 1), small)
+  run = _search_run(checkpoints)
+  bad = dataclasses.replace(run, checkpoints=dataclasses.replace(
+      run.checkpoints, prm=str(tmp_path / "prm100")))
+  work = tmp_path / "study"
+  with pytest.raises(ValueError, match=r"Checkpoints.prm=.*vocab_size 100"):
+    studies.run(studies.SearchStudy(search=bad), work)
+  assert not work.exists()
+  swapped = dataclasses.replace(run, checkpoints=dataclasses.replace(
+      run.checkpoints, prm=run.checkpoints.policy))
+  with pytest.raises(ValueError, match="Checkpoints.prm=.*reward head"):
+    studies.run(studies.SearchStudy(search=swapped), work)
+
+
+def test_tree_cache_too_small_for_the_task_fails_before_any_work(
+    checkpoints, tmp_path):
+  run = dataclasses.replace(_search_run(checkpoints), tree_cache_tokens=16,
+                            max_new_tokens=128)
+  work = tmp_path / "study"
+  with pytest.raises(ValueError, match="SearchRun.tree_cache_tokens"):
+    studies.run(studies.SearchStudy(search=run), work)
+  assert not work.exists()
+  long_steps = studies.ArithStudy(preset="micro", overrides={
+      "arithmetic": arithmetic.ArithmeticConfig(min_ops=8, max_ops=8),
+      "max_new_tokens": 16})
+  with pytest.raises(ValueError, match="SearchRun.tree_cache_tokens"):
+    studies.run(long_steps, work)
+  assert not work.exists()
+  studies.ArithStudy(preset="arith_cpu").preflight()  # the presets fit
+  studies.ArithStudy(preset="smoke").preflight()

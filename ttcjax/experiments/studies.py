@@ -38,7 +38,7 @@ from absl import logging
 from ttcjax import checkpoint, partitioning
 from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, stages
-from ttcjax.experiments import embedded_study
+from ttcjax.experiments import embedded_study, preflight
 from ttcjax.search import records as records_lib
 from ttcjax.analysis import results as analysis_lib
 from ttcjax.tasks import arithmetic
@@ -90,6 +90,20 @@ class ArithStudy:
 
   def stages(self) -> list[stages.Stage]:
     return embedded_study.full_study_stages(self.config(), self.sweep_config())
+
+  def preflight(self) -> None:
+    """Fails before any work if the sweep's tree-search cache or token cap
+    cannot hold the task's solutions (`ttcjax.experiments.preflight`); the
+    checkpoints are the study's own, trained on the task's vocabulary."""
+    sweep = self.sweep_config()
+    names = ("pretrain_policy", "train_prm", "train_revision", "train_orm")
+    run = embedded_study.search_run(
+        self.config(), sweep, sweep_runner.Checkpoints(
+            **dict(zip(("policy", "prm", "revision", "orm"),
+                       (f"<{n}>" for n in names)))))
+    preflight.check_runs(
+        [run, embedded_study.difficulty_run(run, sweep.difficulty_samples)],
+        checkpoints=False)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -161,6 +175,15 @@ class SearchStudy:
         pretrain_tokens=self.pretrain_tokens), inputs, cost=1))
     return out
 
+  def preflight(self) -> None:
+    """Fails before any work on checkpoints that do not fit the tokenizer,
+    or a tree-search cache / token cap too small for the task's solutions
+    (`ttcjax.experiments.preflight`)."""
+    runs = [self.search, self.difficulty_run()]
+    if self.large_policy is not None:
+      runs.append(self.large_run())
+    preflight.check_runs(runs)
+
   def _sweep(self, ctx: stages.StageContext):
     return embedded_study.search_into(self.search, ctx)
 
@@ -211,8 +234,9 @@ def experiment(spec: Study) -> Study:
 def run(spec: Study, workdir: os.PathLike, *,
         only: Sequence[str] | None = None, on_change: str = "error",
         log: Callable[[str], None] = logging.info) -> dict[str, Any]:
-  """Runs the study's unfinished stages into `workdir`
-  (`ttcjax.experiments.embedded_study.run_study`)."""
+  """Checks the study (`preflight`), then runs its unfinished stages into
+  `workdir` (`ttcjax.experiments.embedded_study.run_study`)."""
+  spec.preflight()
   return embedded_study.run_study(spec.stages(), workdir, only=only,
                                on_change=on_change, log=log)
 
