@@ -290,7 +290,7 @@ def _unfinished_md(analysis):
   rows = [[m["label"], _num(m["candidates"], "d") if m["candidates"]
            is not None else "-", _pct(m["rate"]), _pct(m["max_rate"])]
           for _, m in sorted(u["by_method"].items())]
-  return out + _table(["method", "candidates", "cut", "worst budget"], rows)
+  return out + _table(["method", "candidates", "cut", "worst cell"], rows)
 
 
 def _verifier_md(analysis):

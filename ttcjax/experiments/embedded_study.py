@@ -519,8 +519,9 @@ def _ratio(e: Mapping[str, Any]) -> str:
   ci = (f" [{e['ratio_ci_low']:.3g}, {e['ratio_ci_high']:.3g}]"
         if e.get("ratio_ci_low") is not None else " [no CI]")
   if e.get("ratio") is not None:
+    bound = ">= " if e["status"] == "matched_at_smallest_budget" else ""
     return (f"matched at {e['matched_budget']:.3g} ({e['status']}), ratio "
-            f"{e['ratio']:.3g}{ci}")
+            f"{bound}{e['ratio']:.3g}{ci}")
   if e.get("ratio_upper_bound") is not None:
     return (f"{e['status']}, ratio < {e['ratio_upper_bound']:.3g}{ci}")
   return str(e.get("status"))
