@@ -186,3 +186,13 @@ def test_oracle_verifier_records_are_their_own_family():
   assert set(bon["points"][0]["bins"]["oracle"]) == {"1", "2"}
   text = report.report_markdown(a)
   assert "## Oracle-verifier control" in text
+
+
+def test_results_with_every_control_are_byte_identical_across_reruns():
+  def once():
+    recs, oracle, prm = study(cut_beam=True)
+    oracle_recs = [record(u, "beam", dict(WEIGHTED, beam_width=4), b, True)
+                   for b in BUDGETS for u in UIDS]
+    return report.results_json(report.analyze(
+        recs, oracle, prm, config=CONFIG, oracle_records=oracle_recs))
+  assert once() == once()
