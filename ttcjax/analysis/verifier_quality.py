@@ -26,7 +26,7 @@ import numpy as np
 
 from ttcjax.analysis import stats
 
-_ROW_CHUNK = 128  # weight rows per pooled-AUC product (bounds memory)
+_ROW_CHUNK = 32  # weight rows at a time (memory: rows x candidates)
 
 
 def _problem_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -72,15 +72,14 @@ def auc_rows(scores: Sequence[Sequence[float]],
     p_list.append(np.full(s.size, p))
   s, y, prob = (np.concatenate(s_list), np.concatenate(y_list),
                 np.concatenate(p_list))
-  levels, level = np.unique(s, return_inverse=True)
-  counts_pos = np.zeros((len(scores), levels.size))
-  counts_neg = np.zeros((len(scores), levels.size))
-  np.add.at(counts_pos, (prob[y], level[y]), 1.0)
-  np.add.at(counts_neg, (prob[~y], level[~y]), 1.0)
+  order = np.argsort(s, kind="stable")
+  s, y, prob = s[order], y[order], prob[order]
+  starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # tie groups
   across = np.empty(weights.shape[0])
   for start in range(0, weights.shape[0], _ROW_CHUNK):
-    w = weights[start:start + _ROW_CHUNK]
-    w_pos, w_neg = w @ counts_pos, w @ counts_neg  # [r, levels]
+    w = weights[start:start + _ROW_CHUNK][:, prob]  # [r, candidates]
+    w_pos = np.add.reduceat(w * y, starts, axis=1)  # [r, levels]
+    w_neg = np.add.reduceat(w * ~y, starts, axis=1)
     below = np.cumsum(w_neg, axis=1) - w_neg
     num = (w_pos * (below + 0.5 * w_neg)).sum(axis=1)
     den = w_pos.sum(axis=1) * w_neg.sum(axis=1)
