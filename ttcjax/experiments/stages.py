@@ -250,6 +250,11 @@ class StageContext:
     return results
 
 
+def duration(seconds: float) -> str:
+  """'m:ss' or 'h:mm:ss'."""
+  return _duration(seconds)
+
+
 def _duration(seconds: float) -> str:
   seconds = int(round(seconds))
   minutes, seconds = divmod(seconds, 60)

@@ -583,7 +583,30 @@ def batch_problems(size: int, config: base.SearchConfig, budget: int,
   return max(1, min(size, max_rows // rows))
 
 
-def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
+def _pending_generations(run_config: SearchRun, size: int,
+                         uids: Sequence[str], done: set[records.Key]) -> int:
+  """Generations the unfinished records of `run` will take (for progress)."""
+  total = 0
+  for spec in run_config.strategies:
+    seen = set()
+    for config, budget in itertools.product(spec.configs(size),
+                                            spec.budgets):
+      if _fits(config, budget):
+        continue
+      hparams = [records.hparams_of(config, budget, how)
+                 for how in spec.selections]
+      ident = records.key_of("", config.strategy, hparams[0], budget)
+      if ident in seen:
+        continue
+      seen.add(ident)
+      todo = records.missing(uids, config.strategy, hparams, budget, done)
+      total += len(todo) * config.generations(budget)
+  return total
+
+
+def run(run_config: SearchRun, workdir: str,
+        progress: Callable[[int, int], None] | None = None
+        ) -> dict[str, int]:
   """Runs every sweep of `run_config`, appending to `<workdir>/records.jsonl`.
 
   On several processes (`jax.distributed`, see `ttcjax.distributed`), each
@@ -599,6 +622,8 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
   Args:
     run_config: what to run.
     workdir: output directory (created).
+    progress: called after each round of batches with (generations done,
+      generations to do) of this call's unfinished records.
 
   Returns:
     `{"written": records appended, "skipped": records already there}` (the
@@ -628,6 +653,10 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
   # Fewer problems than a batch: no padding problems to decode.
   size = min(run_config.problems_per_batch or len(problems),
              max(len(problems), 1))
+  pending = (_pending_generations(run_config, size,
+                                  [p.uid for p in search_problems], done)
+             if progress is not None else 0)
+  generated = 0
   for spec in run_config.strategies:
     seen = set()
     for config, budget in itertools.product(spec.configs(size),
@@ -705,4 +734,8 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
                        budget, hparams[0], written,
                        time.perf_counter() - began)
         counts["written"] += written
+        if progress is not None:
+          generated += config.generations(budget) * sum(
+              map(len, batches[first:first + hosts]))
+          progress(generated, pending)
   return counts

@@ -11,7 +11,9 @@ arithmetic study, with overrides) or `@study.SearchStudy()` (sweep given
 checkpoints, analyse, report). `--preset=NAME` is
 `experiments/NAME.gin` without a file. The operative config goes to
 `<workdir>/config.gin`. Finished stages are skipped, killed ones resume.
-Prints where report.md landed and the headline numbers of results.json.
+Prints one line per stage, then where report.md landed and the headline
+numbers of results.json, each with its CI; absl/orbax logs go to
+`<workdir>/study.log` (`ttcjax.experiments.console`).
 
 The study runs in one process: its training and sweep stages are not
 multi-host (use `ttcjax.main.train` / `ttcjax.main.search` for that).
@@ -22,7 +24,7 @@ import os
 
 from absl import app, flags, logging
 
-from ttcjax.experiments import studies
+from ttcjax.experiments import console, studies
 from ttcjax.main import gin_utils
 from ttcjax.experiments import embedded
 from ttcjax.experiments import embedded_study
@@ -71,9 +73,12 @@ def main(argv):
   except gin_utils.GinConfigError as e:
     raise SystemExit(f"ttcjax.main.study: {e}") from None
   workdir = _WORKDIR.value
+  for line in studies.notices(spec):  # a preset too small to show the effect
+    print(line, flush=True)
+  print(f"logs: {console.log_to_file(workdir)}", flush=True)
   gin_utils.write_operative_config(workdir)
   studies.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
-                log=_log)
+              log=_log)
   path = os.path.join(workdir, "report.md")
   if not os.path.exists(path):
     print(f"no report yet (stages run: {_ONLY.value})")
