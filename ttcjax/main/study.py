@@ -22,6 +22,7 @@ import os
 
 from absl import app, flags, logging
 
+from ttcjax import faults, preemption, workdir_lock
 from ttcjax.experiments import studies
 from ttcjax.main import gin_utils
 from ttcjax.experiments import embedded
@@ -71,8 +72,10 @@ def main(argv):
   except gin_utils.GinConfigError as e:
     raise SystemExit(f"ttcjax.main.study: {e}") from None
   workdir = _WORKDIR.value
-  gin_utils.write_operative_config(workdir)
-  studies.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
+  preemption.install()
+  with faults.guard("ttcjax.main.study"), workdir_lock.hold(workdir):
+    gin_utils.write_operative_config(workdir)
+    studies.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
                 log=_log)
   path = os.path.join(workdir, "report.md")
   if not os.path.exists(path):
