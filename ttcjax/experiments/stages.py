@@ -165,7 +165,8 @@ def read_json(path: os.PathLike) -> Any:
     raise faults.CorruptArtefactError(
         path, line, f"not UTF-8 (byte {e.start})") from None
   except json.JSONDecodeError as e:
-    what = "truncated JSON" if e.pos >= len(data.rstrip()) else "not JSON"
+    cut = e.pos >= len(data.rstrip()) or e.msg.startswith("Unterminated")
+    what = "truncated JSON" if cut else "not JSON"
     raise faults.CorruptArtefactError(
         path, e.lineno, f"{what} ({e.msg}, column {e.colno})") from None
 
