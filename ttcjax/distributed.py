@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import zlib
@@ -42,6 +43,8 @@ from absl import flags, logging
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
+
+from ttcjax import faults
 
 T = TypeVar("T")
 
@@ -284,15 +287,91 @@ def _replicate(mesh: Mesh):
   return jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, P()))
 
 
+ENV_COLLECTIVE_TIMEOUT = "TTCJAX_COLLECTIVE_TIMEOUT_S"
+COLLECTIVE_TIMEOUT_S = 600.0
+_collectives = itertools.count()  # the same sequence on every process
+
+
+def collective_timeout_s(env: Mapping[str, str] | None = None) -> float:
+  """Seconds a process waits for the others at a gather or barrier:
+  `$TTCJAX_COLLECTIVE_TIMEOUT_S`, default 600. It must exceed the longest
+  time one process can legitimately be behind the others (a search batch
+  of the slowest host while another host has none)."""
+  env = os.environ if env is None else env
+  value = env.get(ENV_COLLECTIVE_TIMEOUT)
+  if value in (None, ""):
+    return COLLECTIVE_TIMEOUT_S
+  try:
+    seconds = float(value)
+  except ValueError:
+    seconds = -1.0
+  if not seconds > 0:
+    raise ValueError(f"environment variable {ENV_COLLECTIVE_TIMEOUT}="
+                     f"{value!r} must be a positive number of seconds")
+  return seconds
+
+
+def _missing(client, prefix: str, count: int) -> list[int]:
+  """Processes that did not mark their arrival under `prefix`, or that the
+  coordination service no longer sees alive."""
+  missing = []
+  for p in range(count):
+    try:
+      client.key_value_try_get(f"{prefix}/{p}")
+    except Exception:  # pylint: disable=broad-except  # NOT_FOUND, gone
+      missing.append(p)
+  if not missing:
+    try:
+      live = client.get_live_nodes(list(range(count)))
+      missing = [p for p in range(count) if p not in live]
+    except Exception:  # pylint: disable=broad-except
+      pass
+  return missing
+
+
+def bounded_barrier(what: str, timeout_s: float | None = None) -> None:
+  """Waits until every process reaches this barrier, at most `timeout_s`.
+
+  Every process must call it the same number of times, in the same order
+  (the gathers below do). No-op on one process.
+
+  Raises:
+    faults.HostTimeoutError: naming the processes that did not arrive (dead,
+      hung or unreachable); every process that is still alive raises it.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  if client is None:
+    return
+  timeout_s = collective_timeout_s() if timeout_s is None else timeout_s
+  n = next(_collectives)
+  prefix = f"ttcjax/arrived/{n}"
+  try:
+    client.key_value_set(f"{prefix}/{jax.process_index()}", "1")
+    client.wait_at_barrier(f"ttcjax/barrier/{n}", int(timeout_s * 1000))
+  except Exception as e:  # pylint: disable=broad-except  # XlaRuntimeError
+    missing = _missing(client, prefix, jax.process_count())
+    logging.error("%s: collective #%d failed after at most %g s: %s", what,
+                  n, timeout_s, e)
+    raise faults.HostTimeoutError(f"{what} (collective #{n}, process "
+                                  f"{jax.process_index()})", missing,
+                                  timeout_s) from None
+
+
 def allgather(obj: Any) -> list[Any]:
   """Every process's `obj`, in process order (a JSON round trip each).
 
   Collective: every process must call it, in the same order. Meant for
-  records and counters (kilobytes to megabytes), not arrays.
+  records and counters (kilobytes to megabytes), not arrays. Bounded: a
+  process that does not arrive within `collective_timeout_s()` makes every
+  other raise `faults.HostTimeoutError` naming it.
   """
   data = _encode(obj)
   if jax.process_count() == 1:
     return [json.loads(data.tobytes())]
+  bounded_barrier("allgather")
   sizes = _allgather_rows(np.array([data.size], np.int32))[:, 0]
   # Widths rounded up to a power of two: one compile per bucket, not per
   # size, when called once per batch of records.
@@ -336,9 +415,11 @@ def sync(name: str) -> None:
 
   Raises:
     RuntimeError: processes reached different barriers.
+    faults.HostTimeoutError: a process did not arrive in time.
   """
   if jax.process_count() == 1:
     return
+  bounded_barrier(f"sync({name!r})")
   names = _allgather_rows(np.array([zlib.crc32(name.encode())], np.uint32))
   if len(set(names[:, 0].tolist())) > 1:
     raise RuntimeError(f"sync({name!r}): processes reached different "

@@ -173,7 +173,11 @@ def guard(program: str, argv: Sequence[str] | None = None) -> Iterator[None]:
                  f"that stage: {redo_command(argv or sys.argv, e.stage)}")
     _exit(program, message, EXIT_CORRUPT)
   except HostTimeoutError as e:
-    _exit(program, str(e), EXIT_HOST_TIMEOUT)
+    print(f"{program}: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # Not SystemExit: jax.distributed's shutdown at exit would wait for
+    # the missing process (minutes). Files are fsynced as they are written.
+    os._exit(EXIT_HOST_TIMEOUT)  # pylint: disable=protected-access
   except WriteError as e:
     _exit(program, f"{e}; the last finished state is kept: free space or "
           f"fix the disk, then rerun the same command to resume",
