@@ -130,3 +130,33 @@ def test_two_processes_race_for_one_stale_lock(tmp_path):
            for _ in range(4)]
   outs = [p.communicate(timeout=120)[0].strip() for p in procs]
   assert sorted(outs) == ["got", "refused", "refused", "refused"], outs
+
+
+def test_redo_command_replaces_only_and_on_change():
+  from ttcjax import faults  # pylint: disable=g-import-not-at-top
+  argv = ["/x/ttcjax/main/study.py", "--gin_file=experiments/micro.gin",
+          "--gin_bindings=SEED = 'a b'", "--only=analysis",
+          "--on_change", "error", "--workdir=/w"]
+  assert faults.redo_command(argv, "train_prm") == (
+      "python -m ttcjax.main.study --gin_file=experiments/micro.gin "
+      "'--gin_bindings=SEED = '\"'\"'a b'\"'\"'' --workdir=/w "
+      "--only=train_prm --on_change=rerun")
+
+
+def test_collective_timeout_from_the_environment():
+  from ttcjax import distributed  # pylint: disable=g-import-not-at-top
+  assert distributed.collective_timeout_s({}) == 600
+  assert distributed.collective_timeout_s(
+      {distributed.ENV_COLLECTIVE_TIMEOUT: "20"}) == 20
+  for bad in ("0", "soon", "-3"):
+    with pytest.raises(ValueError, match="TTCJAX_COLLECTIVE_TIMEOUT_S"):
+      distributed.collective_timeout_s(
+          {distributed.ENV_COLLECTIVE_TIMEOUT: bad})
+
+
+def test_host_timeout_message_names_the_missing_process():
+  from ttcjax import faults  # pylint: disable=g-import-not-at-top
+  e = faults.HostTimeoutError("allgather (collective #3, process 0)", [1],
+                              20)
+  assert str(e).startswith("allgather (collective #3, process 0): "
+                           "process(es) 1 did not arrive within 20 s")
