@@ -239,3 +239,18 @@ def test_guard_reports_one_line_and_exit_status(capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith(
       "prog: cannot write /w/records.jsonl: No space left on device;")
+
+
+def test_tensorstore_errors_with_an_os_code_are_write_errors():
+  # What orbax raises when tensorstore cannot write (a ValueError).
+  text = ('OUT_OF_RANGE: Error writing "x" in OCDBT database at local file '
+          '"/w/ckpt/": Failed to write 85821 bytes to file 14: File too '
+          "large [os_error_code='27']")
+  with pytest.raises(faults.WriteError) as e:
+    with faults.writing("/w/ckpt/1"):
+      raise ValueError(text)
+  assert e.value.errno == errno.EFBIG
+  assert str(e.value) == "cannot write /w/ckpt/1: File too large"
+  with pytest.raises(ValueError, match="unrelated"):
+    with faults.writing("/w/ckpt/1"):
+      raise ValueError("unrelated")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_lib
 import os
+import re
 import shlex
 import sys
 from typing import Iterator, Sequence
@@ -56,15 +57,34 @@ class WriteError(OSError):
     return (type(self), (self.path, self.error))
 
 
+_OS_ERROR_CODE = re.compile(r"\[os_error_code='?(\d+)'?\]")
+
+
+def os_error_of(error: BaseException) -> OSError | None:
+  """The OS error behind `error`: itself, or the `[os_error_code='N']` that
+  tensorstore (orbax's array writer) puts in its ValueError messages."""
+  if isinstance(error, OSError):
+    return error
+  match = _OS_ERROR_CODE.search(str(error))
+  if match is None:
+    return None
+  code = int(match.group(1))
+  return OSError(code, os.strerror(code))
+
+
 @contextlib.contextmanager
 def writing(path: os.PathLike | str) -> Iterator[None]:
-  """Re-raises an `OSError` of the block as a `WriteError` naming `path`."""
+  """Re-raises an `OSError` of the block (or an orbax/tensorstore error
+  carrying an OS error code) as a `WriteError` naming `path`."""
   try:
     yield
   except WriteError:
     raise
-  except OSError as e:
-    raise WriteError(path, e) from e
+  except (OSError, ValueError, RuntimeError) as e:
+    cause = os_error_of(e)
+    if cause is None:
+      raise
+    raise WriteError(path, cause) from e
 
 
 class CorruptArtefactError(ValueError):
