@@ -305,7 +305,9 @@ def _loop(model_config, cfg, train_source, eval_source, workdir, mesh, state,
       logging.info("%s", metrics_lib.log_line(record, cfg.total_steps,
                                               seconds_per_step))
     if save:
-      with faults.writing(ckpts.directory / str(step)):
+      # The checkpoint directory, not the step: orbax saves asynchronously,
+      # so a failed write of an earlier step may surface here.
+      with faults.writing(ckpts.directory):
         ckpts.save(step, state, progress)
       writer.flush()
     # Called at every step: with several processes it is JAX's preemption
@@ -333,10 +335,10 @@ def _save_for_preemption(step, state, progress, pending, ckpts, saved):
     progress.pending = [
         {k: v.item() for k, v in m.items()}
         for m in jax.device_get(pending)]
-    with faults.writing(ckpts.directory / str(step)):
+    with faults.writing(ckpts.directory):
       ckpts.save(step, state, progress)
     progress.pending = []
-  with faults.writing(ckpts.directory / str(step)):
+  with faults.writing(ckpts.directory):
     ckpts.wait()
   logging.warning("preempted: saved the train state of step %d in %s", step,
                   ckpts.directory)
