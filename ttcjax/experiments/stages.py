@@ -32,6 +32,22 @@ hash it was made with and is wiped when the hash changes; it is removed once
 the stage commits (or, after a kill between the commit and that, when the
 finished stage is next skipped).
 
+One writer: `run_stages` holds the workdir's lock
+(`ttcjax.workdir_lock`); a second run refuses with `WorkdirLocked`.
+
+Preemption: after SIGTERM (`ttcjax.preemption`) the runner stops before the
+next stage and `map_chunks` before the next chunk (raising `Preempted`);
+the trainer and the sweep stop at their own step and batch boundaries.
+
+Damage: `DONE` also records each file's size. Before running, a finished
+stage whose files are missing or changed in size is damaged; so is one
+whose artefact a later stage's reader found unreadable
+(`faults.CorruptArtefactError` from `read_json`, `records.read_records`,
+...: the runner then leaves a `.<stage>.damaged` note). With
+on_change='error' the run stops naming the file (and line) and the stage
+to redo; with 'rerun' the damaged stage is recomputed from scratch.
+Failed writes (`faults.WriteError`) leave every committed stage as it was.
+
 Determinism: artefacts must depend on the config and seeds only. Run-time
 facts (wall time, tokens/s) belong in the dict a stage function returns,
 which goes to `stages.jsonl`, never into the artefacts. Chunk results pass
