@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
-from ttcjax import checkpoint, models
+from ttcjax import checkpoint, faults, models
 from ttcjax.keys import stable_hash
 from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, evaluate, stages
@@ -341,8 +341,32 @@ def _progress_line(ctx: stages.StageContext, every_s: float = 60.0,
 
 
 def read_jsonl(path) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The JSON objects of a jsonl artefact, one per non-empty line.
+
+  Raises:
+    faults.CorruptArtefactError: missing file, or a line that is not a
+      JSON object (naming path:line).
+  """
+  try:
+    with open(path, "rb") as f:
+      lines = f.read().split(b"\n")
+  except FileNotFoundError:
+    raise faults.CorruptArtefactError(path, None, "missing") from None
+  out = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      value = json.loads(line.decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+      cut = number == len(lines) and line == lines[-1]
+      raise faults.CorruptArtefactError(
+          path, number, f"{'truncated' if cut else 'not JSON'} ({e})"
+      ) from None
+    if not isinstance(value, dict):
+      raise faults.CorruptArtefactError(path, number, "not a JSON object")
+    out.append(value)
+  return out
 
 
 def flops_info(config: embedded.ArithStudyConfig) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from absl import logging
 import jax
 
 from ttcjax import (checkpoint, decoding, distributed, memory, models,
-                    partitioning, verifiers)
+                    partitioning, preemption, verifiers)
 from ttcjax.data import examples
 from ttcjax.search import base, records, selection
 from ttcjax.search.revisions import (RevisionPromptFn, chain_count,
@@ -650,6 +650,7 @@ def run(run_config: SearchRun, workdir: str,
   bundles = None  # restored on first need: a finished rerun loads nothing
   key = jax.random.key(run_config.seed)
   counts = {"written": 0, "skipped": 0}
+  rounds = 0  # the preemption sync point's step: the same on every process
   # Fewer problems than a batch: no padding problems to decode.
   size = min(run_config.problems_per_batch or len(problems),
              max(len(problems), 1))
@@ -738,4 +739,9 @@ def run(run_config: SearchRun, workdir: str,
           generated += config.generations(budget) * sum(
               map(len, batches[first:first + hosts]))
           progress(generated, pending)
+        rounds += 1
+        # After the round's records are on disk (fsynced): a SIGTERM ends
+        # the run here, and a rerun redoes no batch.
+        preemption.check(f"{counts['written']} records of this run written "
+                         f"to {path}", rounds)
   return counts

@@ -20,7 +20,7 @@ writes the files:
 from absl import app, flags, logging
 import gin
 
-from ttcjax import distributed
+from ttcjax import distributed, faults, preemption, workdir_lock
 from ttcjax.experiments import studies, sweep_runner
 from ttcjax.main import gin_utils
 
@@ -60,8 +60,11 @@ def main(argv):
                    _GIN_SEARCH_PATHS.value)
   except gin_utils.GinConfigError as e:
     raise SystemExit(f"ttcjax.main.search: {e}") from None
-  gin_utils.write_operative_config(_WORKDIR.value)
-  counts = sweep_runner.run(config, _WORKDIR.value)
+  preemption.install()
+  with (faults.guard("ttcjax.main.search"),
+        workdir_lock.hold_for_run(_WORKDIR.value)):
+    gin_utils.write_operative_config(_WORKDIR.value)
+    counts = sweep_runner.run(config, _WORKDIR.value)
   logging.info("records: %d written, %d already there", counts["written"],
                counts["skipped"])
 

@@ -24,6 +24,7 @@ import os
 
 from absl import app, flags, logging
 
+from ttcjax import faults, preemption, workdir_lock
 from ttcjax.experiments import console, studies
 from ttcjax.main import gin_utils
 from ttcjax.experiments import embedded
@@ -73,12 +74,14 @@ def main(argv):
   except gin_utils.GinConfigError as e:
     raise SystemExit(f"ttcjax.main.study: {e}") from None
   workdir = _WORKDIR.value
-  for line in studies.notices(spec):  # a preset too small to show the effect
-    print(line, flush=True)
-  print(f"logs: {console.log_to_file(workdir)}", flush=True)
-  gin_utils.write_operative_config(workdir)
-  studies.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
-              log=_log)
+  preemption.install()
+  with faults.guard("ttcjax.main.study"), workdir_lock.hold(workdir):
+    for line in studies.notices(spec):  # a preset too small to show the effect
+      print(line, flush=True)
+    print(f"logs: {console.log_to_file(workdir)}", flush=True)
+    gin_utils.write_operative_config(workdir)
+    studies.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
+                log=_log)
   path = os.path.join(workdir, "report.md")
   if not os.path.exists(path):
     print(f"no report yet (stages run: {_ONLY.value})")

@@ -60,6 +60,8 @@ def _read_json(path: str) -> dict[str, Any]:
     raise HFImportError(f"{path}: file not found") from None
   except json.JSONDecodeError as e:
     raise HFImportError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+  except UnicodeDecodeError as e:
+    raise HFImportError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 def _architecture(hf: dict[str, Any], where: str) -> tuple[str, bool]:
@@ -333,7 +335,12 @@ def load_tokenizer(path: str | os.PathLike) -> tokenizers.Tokenizer:
   if not os.path.exists(file):
     raise HFImportError(f"{file}: not found; ttcjax reads only the fast "
                         "tokenizer format (tokenizer.json)")
-  return tokenizers.Tokenizer.from_file(file)
+  try:
+    return tokenizers.Tokenizer.from_file(file)
+  except Exception as e:  # pylint: disable=broad-except
+    # The Rust library raises plain `Exception` for a malformed file.
+    raise HFImportError(f"{file}: not a tokenizer.json the tokenizers "
+                        f"library reads: {e}") from None
 
 
 def step_delimiter_ids(tokenizer: tokenizers.Tokenizer,
