@@ -21,7 +21,7 @@ from absl import app, flags, logging
 import gin
 
 from ttcjax import distributed
-from ttcjax.main import gin_utils, search_lib, study_lib
+from ttcjax.main import cli, gin_utils, search_lib, study_lib
 
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
@@ -54,11 +54,8 @@ def main(argv):
     distributed.initialize_from_flags(_PROCESS_FLAGS)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  try:
-    config = parse(_GIN_FILES.value, _GIN_BINDINGS.value,
-                   _GIN_SEARCH_PATHS.value)
-  except gin_utils.GinConfigError as e:
-    raise SystemExit(f"ttcjax.main.search: {e}") from None
+  config = parse(_GIN_FILES.value, _GIN_BINDINGS.value,
+                 _GIN_SEARCH_PATHS.value)
   gin_utils.write_operative_config(_WORKDIR.value)
   counts = search_lib.run(config, _WORKDIR.value)
   logging.info("records: %d written, %d already there", counts["written"],
@@ -66,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "ttcjax.main.search", output_flags=("workdir",))

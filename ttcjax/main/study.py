@@ -22,7 +22,7 @@ import os
 
 from absl import app, flags, logging
 
-from ttcjax.main import gin_utils, study_lib
+from ttcjax.main import cli, gin_utils, study_lib
 from ttcjax.pipeline import arith
 from ttcjax.pipeline import study as arith_study
 
@@ -64,11 +64,8 @@ def experiment(gin_files, gin_bindings, preset, search_paths=()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    spec = experiment(_GIN_FILES.value, _GIN_BINDINGS.value, _PRESET.value,
-                      _GIN_SEARCH_PATHS.value)
-  except gin_utils.GinConfigError as e:
-    raise SystemExit(f"ttcjax.main.study: {e}") from None
+  spec = experiment(_GIN_FILES.value, _GIN_BINDINGS.value, _PRESET.value,
+                    _GIN_SEARCH_PATHS.value)
   workdir = _WORKDIR.value
   gin_utils.write_operative_config(workdir)
   study_lib.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
@@ -85,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "ttcjax.main.study", output_flags=("workdir",))

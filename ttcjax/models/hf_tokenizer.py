@@ -20,8 +20,6 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-import tokenizers
-
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 JINJA_FILE = "chat_template.jinja"
@@ -51,7 +49,7 @@ class HFTokenizerFiles:
       as tokenizer_config.json gives them (missing ones absent).
     template_vars: extra variables every rendering sees (`date_string`).
   """
-  tokenizer: tokenizers.Tokenizer
+  tokenizer: Any  # tokenizers.Tokenizer (imported on load)
   directory: str
   chat_template: str | None = None
   special_tokens: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -132,6 +130,7 @@ def load(directory: str | os.PathLike,
   Raises:
     TokenizerFilesError: no tokenizer.json, or an unreadable config.
   """
+  import tokenizers  # pylint: disable=g-import-not-at-top
   directory = os.fspath(directory)
   path = os.path.join(directory, TOKENIZER_FILE)
   if not os.path.exists(path):
