@@ -13,14 +13,12 @@ no-op outside a mesh.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ttcjax.partitioning import constrain
 from ttcjax.models.config import ModelConfig, as_dtype
@@ -39,50 +37,47 @@ def _param(module, name, init, shape, axes, config):
                       as_dtype(config.param_dtype))
 
 
-@functools.cache
-def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+def rope_inv_freq(config: ModelConfig) -> jax.Array:
   """RoPE's inverse frequencies, `[head_dim // 2] float32`.
 
-  Computed in float32 in the order Hugging Face computes them, so that
-  angles at positions in the thousands agree to the last bits.
+  Plain RoPE's `theta ** (-2i / head_dim)`, then the config's scaling, in
+  float32 and in the order Hugging Face computes it ('linear': all divided
+  by the factor; 'llama3': wavelengths above `original / low_freq_factor`
+  divided by it, those below `original / high_freq_factor` kept, a linear
+  ramp between).
   """
-  dim = config.head_dim
-  exponents = np.arange(0, dim, 2).astype(np.float32) / np.float32(dim)
-  inv_freq = np.float32(1.0) / np.power(np.float32(config.rope_theta),
-                                        exponents, dtype=np.float32)
-  factor = np.float32(config.rope_factor)
+  half = config.head_dim // 2
+  inv_freq = 1.0 / (config.rope_theta**(jnp.arange(0, half, dtype=jnp.float32)
+                                        / half))
+  factor = jnp.float32(config.rope_factor)
   if config.rope_type == "linear":
     inv_freq = inv_freq / factor
   elif config.rope_type == "llama3":
-    old_len = np.float32(config.rope_original_max_len)
-    low = np.float32(config.rope_low_freq_factor)
-    high = np.float32(config.rope_high_freq_factor)
-    wavelen = np.float32(2 * math.pi) / inv_freq
-    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    old_len = jnp.float32(config.rope_original_max_len)
+    low = jnp.float32(config.rope_low_freq_factor)
+    high = jnp.float32(config.rope_high_freq_factor)
+    wavelen = jnp.float32(2 * math.pi) / inv_freq
+    scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
     smooth = (old_len / wavelen - low) / (high - low)
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-    inv_freq = np.where(medium, smoothed, scaled)
-  return np.asarray(inv_freq, np.float32)
+    inv_freq = jnp.where(medium, smoothed, scaled)
+  return inv_freq
 
 
 def rope(x: jax.Array, positions: jax.Array,
-         inv_freq: np.ndarray | float) -> jax.Array:
+         inv_freq: jax.Array) -> jax.Array:
   """Applies rotary embeddings.
 
   Args:
     x: `[batch, length, heads, head_dim]`.
     positions: `[batch, length] int32`.
-    inv_freq: `[head_dim // 2]` inverse frequencies (`rope_inv_freq`), or
-      a base frequency theta for plain RoPE.
+    inv_freq: `[head_dim // 2]` inverse frequencies (`rope_inv_freq`).
 
   Returns:
     `x` rotated, same shape and dtype.
   """
   half = x.shape[-1] // 2
-  if np.ndim(inv_freq) == 0:
-    inv_freq = 1.0 / (inv_freq**(jnp.arange(0, half, dtype=jnp.float32) /
-                                 half))
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, half]
   cos = jnp.cos(angles)[:, :, None, :]
   sin = jnp.sin(angles)[:, :, None, :]
