@@ -58,9 +58,10 @@ def _tiny(family, vocab, seed, directory):
                   "score.2.weight": torch.randn(2, 32) * 0.2,
                   "score.2.bias": torch.randn(2) * 0.2})
     os.makedirs(directory)
-    from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()},
-              os.path.join(directory, "model.safetensors"))
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    safetensors_torch.save_file(
+        {k: v.to(torch.bfloat16).contiguous() for k, v in state.items()},
+        os.path.join(directory, "model.safetensors"))
     hf = config.to_dict()
     hf.update(architectures=["Qwen2ForProcessRewardModel"],
               torch_dtype="bfloat16")

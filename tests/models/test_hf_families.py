@@ -1,4 +1,4 @@
-"""Llama 3.x (llama3 RoPE scaling), Qwen3 and Mistral imports match transformers.
+"""Llama 3.x (llama3 RoPE scaling), Qwen3 and Mistral match transformers.
 
 Each test builds a tiny random model with transformers' own class, saves it
 as bf16 safetensors, rewrites config.json into one of the two forms of RoPE

@@ -367,7 +367,8 @@ def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
     tok = ByteTokenizer()
     return Tokenizer(tok, tok.decode, tok.eos_id, tok.pad_id,
                      tok.token_ids_ending_with(ckpts.step_delimiter))
-  from ttcjax.models import hf_import, hf_tokenizer  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from ttcjax.models import hf_import, hf_tokenizer
   files = hf_tokenizer.load(ckpts.tokenizer_dir, ckpts.template_vars)
   raw = files.tokenizer
   eos = raw.token_to_id(ckpts.eos_token)
