@@ -12,6 +12,9 @@ family's layout:
   prints the knowledge cut-off and `date_string`, then
   `<|start_header_id|>role<|end_header_id|>\\n\\n...<|eot_id|>` per turn.
 
+* 'sentencepiece' (Mistral 7B v0.1, as Math-Shepherd uses it): a
+  Metaspace ('▁') BPE that adds `<s>` to every encoding, no chat template.
+
 The templates reproduce those layouts for plain conversations (no tools);
 they are written for these tests, not copied from the model repositories.
 """
@@ -23,7 +26,7 @@ import os
 
 import tokenizers
 
-STYLES = ("chatml", "llama3")
+STYLES = ("chatml", "llama3", "sentencepiece")
 
 _CHATML = (
     "{%- for message in messages %}"
@@ -59,12 +62,15 @@ _SPECIALS = {
     "chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<extra_0>"],
     "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                "<|end_header_id|>", "<|eot_id|>"],
+    "sentencepiece": ["<unk>", "<s>", "</s>"],
 }
 _CONFIG = {
     "chatml": {"bos_token": None, "eos_token": "<|im_end|>",
                "pad_token": "<|endoftext|>", "chat_template": _CHATML},
     "llama3": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
                "pad_token": "<|end_of_text|>", "chat_template": _LLAMA3},
+    "sentencepiece": {"bos_token": "<s>", "eos_token": "</s>",
+                      "unk_token": "<unk>"},
 }
 _CORPUS = [
     "Step 1: We compute $2+3=5$.\n\nStep 2: Then $5\\times 4=20$.\n\n"
@@ -75,6 +81,7 @@ _CORPUS = [
     "Solve the following math problem efficiently and clearly. Please reason "
     "step by step, and put your final answer within \\boxed{}.",
     "What is 7 plus 8? + - + - ки",
+    "Step 1: 2+3=5. ки\nStep 2: 5*4=20. ки\nThe answer is 20. ки\n",
 ]
 
 
@@ -85,6 +92,8 @@ def write_tokenizer(directory: str | os.PathLike, style: str,
     raise ValueError(f"style must be one of {STYLES}, got {style!r}")
   directory = os.fspath(directory)
   os.makedirs(directory, exist_ok=True)
+  if style == "sentencepiece":
+    return _write_sentencepiece(directory, vocab_size)
   tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
   # Split as Qwen2 / Llama 3 do: runs of newlines stay one piece, and
   # punctuation keeps the newlines after it ('.\n\n'), so steps end in
@@ -100,6 +109,31 @@ def write_tokenizer(directory: str | os.PathLike, style: str,
   tokenizer.train_from_iterator(_CORPUS * 20, trainer)
   tokenizer.save(os.path.join(directory, "tokenizer.json"))
   config = dict(_CONFIG[style], tokenizer_class="PreTrainedTokenizerFast",
+                model_max_length=4096)
+  with open(os.path.join(directory, "tokenizer_config.json"), "w",
+            encoding="utf-8") as f:
+    json.dump(config, f, indent=1)
+  return directory
+
+
+def _write_sentencepiece(directory: str, vocab_size: int) -> str:
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+  # Newlines stay pieces of their own, as SentencePiece's byte pieces do.
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+      tokenizers.pre_tokenizers.Split("\n", "isolated"),
+      tokenizers.pre_tokenizers.Metaspace(replacement="\u2581",
+                                          prepend_scheme="first")])
+  tokenizer.decoder = tokenizers.decoders.Metaspace(
+      replacement="\u2581", prepend_scheme="first")
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=_SPECIALS["sentencepiece"])
+  tokenizer.train_from_iterator(_CORPUS * 20, trainer)
+  bos = tokenizer.token_to_id("<s>")
+  tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+      single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+  tokenizer.save(os.path.join(directory, "tokenizer.json"))
+  config = dict(_CONFIG["sentencepiece"],
+                tokenizer_class="PreTrainedTokenizerFast",
                 model_max_length=4096)
   with open(os.path.join(directory, "tokenizer_config.json"), "w",
             encoding="utf-8") as f:

@@ -15,6 +15,7 @@ from ttcjax.verifiers import hf_prms, prm_inputs
     ("qwen_math_prm", "chatml", prm_inputs.ChatSeparatorInput, False),
     ("skywork_prm", "chatml", prm_inputs.StepTokenInput, False),
     ("rlhflow_prm", "llama3", prm_inputs.ChatTurnsInput, True),
+    ("math_shepherd", "sentencepiece", prm_inputs.TagTextInput, True),
 ])
 def test_formats_build_their_layout(tmp_path, prm_format, style, cls, tags):
   files = hf_tokenizer.load(hf_testing.write_tokenizer(tmp_path, style))
@@ -33,6 +34,6 @@ def test_formats_build_their_layout(tmp_path, prm_format, style, cls, tags):
 
 
 def test_unknown_format_named():
-  with pytest.raises(ValueError, match=r"Checkpoints\.prm_format='math_"
-                     r"shepherd' is not one of"):
-    hf_prms.check_format("math_shepherd", "Checkpoints.prm_format")
+  with pytest.raises(ValueError, match=r"Checkpoints\.prm_format='orm' is "
+                     r"not one of"):
+    hf_prms.check_format("orm", "Checkpoints.prm_format")

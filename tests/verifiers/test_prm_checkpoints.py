@@ -333,3 +333,54 @@ def test_skywork_pickle_only_refused_with_a_command_that_works(tmp_path):
       params["reward_head"]["bias"],
       state["v_head.summary.bias"].to(torch.float32).numpy().astype(
           params["reward_head"]["bias"].dtype))
+
+
+def test_math_shepherd_prm_matches_reference(tmp_path):
+  """Math-Shepherd's Mistral PRM (sliding window 16 < its inputs), scored
+  from a policy with another tokenizer (its text re-tokenized)."""
+  from ttcjax.verifiers import hf_prms  # pylint: disable=g-import-not-at-top
+  files = hf_tokenizer.load(hf_testing.write_tokenizer(tmp_path / "tok",
+                                                       "sentencepiece"))
+  policy = hf_tokenizer.load(hf_testing.write_tokenizer(tmp_path / "policy",
+                                                        "chatml"))
+  vocab = files.tokenizer.get_vocab_size()
+  config = transformers.MistralConfig(
+      vocab_size=vocab, hidden_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+      max_position_embeddings=512, rms_norm_eps=1e-5, sliding_window=16,
+      tie_word_embeddings=False)
+  torch_model = _randomize(transformers.MistralForCausalLM(config), 4)
+  torch_model.to(torch.bfloat16).save_pretrained(tmp_path / "prm")
+  torch_model = transformers.MistralForCausalLM.from_pretrained(
+      tmp_path / "prm", dtype=torch.float32,
+      attn_implementation="eager").eval()
+  cfg, params = hf_import.load_hf(tmp_path / "prm", param_dtype="float32")
+  assert cfg.sliding_window == 16
+
+  # Reference: Math-Shepherd's model card: f"{question} {output}" with
+  # each step ending " ки\n", P(+) over encode("+ -")[1:] at each ки.
+  tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
+  candidates = tok.encode("+ -")[1:]
+  tag_id = tok.encode("ки")[-1]
+  want = []
+  for text in _SOLUTIONS:
+    steps = text.split("\n\n")
+    steps = steps[:-1] if steps[-1] == "" else steps
+    output = "".join(f"{step} ки\n" for step in steps)
+    ids = tok.encode(f"{_QUESTION} {output}")
+    with torch.no_grad():
+      logits = torch_model(torch.tensor([ids])).logits[0][:, candidates]
+    probs = torch.softmax(logits, -1)[:, 0].numpy()
+    want.append(probs[np.array(ids) == tag_id])
+  assert max(len(tok.encode(f"{_QUESTION} {s}")) for s in _SOLUTIONS) > 16
+
+  prompt, table = _policy_side(policy)
+  build = hf_prms.input_builder("math_shepherd", files, _decode(policy),
+                                table.questions, "\n\n")
+  good, bad = hf_prms.step_tags("math_shepherd", files)
+  assert (good, bad) == tuple(candidates)
+  score_fn = verifiers.step_tag_score_fn(
+      functools.partial(models.lm_logits, cfg), good_id=good, bad_id=bad)
+  got = _ttcjax_scores(score_fn, params, build, prompt,
+                       _candidates(policy, "\n\n"))
+  _compare(got, want, "Math-Shepherd Mistral PRM")

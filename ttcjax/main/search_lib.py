@@ -141,7 +141,8 @@ class Checkpoints:
       ends with it stops a step (one byte for the byte tokenizer).
     prm_format: the PRM's input layout and score
       (`ttcjax.verifiers.hf_prms.PRM_FORMATS`): 'reward_head' (ttcjax's
-      own), 'qwen_math_prm', 'skywork_prm' or 'rlhflow_prm'.
+      own), 'qwen_math_prm', 'skywork_prm', 'rlhflow_prm' or
+      'math_shepherd'.
     prm_tokenizer_dir: the PRM's tokenizer (None: `tokenizer_dir`).
     template_vars: variables for the chat templates, e.g.
       `{'date_string': '26 Jul 2024'}` pins Llama 3.x's date line.

@@ -12,6 +12,9 @@ select (gin: `search.Checkpoints.prm_format`):
   `sigmoid` of the value head (Skywork-o1-Open-PRM-Qwen-2.5-1.5B / 7B).
 * 'rlhflow_prm': `prm_inputs.ChatTurnsInput`, P('+') over {'+', '-'} from the
   LM head (RLHFlow/Llama3.1-8B-PRM-Deepseek-Data and -Mistral-Data).
+* 'math_shepherd': `prm_inputs.TagTextInput`, P('+') over {'+', '-'} (as
+  the tokenizer encodes '+ -') from the LM head at each 'ки'
+  (peiyi9979/math-shepherd-mistral-7b-prm).
 
 `input_builder` builds the layout from the PRM's tokenizer files (duck-typed
 as `ttcjax.models.hf_tokenizer.HFTokenizerFiles`) and the policy's decoder;
@@ -24,15 +27,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ttcjax.verifiers import prm_inputs
 
-PRM_FORMATS = ("reward_head", "qwen_math_prm", "skywork_prm", "rlhflow_prm")
+PRM_FORMATS = ("reward_head", "qwen_math_prm", "skywork_prm", "rlhflow_prm",
+               "math_shepherd")
 # Tokens a layout adds per step beyond the solution's own (headers, turn
 # ends, separators), rounded up: sizes the verifier's context.
 TOKENS_PER_STEP = {"reward_head": 0, "qwen_math_prm": 1, "skywork_prm": 2,
-                   "rlhflow_prm": 12}
+                   "rlhflow_prm": 12, "math_shepherd": 3}
 # Tokens of the layout's fixed part beyond the question (system prompt,
 # headers); a policy prompt covers the question itself.
 FIXED_TOKENS = {"reward_head": 0, "qwen_math_prm": 48, "skywork_prm": 4,
-                "rlhflow_prm": 48}
+                "rlhflow_prm": 48, "math_shepherd": 2}
 
 
 def check_format(prm_format: str, where: str = "prm_format") -> None:
@@ -77,6 +81,12 @@ def input_builder(prm_format: str, files: Any,
         encode=files.encode, decode=decode, question_of=question_of,
         step_token_id=step_ids[-1],
         bos=files.special_tokens.get("bos_token", ""), delimiter=delimiter)
+  if prm_format == "math_shepherd":
+    encode = lambda text: files.tokenizer.encode(text).ids
+    return prm_inputs.TagTextInput(
+        encode=encode, decode=decode, question_of=question_of,
+        tag_id=files.token_id(_plain_ids(files, "ки", 1)[0], "the step tag"),
+        delimiter=delimiter)
   return prm_inputs.ChatTurnsInput(
       render=files.render_chat, encode_offsets=_encode_offsets(files),
       decode=decode, question_of=question_of,
@@ -87,7 +97,21 @@ def input_builder(prm_format: str, files: Any,
 def step_tags(prm_format: str, files: Any) -> tuple[int, int] | None:
   """(good, bad) ids scored from the LM head, or None for a reward head."""
   check_format(prm_format)
+  if prm_format == "math_shepherd":  # as its card: encode('+ -')[1:]
+    good, bad = _plain_ids(files, "+ -", 2)
+    return (files.token_id(good, "the '+' tag"),
+            files.token_id(bad, "the '-' tag"))
   if prm_format != "rlhflow_prm":
     return None
   return (files.token_id("+", "the PRM's '+' tag"),
           files.token_id("-", "the PRM's '-' tag"))
+
+
+def _plain_ids(files: Any, text: str, count: int) -> list[str]:
+  """The token texts of `text` (no special tokens); exactly `count`."""
+  tokens = files.tokenizer.encode(text, add_special_tokens=False).tokens
+  if len(tokens) != count:
+    raise ValueError(f"{files.directory}: {text!r} is {len(tokens)} tokens "
+                     f"{tokens}, expected {count}; not a Math-Shepherd "
+                     "tokenizer?")
+  return tokens

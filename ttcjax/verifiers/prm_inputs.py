@@ -10,6 +10,7 @@ layout, with the score at a place of their own:
 | `ChatSeparatorInput` | Qwen2.5-Math-PRM | chat template: system, user = question, assistant = steps each followed by `<extra_0>` | each `<extra_0>` | P(class 1) of the 2-way head: `sigmoid` of the folded reward head |
 | `ChatTurnsInput` | RLHFlow Llama3.1-8B-PRM | chat template: user = question + " " + step 1, assistant = "+", user = step 2, ... | the last token of each assistant header, which predicts "+" | P("+") over {"+", "-"}: `step_tag_score_fn` |
 | `StepTokenInput` | Skywork-o1-Open-PRM | bos + question + "\\n", then each step's ids and the step token | each step token | `sigmoid` of the value head |
+| `TagTextInput` | Math-Shepherd (Mistral-7B) | question + " " + each step followed by " ки\\n", the tokenizer's BOS added | each `ки` | P("+") over {"+", "-"}: `step_tag_score_fn` |
 
 Each builder rebuilds the PRM's text from the question and the decoded
 steps (the step delimiter removed from each step's end, as the reference
@@ -206,4 +207,39 @@ class StepTokenInput:
       ids += list(self.encode(step)) if step else []
       ids.append(self.step_token_id)
       positions.append(len(ids) - 1)
+    return ids, positions
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TagTextInput:
+  """Math-Shepherd: `question + " "` then each step followed by
+  `" " + tag + "\\n"`, tokenized whole with the tokenizer's own special
+  tokens (a BOS); the score is read at each tag token.
+
+  Attributes:
+    encode: text -> ids, the tokenizer's special tokens added.
+    decode: policy ids -> text.
+    question_of: policy prompt ids -> question text.
+    tag_id: id of `tag` in the PRM's vocabulary.
+    tag: the step tag, 'ки'.
+    delimiter: the policy's step delimiter, removed from each step.
+  """
+  encode: Callable[[str], Sequence[int]]
+  decode: Callable[[Sequence[int]], str]
+  question_of: Callable[[Sequence[int]], str]
+  tag_id: int
+  tag: str = "ки"
+  delimiter: str = "\n\n"
+
+  def __call__(self, prompt_ids, solution_ids, step_ends):
+    steps = step_texts(self.decode, solution_ids, step_ends, self.delimiter)
+    text = self.question_of(prompt_ids) + " " + "".join(
+        f"{step} {self.tag}\n" for step in steps)
+    ids = list(self.encode(text))
+    positions = [i for i, t in enumerate(ids) if t == self.tag_id]
+    if len(positions) != len(steps):
+      raise PrmInputError(
+          f"{len(positions)} tag tokens {self.tag_id} for {len(steps)} steps:"
+          f" the tag {self.tag!r} merged with its neighbours or appears in a"
+          " step")
     return ids, positions
