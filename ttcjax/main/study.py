@@ -26,7 +26,7 @@ from absl import app, flags, logging
 
 from ttcjax import faults, preemption, workdir_lock
 from ttcjax.experiments import console, studies
-from ttcjax.main import gin_utils
+from ttcjax.main import cli, gin_utils
 from ttcjax.experiments import embedded
 from ttcjax.experiments import embedded_study
 
@@ -68,11 +68,8 @@ def experiment(gin_files, gin_bindings, preset, search_paths=()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    spec = experiment(_GIN_FILES.value, _GIN_BINDINGS.value, _PRESET.value,
-                      _GIN_SEARCH_PATHS.value)
-  except gin_utils.GinConfigError as e:
-    raise SystemExit(f"ttcjax.main.study: {e}") from None
+  spec = experiment(_GIN_FILES.value, _GIN_BINDINGS.value, _PRESET.value,
+                    _GIN_SEARCH_PATHS.value)
   workdir = _WORKDIR.value
   preemption.install()
   with faults.guard("ttcjax.main.study"), workdir_lock.hold(workdir):
@@ -94,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "ttcjax.main.study", output_flags=("workdir",))

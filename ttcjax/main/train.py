@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 
 from ttcjax import distributed, faults, preemption, workdir_lock
+from ttcjax.main import cli
 from ttcjax.main import gin_utils
 from ttcjax.training import roles
 
@@ -48,14 +49,11 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   preemption.install()
-  try:
-    with (faults.guard("ttcjax.main.train"),
-          workdir_lock.hold_for_run(_WORKDIR.value)):
-      roles.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
-                           _WORKDIR.value, _GIN_SEARCH_PATHS.value)
-  except gin_utils.GinConfigError as e:
-    raise SystemExit(f"ttcjax.main.train: {e}") from None
+  with (faults.guard("ttcjax.main.train"),
+        workdir_lock.hold_for_run(_WORKDIR.value)):
+    roles.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
+                         _WORKDIR.value, _GIN_SEARCH_PATHS.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "ttcjax.main.train", output_flags=("workdir",))
