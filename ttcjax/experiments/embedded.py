@@ -24,10 +24,12 @@ split shares a problem stream with another. Keys of sampling stages are
 `fold_in(key(seed), stable_hash(stage name))`, then folded per problem uid
 by `ttcjax.verifiers.labeling`, so results do not depend on chunk sizes.
 
-Training rows are packed: consecutive examples are concatenated into rows
-of `RoleTraining.row_len` tokens (BOS separates them, prompts carry no loss),
-so a CPU step spends little on padding. Each training stage resumes from the
-trainer's checkpoints in its work directory.
+Training rows are packed: consecutive examples share rows of
+`RoleTraining.row_len` tokens, so a CPU step spends little on padding, each
+as its own segment (`ttcjax.data.packing`): attention and loss never cross
+an example and positions restart at 0, so a PRM learns what it reads at
+search time. Every training stage hashes `packing.VERSION`. Each training
+stage resumes from the trainer's checkpoints in its work directory.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import jax
 import numpy as np
 
 from ttcjax import checkpoint, decoding, models, training
-from ttcjax.data import examples
+from ttcjax.data import examples, packing
 from ttcjax.keys import stable_hash
 from ttcjax.experiments import stages
 from ttcjax.search.base import PolicyFns
@@ -387,32 +389,18 @@ def _sampling_stage(config: ArithStudyConfig, ctx: stages.StageContext,
 
 def pack_examples(exs: Sequence[examples.Example],
                   row_len: int) -> dict[str, np.ndarray]:
-  """Concatenates examples, in order, into rows of at most `row_len`.
+  """Packs examples, in order, into rows of `row_len` tokens, each example
+  its own segment (`ttcjax.data.packing.pack`).
 
   Args:
     exs: unpadded examples (`ttcjax.data.examples`).
     row_len: tokens per row.
 
   Returns:
-    A contract batch `[rows, row_len]` (right-padded).
+    A packed contract batch `[rows, row_len]` (right-padded) with
+    `segment_ids` and `positions`.
   """
-  rows, current, used = [], [], 0
-  for i, ex in enumerate(exs):
-    n = len(ex["tokens"])
-    if n > row_len:
-      raise ValueError(f"pack_examples: example {i} has {n} tokens > "
-                       f"row_len={row_len}")
-    if used + n > row_len:
-      rows.append(current)
-      current, used = [], 0
-    current.append(ex)
-    used += n
-  if current:
-    rows.append(current)
-  packed = [{k: np.concatenate([np.asarray(e[k], examples.DTYPES[k])
-                                for e in row]) for k in examples.FEATURES}
-            for row in rows]
-  return examples.collate(packed, row_len)
+  return packing.pack(exs, row_len)
 
 
 def train_role(ctx: stages.StageContext, model_config: models.ModelConfig,
@@ -609,7 +597,8 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
   return [
       stages.Stage("pretrain_policy", fn(_pretrain_policy), dict(
           arithmetic=c.arithmetic, policy=c.policy, seed=c.pretrain_seed,
-          problems=c.pretrain_problems, training=c.pretrain), cost=5),
+          problems=c.pretrain_problems, training=c.pretrain,
+          packing=packing.VERSION), cost=5),
       stages.Stage("sample_train", fn(_sample_train), dict(
           sampling, arithmetic=c.arithmetic, seed=c.label_seed,
           problems=c.label_problems, samples=c.samples_per_problem),
@@ -619,14 +608,16 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
           problems=c.label_problems, rollouts=c.rollouts,
           include_reference=c.include_reference),
                    ("pretrain_policy", "sample_train"), cost=5),
-      stages.Stage("train_prm", fn(_train_prm), dict(training=c.prm),
+      stages.Stage("train_prm", fn(_train_prm), dict(
+          training=c.prm, packing=packing.VERSION),
                    ("pretrain_policy", "mc_labels"), cost=2),
       stages.Stage("revision_data", fn(_revision_data), dict(
           sampling, arithmetic=c.arithmetic, seed=c.revision_seed,
           problems=c.revision_problems, samples=c.revision_samples),
                    ("pretrain_policy",), cost=1),
       stages.Stage("train_revision", fn(_train_revision), dict(
-          training=c.revision, max_len=c.revision_max_len,
+          training=c.revision, packing=packing.VERSION,
+          max_len=c.revision_max_len,
           context=c.revision_context,
           targets_per_problem=c.revision_targets_per_problem,
           reference_targets=c.revision_reference_targets,
@@ -637,7 +628,8 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
              if c.revision_keep_correct else {})),
                    ("pretrain_policy", "revision_data"), cost=2),
       stages.Stage("train_orm", fn(_train_orm), dict(
-          training=c.orm, max_len=c.revision_max_len,
+          training=c.orm, packing=packing.VERSION,
+          max_len=c.revision_max_len,
           context=c.revision_context,
           include_reference=c.include_reference),
                    ("pretrain_policy", "revision_data"), cost=2),

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import logging
 
 from ttcjax import checkpoint, models
+from ttcjax.data import packing
 from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, evaluate, stages
 from ttcjax.search import records as records_lib
@@ -272,7 +273,8 @@ def full_study_stages(config: embedded.ArithStudyConfig,
   return experiments.study_stages(c) + [
       stages.Stage("pretrain_large", fn(_pretrain_large), dict(
           arithmetic=c.arithmetic, policy=large, seed=c.pretrain_seed,
-          problems=c.pretrain_problems, training=c.pretrain), cost=20),
+          problems=c.pretrain_problems, training=c.pretrain,
+          packing=packing.VERSION), cost=20),
       stages.Stage("large_eval", fn(_large_eval), dict(
           sampling, arithmetic=c.arithmetic, test_seed=c.test_seed,
           test_problems=c.test_problems, prompt_len=c.prompt_len),
