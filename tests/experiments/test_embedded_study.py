@@ -8,7 +8,8 @@ import pytest
 from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, embedded_study, stages
 
-NEW = ("pretrain_large", "large_eval", "search_sweep", "analysis")
+NEW = ("pretrain_large", "large_eval", "search_sweep", "oracle_sweep",
+       "analysis")
 
 
 @pytest.mark.parametrize("preset", sorted(embedded_study.SWEEPS))
@@ -16,7 +17,7 @@ def test_stage_list_and_wiring(preset):
   config = embedded.PRESETS[preset]()
   todo = embedded_study.full_study_stages(config)
   names = [s.name for s in todo]
-  assert names[-4:] == list(NEW)
+  assert names[-len(NEW):] == list(NEW)
   assert len(set(names)) == len(names)
   for i, s in enumerate(todo):  # inputs come first
     assert set(s.inputs) <= set(names[:i]), s.name
@@ -58,6 +59,15 @@ def test_search_run_covers_strategies():
   assert run.problems.num_problems == sweep.problems < cpu.test_problems
   (rev,) = [s for s in run.strategies if s.strategy == "revisions"]
   assert {c.revision_context for c in rev.configs(None)} == {1}
+  oracle = embedded_study.search_run(
+      config, embedded_study.SWEEPS["smoke"],
+      sweep_runner.Checkpoints(policy="/p"), oracle=True)
+  assert oracle.verifier == "oracle" and run.verifier == "prm"
+  assert [s.strategy for s in oracle.strategies] == list(
+      embedded_study.ORACLE_STRATEGIES)
+  assert oracle.strategies[0].selections == ("weighted",)
+  assert oracle.problems == embedded_study.search_run(
+      config, embedded_study.SWEEPS["smoke"], ckpts).problems
   by_name = {s.name: s for s in embedded_study.full_study_stages(cpu)}
   other = cpu.replace(revision_context=2)
   changed = {s.name: s for s in embedded_study.full_study_stages(other, sweep)}

@@ -11,6 +11,17 @@ policy, PRM, revision model and ORM, and their evaluations) followed by:
                   hyper-parameters x budget over the test problems; the
                   records grow in the stage's work directory, so a killed
                   sweep resumes, and are copied to the stage output
+  oracle_sweep    the control: the PRM strategies of the paper's pool
+                  (best-of-N weighted, beam, lookahead) over the same
+                  problems and budgets with the task's exact step checker
+                  as the verifier (`ttcjax.verifiers.oracle`): the ceiling
+                  of each search with a perfect verifier, against which the
+                  PRM's own sweep separates search quality from verifier
+                  quality. Same record schema, plus `"verifier": "oracle"`;
+                  `verifier_tokens` counts what the oracle read and
+                  `flops_verifier` is 0 (a checker is no model). Best-of-N
+                  draws the very samples of search_sweep (keys fold problem,
+                  strategy and budget), so its cells pair with the PRM's.
   analysis        difficulty samples from best-of-N at the largest budget,
                   `ttcjax.analysis.results.analyze`, `report.write_report`
                   (report.md, results.json, figures/); report.md and
@@ -161,9 +172,15 @@ def write_large_results(ctx: stages.StageContext,
   return {"accuracy": acc}
 
 
+ORACLE_STRATEGIES = ("best_of_n", "beam", "lookahead")
+
+
 def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
-               ckpts: sweep_runner.Checkpoints) -> sweep_runner.SearchRun:
-  """The sweep's `SearchRun` over the test problems."""
+               ckpts: sweep_runner.Checkpoints, oracle: bool = False
+               ) -> sweep_runner.SearchRun:
+  """The sweep's `SearchRun` over the test problems; with `oracle`, the
+  `ORACLE_STRATEGIES` (best-of-N weighted only) with the oracle verifier
+  (`ckpts.prm` unused)."""
   b = tuple(sweep.budgets)
   specs = [
       sweep_runner.StrategySpec(strategy="best_of_n", budgets=b,
@@ -180,6 +197,10 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
                                     config.revision_context},
                               selections=("weighted", "majority")),
   ]
+  if oracle:
+    specs = [dataclasses.replace(s, selections=("weighted",))
+             if s.strategy == "best_of_n" else s
+             for s in specs if s.strategy in ORACLE_STRATEGIES]
   questions = [p.question for p in _test_problems(config)]
   count = min(sweep.problems or config.test_problems, config.test_problems)
   return sweep_runner.SearchRun(
@@ -190,7 +211,8 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
       max_new_tokens=config.max_new_tokens, temperature=config.temperature,
       problems_per_batch=min(sweep.problems_per_batch, count),
       seed=config.seed, prompt_len=config.prompt_len,
-      revision_prompt_len=evaluate.revision_prompt_len(config, questions))
+      revision_prompt_len=evaluate.revision_prompt_len(config, questions),
+      verifier="oracle" if oracle else "prm")
 
 
 def _search_sweep(config: embedded.ArithStudyConfig, sweep: SweepConfig,
@@ -200,6 +222,13 @@ def _search_sweep(config: embedded.ArithStudyConfig, sweep: SweepConfig,
       policy=model("pretrain_policy"), prm=model("train_prm"),
       revision=model("train_revision"), orm=model("train_orm"))
   return search_into(search_run(config, sweep, ckpts), ctx)
+
+
+def _oracle_sweep(config: embedded.ArithStudyConfig, sweep: SweepConfig,
+                  ctx: stages.StageContext):
+  ckpts = sweep_runner.Checkpoints(
+      policy=str(ctx.input("pretrain_policy") / "model"))
+  return search_into(search_run(config, sweep, ckpts, oracle=True), ctx)
 
 
 def search_into(run: sweep_runner.SearchRun,
@@ -286,6 +315,10 @@ def full_study_stages(config: embedded.ArithStudyConfig,
           revision_context=c.revision_context),
                    ("pretrain_policy", "train_prm", "train_revision",
                     "train_orm"), cost=10),
+      stages.Stage("oracle_sweep", fn(_oracle_sweep, sw), dict(
+          sampling, sweep=sw, arithmetic=c.arithmetic, test_seed=c.test_seed,
+          test_problems=c.test_problems, strategies=ORACLE_STRATEGIES),
+                   ("pretrain_policy",), cost=5),
       stages.Stage("analysis", fn(_analysis, sw), dict(
           sweep=sw, flops=flops_info(c)),
                    ("search_sweep", "large_eval"), cost=1),
