@@ -56,6 +56,8 @@ from ttcjax.verifiers import labeling, revision_data
 TOKENIZER = ByteTokenizer()
 NEWLINE_IDS = TOKENIZER.token_ids_ending_with(arithmetic.STEP_DELIMITER)
 MIN_TRAIN_SEED = 1000
+# ArithStudyConfig.prm_init -> the stage whose model the PRM starts from.
+PRM_INITS = {"policy": "pretrain_policy", "large": "pretrain_large"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,6 +100,14 @@ class ArithStudyConfig:
     samples_per_problem: samples per labelled problem (paper: 16).
     rollouts: Monte-Carlo roll-outs per step (paper: 16).
     prm: the PRM's training.
+    prm_init: what the PRM starts from: 'policy' (the policy's weights and
+      shape, as in the paper) or 'large' (the `pretrain_large` stage's LM,
+      ~14x the policy's parameters, trained on the same data: a larger
+      verifier). Its training FLOPs (train_summary.json) and the search's
+      verification FLOPs (records, from the checkpoint's shape) are the
+      large shape's. 'large' runs in the full study only
+      (`ttcjax.experiments.embedded_study.full_study_stages`), which then
+      trains pretrain_large before the PRM.
     revision_problems, revision_seed: problems for revision/ORM data.
     revision_samples: samples per revision problem (paper: 64).
     revision_max_len: longest revision/ORM example (oldest attempts drop).
@@ -140,6 +150,7 @@ class ArithStudyConfig:
   samples_per_problem: int = 16
   rollouts: int = 16
   prm: RoleTraining
+  prm_init: str = "policy"
   revision_problems: int
   revision_seed: int = 1002
   revision_samples: int = 64
@@ -173,6 +184,9 @@ class ArithStudyConfig:
       if getattr(self, name) < 1:
         raise ValueError(f"ArithStudyConfig.{name} must be >= 1, got "
                          f"{getattr(self, name)}")
+    if self.prm_init not in PRM_INITS:
+      raise ValueError(f"ArithStudyConfig.prm_init must be one of "
+                       f"{tuple(PRM_INITS)}, got {self.prm_init!r}")
     if self.revision_context < 0:
       raise ValueError("ArithStudyConfig.revision_context must be >= 0")
     if self.revision_eval_problems > self.test_problems:
@@ -437,10 +451,11 @@ def train_role(ctx: stages.StageContext, model_config: models.ModelConfig,
           "tokens_per_sec": [round(r["tokens_per_sec"]) for r in history]}
 
 
-def _restore_with_head(ctx: stages.StageContext, seed: int):
-  """The policy's params plus a fresh reward head (seeded)."""
-  model_config, params = checkpoint.restore(
-      ctx.input("pretrain_policy") / "model")
+def _restore_with_head(ctx: stages.StageContext, seed: int,
+                       source: str = "pretrain_policy"):
+  """The params of `source`'s model (default the policy) plus a fresh
+  reward head (seeded)."""
+  model_config, params = checkpoint.restore(ctx.input(source) / "model")
   params = training.add_reward_head(params, model_config,
                                     jax.random.key(seed))
   return model_config.replace(reward_head=True), params
@@ -512,7 +527,8 @@ def _train_prm(config: ArithStudyConfig, ctx: stages.StageContext):
           TOKENIZER.bos_id))
     except examples.ExampleTooLongError:
       continue
-  model_config, params = _restore_with_head(ctx, config.prm.train.seed)
+  model_config, params = _restore_with_head(ctx, config.prm.train.seed,
+                                            PRM_INITS[config.prm_init])
   return train_role(ctx, model_config, config.prm, exs, params, "PRM")
 
 
@@ -609,8 +625,11 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
           include_reference=c.include_reference),
                    ("pretrain_policy", "sample_train"), cost=5),
       stages.Stage("train_prm", fn(_train_prm), dict(
-          training=c.prm, packing=packing.VERSION),
-                   ("pretrain_policy", "mc_labels"), cost=2),
+          training=c.prm, packing=packing.VERSION,
+          # Only when set: the default keeps the hashes it had.
+          **({"prm_init": c.prm_init} if c.prm_init != "policy" else {})),
+                   (PRM_INITS[c.prm_init], "mc_labels"),
+                   cost=2 if c.prm_init == "policy" else 20),
       stages.Stage("revision_data", fn(_revision_data), dict(
           sampling, arithmetic=c.arithmetic, seed=c.revision_seed,
           problems=c.revision_problems, samples=c.revision_samples),

@@ -1,7 +1,9 @@
 """The end-to-end arithmetic study: training, evaluation, search, report.
 
 `full_study_stages(config)` is `ttcjax.experiments.study_stages(config)` (the
-policy, PRM, revision model and ORM, and their evaluations) followed by:
+policy, PRM, revision model and ORM, and their evaluations) followed by the
+stages below (pretrain_large moves up before train_prm when the PRM starts
+from it, `ArithStudyConfig.prm_init='large'`):
 
   pretrain_large  an LM with ~14x the policy's parameters, trained on the
                   same pretraining data with the same recipe (the paper's
@@ -292,18 +294,23 @@ def analyze_into(ctx: stages.StageContext, oracle_budget: int,
 def full_study_stages(config: embedded.ArithStudyConfig,
                       sweep: SweepConfig | str | None = None
                       ) -> list[stages.Stage]:
-  """Training, evaluation, the large model, the search sweep, the report."""
-  from ttcjax import experiments  # pylint: disable=g-import-not-at-top
+  """Training, evaluation, the large model, the search sweep, the report.
+
+  With `ArithStudyConfig.prm_init='large'`, pretrain_large comes right
+  after pretrain_policy, since the PRM starts from it."""
   sw = sweep_for(config, sweep)
   c = config
   fn = lambda f, *a: functools.partial(f, c, *a)
   large = large_model_config(c.policy)
   sampling = embedded._sampling_config(c)  # pylint: disable=protected-access
-  return experiments.study_stages(c) + [
-      stages.Stage("pretrain_large", fn(_pretrain_large), dict(
-          arithmetic=c.arithmetic, policy=large, seed=c.pretrain_seed,
-          problems=c.pretrain_problems, training=c.pretrain,
-          packing=packing.VERSION), cost=20),
+  large_stage = stages.Stage("pretrain_large", fn(_pretrain_large), dict(
+      arithmetic=c.arithmetic, policy=large, seed=c.pretrain_seed,
+      problems=c.pretrain_problems, training=c.pretrain,
+      packing=packing.VERSION), cost=20)
+  head = embedded.training_stages(c) + evaluate.eval_stages(c)
+  if c.prm_init == "large":  # the PRM starts from it: train it first
+    head.insert(1, large_stage)
+  return head + ([] if c.prm_init == "large" else [large_stage]) + [
       stages.Stage("large_eval", fn(_large_eval), dict(
           sampling, arithmetic=c.arithmetic, test_seed=c.test_seed,
           test_problems=c.test_problems, prompt_len=c.prompt_len),
