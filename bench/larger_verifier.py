@@ -10,6 +10,12 @@ a right and a wrong sample), and the ratio large / policy of the
 within-problem AUC. Timings depend on the machine's load.
 
   python bench/larger_verifier.py --preset smoke --workdir /tmp/larger_prm
+
+Measured once on smoke (2 shared cores, load ~19): policy-init PRM AUC
+('last') 0.786 pooled, 0.500 within a problem; large-init 0.761 and 0.667;
+8 test problems have both a right and a wrong sample, so the difference is
+well inside the noise. PRM training 6.1e10 -> 6.8e11 FLOPs; the large run
+added 16 min (pretrain_large 15:22, train_prm 0:44) to the 11:42 baseline.
 """
 
 from __future__ import annotations
