@@ -151,6 +151,28 @@ def test_numpy_sources_of_each_role(tmp_path, kind):
   assert weights[:3].sum(1).all() and not weights[3].any()
 
 
+def test_numpy_sources_pack_rows_with_segments(tmp_path):
+  """`DataConfig.pack`: the padded path packs with `ttcjax.data.packing`,
+  every example kept once, each its own segment from position 0."""
+  rows = _prm_rows(12)
+  path = _write_jsonl(tmp_path / "p.jsonl", rows)
+  tok = roles.make_tokenizer(roles.DataConfig())
+  run = _run("prm", path, pack=True, max_len=128)
+  train, _ = roles.numpy_sources(run, tok)
+  arrays = train.arrays
+  assert arrays["tokens"].shape[1] == 128 and len(arrays["tokens"]) < 12
+  assert arrays["segment_ids"].max() > 1
+  assert arrays["reward_weights"].sum() == sum(len(r["steps"]) for r in rows)
+  starts = (arrays["positions"] == 0) & arrays["token_mask"]
+  assert starts.sum() == 12
+  assert (arrays["tokens"][starts] == tok.bos_id).all()
+  training.check_batch(train.get(0), "reward", "packed")
+  unpacked, _ = roles.numpy_sources(_run("prm", path, max_len=128), tok)
+  assert "segment_ids" not in unpacked.arrays
+  with pytest.raises(ValueError, match="DataConfig.pack=True needs"):
+    roles.DataConfig(pack=True, source="seqio")
+
+
 def test_bad_jsonl_names_path_and_line(tmp_path):
   path = _write_jsonl(tmp_path / "bad.jsonl",
                       [ROLE_ROWS["prm"][0], {"prompt": "x", "steps": "1\n",

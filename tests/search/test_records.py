@@ -283,3 +283,49 @@ def test_search_run_writes_records_then_resumes(checkpoints, tmp_path):
   assert sweep_runner.run(config, workdir) == {"written": 2,
                                              "skipped": want - 2}
   assert _canonical(records.read_records(path)) == _canonical(first)
+
+
+def test_oracle_run_validates_its_task_and_strategies(checkpoints):
+  no_prm = sweep_runner.Checkpoints(policy=checkpoints.policy)
+  beam = [sweep_runner.StrategySpec(strategy="beam", budgets=[2])]
+  ok = sweep_runner.SearchRun(problems=sweep_runner.ProblemSource(),
+                              checkpoints=no_prm, strategies=beam,
+                              verifier="oracle")
+  assert ok.verifier == "oracle"
+  with pytest.raises(ValueError, match="Checkpoints.prm"):
+    dataclasses.replace(ok, verifier="prm")
+  with pytest.raises(ValueError, match="SearchRun.verifier must be one of"):
+    dataclasses.replace(ok, verifier="gold")
+  with pytest.raises(ValueError, match="exact step checker"):
+    dataclasses.replace(ok, problems=sweep_runner.ProblemSource(
+        task="math", path="/m.jsonl"))
+  with pytest.raises(ValueError, match="no 'revisions'"):
+    dataclasses.replace(ok, checkpoints=sweep_runner.Checkpoints(
+        policy="/p", revision="/r", orm="/o"), strategies=beam + [
+            sweep_runner.StrategySpec(strategy="revisions", budgets=[2])])
+
+
+def test_oracle_run_records_tokens_without_verifier_flops(checkpoints,
+                                                          tmp_path):
+  """The same sweep with the oracle verifier: best-of-N draws the PRM run's
+  samples, the oracle's tokens are counted and its FLOPs are 0."""
+  prm_config = _run_config(checkpoints)
+  config = dataclasses.replace(
+      prm_config, verifier="oracle",
+      checkpoints=sweep_runner.Checkpoints(policy=checkpoints.policy))
+  sweep_runner.run(prm_config, str(tmp_path / "prm"))
+  sweep_runner.run(config, str(tmp_path / "oracle"))
+  read = lambda d: {records.record_key(r): r for r in records.read_records(
+      os.path.join(tmp_path, d, records.RECORDS_FILE))}
+  prm, exact = read("prm"), read("oracle")
+  assert set(prm) == set(exact)
+  for key, r in exact.items():
+    assert r["verifier"] == "oracle" and "verifier" not in prm[key]
+    assert r["verifier_tokens"] > 0 and r["flops_verifier"] == 0
+    assert r["flops"] == r["flops_policy"] == prm[key]["flops_policy"]
+    assert {c["score"] for c in r["candidates"]} <= {0.0, 1.0}
+    if r["strategy"] == "best_of_n":
+      assert ([c["answer"] for c in r["candidates"]] ==
+              [c["answer"] for c in prm[key]["candidates"]])
+    # A candidate the oracle passes reaches the right answer.
+    assert all(c["correct"] for c in r["candidates"] if c["score"] == 1.0)

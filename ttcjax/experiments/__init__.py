@@ -28,6 +28,11 @@ from ttcjax.experiments.stages import (Stage, StageConfigError, StageContext,
 
 def study_stages(config: ArithStudyConfig) -> list[Stage]:
   """Training then evaluation stages of the arithmetic study."""
+  if config.prm_init == "large":
+    raise ValueError("ArithStudyConfig.prm_init='large' starts the PRM from "
+                     "the pretrain_large stage, which only the full study "
+                     "has: run embedded_study.full_study_stages (make study)"
+                     " or set prm_init='policy'")
   return embedded.training_stages(config) + evaluate.eval_stages(config)
 
 

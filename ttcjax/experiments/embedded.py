@@ -24,10 +24,12 @@ split shares a problem stream with another. Keys of sampling stages are
 `fold_in(key(seed), stable_hash(stage name))`, then folded per problem uid
 by `ttcjax.verifiers.labeling`, so results do not depend on chunk sizes.
 
-Training rows are packed: consecutive examples are concatenated into rows
-of `RoleTraining.row_len` tokens (BOS separates them, prompts carry no loss),
-so a CPU step spends little on padding. Each training stage resumes from the
-trainer's checkpoints in its work directory.
+Training rows are packed: consecutive examples share rows of
+`RoleTraining.row_len` tokens, so a CPU step spends little on padding, each
+as its own segment (`ttcjax.data.packing`): attention and loss never cross
+an example and positions restart at 0, so a PRM learns what it reads at
+search time. Every training stage hashes `packing.VERSION`. Each training
+stage resumes from the trainer's checkpoints in its work directory.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import jax
 import numpy as np
 
 from ttcjax import checkpoint, decoding, models, training
-from ttcjax.data import examples
+from ttcjax.data import examples, packing
 from ttcjax.keys import stable_hash
 from ttcjax.experiments import stages
 from ttcjax.search.base import PolicyFns
@@ -54,6 +56,8 @@ from ttcjax.verifiers import labeling, revision_data
 TOKENIZER = ByteTokenizer()
 NEWLINE_IDS = TOKENIZER.token_ids_ending_with(arithmetic.STEP_DELIMITER)
 MIN_TRAIN_SEED = 1000
+# ArithStudyConfig.prm_init -> the stage whose model the PRM starts from.
+PRM_INITS = {"policy": "pretrain_policy", "large": "pretrain_large"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -96,6 +100,14 @@ class ArithStudyConfig:
     samples_per_problem: samples per labelled problem (paper: 16).
     rollouts: Monte-Carlo roll-outs per step (paper: 16).
     prm: the PRM's training.
+    prm_init: what the PRM starts from: 'policy' (the policy's weights and
+      shape, as in the paper) or 'large' (the `pretrain_large` stage's LM,
+      ~14x the policy's parameters, trained on the same data: a larger
+      verifier). Its training FLOPs (train_summary.json) and the search's
+      verification FLOPs (records, from the checkpoint's shape) are the
+      large shape's. 'large' runs in the full study only
+      (`ttcjax.experiments.embedded_study.full_study_stages`), which then
+      trains pretrain_large before the PRM.
     revision_problems, revision_seed: problems for revision/ORM data.
     revision_samples: samples per revision problem (paper: 64).
     revision_max_len: longest revision/ORM example (oldest attempts drop).
@@ -138,6 +150,7 @@ class ArithStudyConfig:
   samples_per_problem: int = 16
   rollouts: int = 16
   prm: RoleTraining
+  prm_init: str = "policy"
   revision_problems: int
   revision_seed: int = 1002
   revision_samples: int = 64
@@ -171,6 +184,9 @@ class ArithStudyConfig:
       if getattr(self, name) < 1:
         raise ValueError(f"ArithStudyConfig.{name} must be >= 1, got "
                          f"{getattr(self, name)}")
+    if self.prm_init not in PRM_INITS:
+      raise ValueError(f"ArithStudyConfig.prm_init must be one of "
+                       f"{tuple(PRM_INITS)}, got {self.prm_init!r}")
     if self.revision_context < 0:
       raise ValueError("ArithStudyConfig.revision_context must be >= 0")
     if self.revision_eval_problems > self.test_problems:
@@ -387,32 +403,18 @@ def _sampling_stage(config: ArithStudyConfig, ctx: stages.StageContext,
 
 def pack_examples(exs: Sequence[examples.Example],
                   row_len: int) -> dict[str, np.ndarray]:
-  """Concatenates examples, in order, into rows of at most `row_len`.
+  """Packs examples, in order, into rows of `row_len` tokens, each example
+  its own segment (`ttcjax.data.packing.pack`).
 
   Args:
     exs: unpadded examples (`ttcjax.data.examples`).
     row_len: tokens per row.
 
   Returns:
-    A contract batch `[rows, row_len]` (right-padded).
+    A packed contract batch `[rows, row_len]` (right-padded) with
+    `segment_ids` and `positions`.
   """
-  rows, current, used = [], [], 0
-  for i, ex in enumerate(exs):
-    n = len(ex["tokens"])
-    if n > row_len:
-      raise ValueError(f"pack_examples: example {i} has {n} tokens > "
-                       f"row_len={row_len}")
-    if used + n > row_len:
-      rows.append(current)
-      current, used = [], 0
-    current.append(ex)
-    used += n
-  if current:
-    rows.append(current)
-  packed = [{k: np.concatenate([np.asarray(e[k], examples.DTYPES[k])
-                                for e in row]) for k in examples.FEATURES}
-            for row in rows]
-  return examples.collate(packed, row_len)
+  return packing.pack(exs, row_len)
 
 
 def train_role(ctx: stages.StageContext, model_config: models.ModelConfig,
@@ -449,10 +451,11 @@ def train_role(ctx: stages.StageContext, model_config: models.ModelConfig,
           "tokens_per_sec": [round(r["tokens_per_sec"]) for r in history]}
 
 
-def _restore_with_head(ctx: stages.StageContext, seed: int):
-  """The policy's params plus a fresh reward head (seeded)."""
-  model_config, params = checkpoint.restore(
-      ctx.input("pretrain_policy") / "model")
+def _restore_with_head(ctx: stages.StageContext, seed: int,
+                       source: str = "pretrain_policy"):
+  """The params of `source`'s model (default the policy) plus a fresh
+  reward head (seeded)."""
+  model_config, params = checkpoint.restore(ctx.input(source) / "model")
   params = training.add_reward_head(params, model_config,
                                     jax.random.key(seed))
   return model_config.replace(reward_head=True), params
@@ -524,7 +527,8 @@ def _train_prm(config: ArithStudyConfig, ctx: stages.StageContext):
           TOKENIZER.bos_id))
     except examples.ExampleTooLongError:
       continue
-  model_config, params = _restore_with_head(ctx, config.prm.train.seed)
+  model_config, params = _restore_with_head(ctx, config.prm.train.seed,
+                                            PRM_INITS[config.prm_init])
   return train_role(ctx, model_config, config.prm, exs, params, "PRM")
 
 
@@ -609,7 +613,8 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
   return [
       stages.Stage("pretrain_policy", fn(_pretrain_policy), dict(
           arithmetic=c.arithmetic, policy=c.policy, seed=c.pretrain_seed,
-          problems=c.pretrain_problems, training=c.pretrain), cost=5),
+          problems=c.pretrain_problems, training=c.pretrain,
+          packing=packing.VERSION), cost=5),
       stages.Stage("sample_train", fn(_sample_train), dict(
           sampling, arithmetic=c.arithmetic, seed=c.label_seed,
           problems=c.label_problems, samples=c.samples_per_problem),
@@ -619,14 +624,19 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
           problems=c.label_problems, rollouts=c.rollouts,
           include_reference=c.include_reference),
                    ("pretrain_policy", "sample_train"), cost=5),
-      stages.Stage("train_prm", fn(_train_prm), dict(training=c.prm),
-                   ("pretrain_policy", "mc_labels"), cost=2),
+      stages.Stage("train_prm", fn(_train_prm), dict(
+          training=c.prm, packing=packing.VERSION,
+          # Only when set: the default keeps the hashes it had.
+          **({"prm_init": c.prm_init} if c.prm_init != "policy" else {})),
+                   (PRM_INITS[c.prm_init], "mc_labels"),
+                   cost=2 if c.prm_init == "policy" else 20),
       stages.Stage("revision_data", fn(_revision_data), dict(
           sampling, arithmetic=c.arithmetic, seed=c.revision_seed,
           problems=c.revision_problems, samples=c.revision_samples),
                    ("pretrain_policy",), cost=1),
       stages.Stage("train_revision", fn(_train_revision), dict(
-          training=c.revision, max_len=c.revision_max_len,
+          training=c.revision, packing=packing.VERSION,
+          max_len=c.revision_max_len,
           context=c.revision_context,
           targets_per_problem=c.revision_targets_per_problem,
           reference_targets=c.revision_reference_targets,
@@ -637,7 +647,8 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
              if c.revision_keep_correct else {})),
                    ("pretrain_policy", "revision_data"), cost=2),
       stages.Stage("train_orm", fn(_train_orm), dict(
-          training=c.orm, max_len=c.revision_max_len,
+          training=c.orm, packing=packing.VERSION,
+          max_len=c.revision_max_len,
           context=c.revision_context,
           include_reference=c.include_reference),
                    ("pretrain_policy", "revision_data"), cost=2),

@@ -1,7 +1,9 @@
 """The end-to-end arithmetic study: training, evaluation, search, report.
 
 `full_study_stages(config)` is `ttcjax.experiments.study_stages(config)` (the
-policy, PRM, revision model and ORM, and their evaluations) followed by:
+policy, PRM, revision model and ORM, and their evaluations) followed by the
+stages below (pretrain_large moves up before train_prm when the PRM starts
+from it, `ArithStudyConfig.prm_init='large'`):
 
   pretrain_large  an LM with ~14x the policy's parameters, trained on the
                   same pretraining data with the same recipe (the paper's
@@ -19,6 +21,17 @@ policy, PRM, revision model and ORM, and their evaluations) followed by:
                   cells' samples: a problem binned 0/64 by best-of-N@64's
                   own candidates scores 0 there by construction. Their cost
                   is the cost of predicting difficulty.
+  oracle_sweep    the control: the PRM strategies of the paper's pool
+                  (best-of-N weighted, beam, lookahead) over the same
+                  problems and budgets with the task's exact step checker
+                  as the verifier (`ttcjax.verifiers.oracle`): the ceiling
+                  of each search with a perfect verifier, against which the
+                  PRM's own sweep separates search quality from verifier
+                  quality. Same record schema, plus `"verifier": "oracle"`;
+                  `verifier_tokens` counts what the oracle read and
+                  `flops_verifier` is 0 (a checker is no model). Best-of-N
+                  draws the very samples of search_sweep (keys fold problem,
+                  strategy and budget), so its cells pair with the PRM's.
   analysis        `ttcjax.analysis.results.analyze` of the sweep (and of an
                   `oracle_sweep` stage's records, when the study has one),
                   `report.write_report` (report.md, results.json,
@@ -45,6 +58,7 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import logging
 
 from ttcjax import checkpoint, faults, models
+from ttcjax.data import packing
 from ttcjax.keys import stable_hash
 from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, evaluate, stages
@@ -212,12 +226,16 @@ def write_large_results(ctx: stages.StageContext,
   return {"accuracy": acc}
 
 
+ORACLE_STRATEGIES = ("best_of_n", "beam", "lookahead")
+
+
 def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
                ckpts: sweep_runner.Checkpoints,
-               specs: Sequence[sweep_runner.StrategySpec] | None = None
-               ) -> sweep_runner.SearchRun:
+               specs: Sequence[sweep_runner.StrategySpec] | None = None,
+               oracle: bool = False) -> sweep_runner.SearchRun:
   """The sweep's `SearchRun` over the test problems (`specs`: other
-  strategies than the sweep's)."""
+  strategies than the sweep's); with `oracle`, the `ORACLE_STRATEGIES`
+  (best-of-N weighted only) with the oracle verifier (`ckpts.prm` unused)."""
   b = tuple(sweep.budgets)
   specs = list(specs) if specs is not None else [
       sweep_runner.StrategySpec(strategy="best_of_n", budgets=b,
@@ -238,6 +256,10 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
                                     config.revision_context},
                               selections=("weighted", "majority")),
   ]
+  if oracle:
+    specs = [dataclasses.replace(s, selections=("weighted",))
+             if s.strategy == "best_of_n" else s
+             for s in specs if s.strategy in ORACLE_STRATEGIES]
   questions = [p.question for p in _test_problems(config)]
   count = min(sweep.problems or config.test_problems, config.test_problems)
   return sweep_runner.SearchRun(
@@ -248,7 +270,8 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
       max_new_tokens=config.max_new_tokens, temperature=config.temperature,
       problems_per_batch=min(sweep.problems_per_batch, count),
       seed=config.seed, prompt_len=config.prompt_len,
-      revision_prompt_len=evaluate.revision_prompt_len(config, questions))
+      revision_prompt_len=evaluate.revision_prompt_len(config, questions),
+      verifier="oracle" if oracle else "prm")
 
 
 def _checkpoints(ctx: stages.StageContext) -> sweep_runner.Checkpoints:
@@ -305,6 +328,13 @@ def read_difficulty_samples(path, samples: int
     if values and all(v is not None for v in values):
       per[name] = sum(values) / len(values) / samples
   return correct, scores, per
+
+
+def _oracle_sweep(config: embedded.ArithStudyConfig, sweep: SweepConfig,
+                  ctx: stages.StageContext):
+  ckpts = sweep_runner.Checkpoints(
+      policy=str(ctx.input("pretrain_policy") / "model"))
+  return search_into(search_run(config, sweep, ckpts, oracle=True), ctx)
 
 
 def search_into(run: sweep_runner.SearchRun,
@@ -425,17 +455,23 @@ def analysis_inputs(names: Sequence[str]) -> tuple[str, ...]:
 def full_study_stages(config: embedded.ArithStudyConfig,
                       sweep: SweepConfig | str | None = None
                       ) -> list[stages.Stage]:
-  """Training, evaluation, the large model, the search sweep, the report."""
-  from ttcjax import experiments  # pylint: disable=g-import-not-at-top
+  """Training, evaluation, the large model, the search sweep, the report.
+
+  With `ArithStudyConfig.prm_init='large'`, pretrain_large comes right
+  after pretrain_policy, since the PRM starts from it."""
   sw = sweep_for(config, sweep)
   c = config
   fn = lambda f, *a: functools.partial(f, c, *a)
   large = large_model_config(c.policy)
   sampling = embedded._sampling_config(c)  # pylint: disable=protected-access
-  todo = experiments.study_stages(c) + [
-      stages.Stage("pretrain_large", fn(_pretrain_large), dict(
-          arithmetic=c.arithmetic, policy=large, seed=c.pretrain_seed,
-          problems=c.pretrain_problems, training=c.pretrain), cost=20),
+  large_stage = stages.Stage("pretrain_large", fn(_pretrain_large), dict(
+      arithmetic=c.arithmetic, policy=large, seed=c.pretrain_seed,
+      problems=c.pretrain_problems, training=c.pretrain,
+      packing=packing.VERSION), cost=20)
+  head = embedded.training_stages(c) + evaluate.eval_stages(c)
+  if c.prm_init == "large":  # the PRM starts from it: train it first
+    head.insert(1, large_stage)
+  todo = head + ([] if c.prm_init == "large" else [large_stage]) + [
       stages.Stage("large_eval", fn(_large_eval), dict(
           sampling, arithmetic=c.arithmetic, test_seed=c.test_seed,
           test_problems=c.test_problems, prompt_len=c.prompt_len),
@@ -452,6 +488,10 @@ def full_study_stages(config: embedded.ArithStudyConfig,
           arithmetic=c.arithmetic, test_seed=c.test_seed,
           test_problems=c.test_problems),
                    ("pretrain_policy", "train_prm"), cost=1),
+      stages.Stage("oracle_sweep", fn(_oracle_sweep, sw), dict(
+          sampling, sweep=sw, arithmetic=c.arithmetic, test_seed=c.test_seed,
+          test_problems=c.test_problems, strategies=ORACLE_STRATEGIES),
+                   ("pretrain_policy",), cost=5),
   ]
   names = [s.name for s in todo]
   return todo + [

@@ -45,7 +45,7 @@ from absl import logging
 import jax
 
 from ttcjax import (checkpoint, decoding, distributed, memory, models,
-                    partitioning, preemption, verifiers)
+                    partitioning, preemption, tasks, verifiers)
 from ttcjax.data import examples
 from ttcjax.search import base, records, selection
 from ttcjax.search.revisions import (RevisionPromptFn, chain_count,
@@ -55,8 +55,10 @@ from ttcjax.verifiers import hf_prms
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks import math as math_task
 from ttcjax.tokenizer import ByteTokenizer
+from ttcjax.verifiers import oracle
 
 TASKS = ("arithmetic", "math")
+VERIFIERS = ("prm", "oracle")
 _PRM_STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts")
 _ATTEMPT_OVERHEAD = 16  # "Attempt 4:\n" plus a newline, rounded up
 
@@ -262,6 +264,11 @@ class SearchRun:
     verifier_len: longest PRM input in tokens (None: the prompt width plus
       `max_new_tokens`, plus what `Checkpoints.prm_format`'s layout adds
       for 40 steps).
+    verifier: 'prm' (the `Checkpoints.prm` model) or 'oracle' (the task's
+      exact step checker, `ttcjax.verifiers.oracle`: a control, for tasks
+      with one; PRM strategies only). Oracle records carry
+      `"verifier": "oracle"`, its tokens in `verifier_tokens` and
+      `flops_verifier` 0.
   """
   problems: ProblemSource
   checkpoints: Checkpoints
@@ -277,6 +284,7 @@ class SearchRun:
   verifier_rows: int | None = None
   max_rows: int | None = None
   verifier_len: int | None = None
+  verifier: str = "prm"
 
   def __post_init__(self):
     object.__setattr__(self, "strategies", tuple(self.strategies))
@@ -297,9 +305,19 @@ class SearchRun:
         raise ValueError(f"SearchRun.{name} must be a positive int or None, "
                          f"got {value!r}")
     names = {s.strategy for s in self.strategies}
+    if self.verifier not in VERIFIERS:
+      raise ValueError(f"SearchRun.verifier must be one of {VERIFIERS}, got "
+                       f"{self.verifier!r}")
+    oracle_run = self.verifier == "oracle"
+    if oracle_run and ("revisions" in names or
+                       not task_of(self.problems).has_step_checker):
+      raise ValueError(f"SearchRun.verifier='oracle' needs a task with an "
+                       f"exact step checker (task {self.problems.task!r}) "
+                       f"and no 'revisions' strategy (strategies "
+                       f"{sorted(names)})")
     if names & set(_PRM_STRATEGIES):
       _check_path(self.checkpoints.policy, "Checkpoints.policy", True)
-      _check_path(self.checkpoints.prm, "Checkpoints.prm", True)
+      _check_path(self.checkpoints.prm, "Checkpoints.prm", not oracle_run)
     if "revisions" in names:
       _check_path(self.checkpoints.revision, "Checkpoints.revision", True)
       _check_path(self.checkpoints.orm, "Checkpoints.orm", True)
@@ -360,6 +378,26 @@ def load_problems(source: ProblemSource,
   return [_Problem(p.uid, p.problem, prompt(p.problem), p.answer,
                    {"reference": p.answer, "level": p.level,
                     "subject": p.subject}) for p in loaded]
+
+
+def task_of(source: ProblemSource) -> tasks.Task:
+  """The `ttcjax.tasks.Task` of `source`."""
+  if source.task == "arithmetic":
+    return tasks.get("arithmetic", config=source.arithmetic)
+  return tasks.get("math", path=source.path)
+
+
+def oracle_verifier(source: ProblemSource, problems: Sequence[_Problem],
+                    tok: Tokenizer, max_len: int) -> base.VerifierFns:
+  """The task's exact step checker as the verifier of `problems`
+  (`ttcjax.verifiers.oracle`), keyed by their prompt ids."""
+  task = task_of(source)
+  drawn = {p.uid: p for p in task.problems(source.num_problems, source.seed)}
+  by_prompt = {tuple(examples.prompt_ids(tok.encode_text, p.prompt)):
+               drawn[p.uid] for p in problems}
+  return oracle.verifier_fns(task.check_steps, by_prompt,
+                             decode=tok.decode, stop_ids=tok.stop_ids,
+                             max_len=max_len, pad_id=tok.pad_id)
 
 
 def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
@@ -567,17 +605,22 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
     width = run_config.prompt_len or _round_up(max(map(len, prompts)))
     tree = run_config.tree_cache_tokens or 4 * gen
     cfg, params = _restore(ckpts.policy, "policy", False, placement)
-    build, tags, extra = prm_layout(ckpts, tok, problems, prompts)
-    prm_cfg, prm_params = _restore(ckpts.prm, "PRM", tags is None, placement)
+    if run_config.verifier == "oracle":
+      prm_cfg, verifier = None, oracle_verifier(
+          run_config.problems, problems, tok, width + gen)
+    else:
+      build, tags, extra = prm_layout(ckpts, tok, problems, prompts)
+      prm_cfg, prm_params = _restore(ckpts.prm, "PRM", tags is None,
+                                     placement)
+      verifier = verifier_fns(
+          prm_cfg, prm_params, tok,
+          run_config.verifier_len or width + gen + extra,
+          rows=rows, shard=shard, build_input=build, tags=tags)
     cache = width + (tree if names & {"beam", "lookahead", "dvts"} else gen)
     out["prm"] = _Models(
         policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
                    cache_len=cache, temperature=run_config.temperature,
-                   shard=shard),
-        verifier_fns(prm_cfg, prm_params, tok,
-                     run_config.verifier_len or width + gen + extra,
-                     rows=rows, shard=shard, build_input=build, tags=tags),
-        cfg, prm_cfg)
+                   shard=shard), verifier, cfg, prm_cfg)
   if "revisions" in names:
     zero = max(len(examples.revision_prompt_ids(tok.encode_text, p.question,
                                                 []))
@@ -793,7 +836,11 @@ def run(run_config: SearchRun, workdir: str,
                   verifier_config=models_.verifier_config,
                   policy_context=models_.policy.max_len,
                   verifier_context=models_.verifier.max_len,
-                  extra=dict(problem.extra, task=run_config.problems.task)))
+                  verifier_free=run_config.verifier == "oracle",
+                  extra=dict(problem.extra, task=run_config.problems.task,
+                             **({"verifier": "oracle"}
+                                if run_config.verifier == "oracle"
+                                else {}))))
           mine_done += len(batch)
         if hosts > 1:
           logging.info("host %d/%d: %d/%d problems of %s N=%d %s, %d records"

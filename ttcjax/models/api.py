@@ -50,10 +50,13 @@ def init_params(config: ModelConfig, rng: jax.Array) -> Params:
 
 def apply(config: ModelConfig, params: Params, tokens: jax.Array,
           token_mask: jax.Array | None = None, cache: KVCache | None = None,
-          heads: tuple[str, ...] = ("lm",)):
-  """Runs the decoder; see `Transformer.__call__` for arguments."""
+          heads: tuple[str, ...] = ("lm",), *,
+          segment_ids: jax.Array | None = None,
+          positions: jax.Array | None = None):
+  """Runs the decoder; see `Transformer.__call__` for arguments
+  (`segment_ids` and `positions`: packed training rows, no cache)."""
   return Transformer(config).apply({"params": params}, tokens, token_mask,
-                                   cache, heads)
+                                   cache, heads, segment_ids, positions)
 
 
 def lm_logits(config: ModelConfig, params: Params, tokens: jax.Array,

@@ -244,6 +244,8 @@ class Transformer(nn.Module):
       token_mask: jax.Array | None = None,
       cache: KVCache | None = None,
       heads: Sequence[str] = ("lm",),
+      segment_ids: jax.Array | None = None,
+      positions: jax.Array | None = None,
   ) -> tuple[dict[str, jax.Array], KVCache | None]:
     """Runs the decoder.
 
@@ -255,19 +257,29 @@ class Transformer(nn.Module):
         and attend to the cache's valid slots; the updated cache is returned.
       heads: which outputs to compute: 'lm' (`[b, t, vocab] float32`),
         'reward' (`[b, t] float32`), 'hidden' (`[b, t, d_model]`).
+      segment_ids: `[batch, length] int32` for packed rows
+        (`ttcjax.data.packing`): a token attends only to tokens of its own
+        segment. Without a cache only.
+      positions: `[batch, length] int32` rotary positions (packed rows: the
+        position within the segment); default the count of real tokens
+        before each token. Without a cache only.
 
     Returns:
       (dict of the requested head outputs, updated cache or None).
     """
     cfg = self.config
     b, t = tokens.shape
+    if cache is not None and (segment_ids is not None or
+                              positions is not None):
+      raise ValueError("Transformer: segment_ids and positions are for the "
+                       "full-sequence (training) forward, not with a cache")
     if token_mask is None:
       token_mask = jnp.ones((b, t), bool)
     token_mask = token_mask.astype(bool)
     step = token_mask.astype(jnp.int32)
     offset = jnp.cumsum(step, axis=1) - step  # exclusive count of real tokens
     if cache is None:
-      positions = offset
+      positions = offset if positions is None else positions
       slots = jnp.arange(t)
       valid = token_mask
       index = 0
@@ -284,6 +296,8 @@ class Transformer(nn.Module):
       key_pos = jnp.cumsum(valid, axis=1) - 1  # [b, slots]
       query_pos = jnp.take(key_pos, slots, axis=1)  # [b, t]
       mask &= (query_pos[:, :, None] - key_pos[:, None, :]) < cfg.sliding_window
+    if segment_ids is not None:  # block-diagonal: packed examples stay apart
+      mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
 
     embedding = _param(self, "embedding",
                        nn.initializers.normal(stddev=cfg.d_model**-0.5),

@@ -81,6 +81,7 @@ def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
                 policy_config: Any = None, verifier_config: Any = None,
                 policy_context: int | None = None,
                 verifier_context: int | None = None,
+                verifier_free: bool = False,
                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """One record from a `SearchResult`.
 
@@ -96,6 +97,9 @@ def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
     policy_context: keys per policy token for `search_flops` (default the
       config's `max_len`; the cache length is exact for our dense decode).
     verifier_context: keys per verifier token (default its `max_len`).
+    verifier_free: the verifier is no model (the oracle of
+      `ttcjax.verifiers.oracle`): its tokens are recorded in
+      `verifier_tokens`, but `flops_verifier` is 0.
     extra: more JSON-ready fields (reference answer, difficulty, ...).
 
   Returns:
@@ -131,8 +135,8 @@ def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
     count = flops.search_flops(
         policy_config, prompt_tokens=result.prompt_tokens_prefilled,
         generated_tokens=result.policy_tokens_generated,
-        verifier=verifier_config,
-        verifier_tokens=result.verifier_tokens_read,
+        verifier=None if verifier_free else verifier_config,
+        verifier_tokens=0 if verifier_free else result.verifier_tokens_read,
         policy_context=policy_context, verifier_context=verifier_context)
     record.update(flops_policy=count.policy, flops_verifier=count.verifier,
                   flops=count.total)

@@ -16,6 +16,10 @@ common length L:
   (objective 'reward'): the reward head's soft label at each position and its
   weight. PRM: Monte-Carlo labels in [0, 1] at step-end positions, weight 1
   there and 0 elsewhere; ORM: the outcome label at the last real token only.
+* `segment_ids [b, L] int32`, `positions [b, L] int32` (optional, both or
+  neither): packed rows (`ttcjax.data.packing.pack`), several examples per
+  row; attention and the LM loss stay within a segment, and positions
+  restart at 0 for each. Absent: one example per row.
 
 Other keys are ignored. All train batches should share one shape (each new
 shape compiles a new step), with b divisible by the mesh's data * fsdp (else

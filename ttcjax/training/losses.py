@@ -16,6 +16,9 @@ import jax.numpy as jnp
 from ttcjax import models
 
 Batch = Mapping[str, jax.Array]
+# Optional keys of packed rows (`ttcjax.data.packing`); absent: one example
+# per row.
+SEGMENT_KEYS = ("segment_ids", "positions")
 Metrics = dict[str, jax.Array]
 LossFn = Callable[[models.ModelConfig, Any, Batch], tuple[jax.Array, Metrics]]
 
@@ -87,6 +90,11 @@ def weighted_sigmoid_bce(logits: jax.Array, targets: jax.Array,
                 "weight_sum": weight_sum}
 
 
+def _segments(batch: Batch) -> dict[str, jax.Array]:
+  """The model's `segment_ids`/`positions` keywords of a (packed) batch."""
+  return {k: batch[k] for k in SEGMENT_KEYS if k in batch}
+
+
 def lm_loss(config: models.ModelConfig, params: Any,
             batch: Batch) -> tuple[jax.Array, Metrics]:
   """Next-token cross-entropy: logits at i predict `tokens[:, i + 1]`.
@@ -95,16 +103,22 @@ def lm_loss(config: models.ModelConfig, params: Any,
     config: model shape.
     params: model parameters.
     batch: `tokens [b, L] int32`, `token_mask [b, L] bool`,
-      `loss_weights [b, L] float32` (weight of predicting `tokens[:, i]`).
+      `loss_weights [b, L] float32` (weight of predicting `tokens[:, i]`);
+      packed rows add `segment_ids` and `positions` (`ttcjax.data.packing`):
+      attention stays within a segment, and a segment's first token is
+      never predicted from the previous segment.
 
   Returns:
     `(loss, metrics)` as in `weighted_cross_entropy`.
   """
   tokens = batch["tokens"]
   outputs, _ = models.apply(config, params, tokens, batch["token_mask"],
-                            heads=("lm",))
-  return weighted_cross_entropy(outputs["lm"][:, :-1], tokens[:, 1:],
-                                batch["loss_weights"][:, 1:])
+                            heads=("lm",), **_segments(batch))
+  weights = batch["loss_weights"][:, 1:]
+  if "segment_ids" in batch:
+    segments = batch["segment_ids"]
+    weights = weights * (segments[:, 1:] == segments[:, :-1])
+  return weighted_cross_entropy(outputs["lm"][:, :-1], tokens[:, 1:], weights)
 
 
 def reward_loss(config: models.ModelConfig, params: Any,
@@ -115,13 +129,15 @@ def reward_loss(config: models.ModelConfig, params: Any,
     config: model shape, with `reward_head=True`.
     params: model parameters including `reward_head`.
     batch: `tokens`, `token_mask`, `reward_targets [b, L] float32` and
-      `reward_weights [b, L] float32` (PRM: step ends; ORM: last token).
+      `reward_weights [b, L] float32` (PRM: step ends; ORM: last token);
+      packed rows add `segment_ids` and `positions` (see `lm_loss`).
 
   Returns:
     `(loss, metrics)` as in `weighted_sigmoid_bce`.
   """
   outputs, _ = models.apply(config, params, batch["tokens"],
-                            batch["token_mask"], heads=("reward",))
+                            batch["token_mask"], heads=("reward",),
+                            **_segments(batch))
   return weighted_sigmoid_bce(outputs["reward"], batch["reward_targets"],
                               batch["reward_weights"])
 

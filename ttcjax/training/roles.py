@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from ttcjax import checkpoint, partitioning, tokenizer, training
-from ttcjax.data import examples
+from ttcjax.data import examples, packing
 from ttcjax.models.config import ModelConfig, as_dtype
 from ttcjax.tasks import arithmetic
 from ttcjax.verifiers import labeling, revision_data
@@ -64,6 +64,11 @@ class DataConfig:
     batch_size: rows per train and eval batch; divide it by data * fsdp.
     max_len: longest sequence; None means the model's max_len. Batches are
       padded to the longest example (rounded up to 8), at most this.
+    pack: pack several examples into each row of `max_len` tokens
+      (`ttcjax.data.packing.pack`, in file order), each its own segment:
+      attention, positions and loss never cross an example, so a packed
+      run computes what one example per row does, with less padding.
+      'numpy' source only.
     source: 'numpy' (examples built in Python) or 'seqio' (the registered
       seqio tasks; imports TensorFlow).
     shuffle_seed: order of the training examples.
@@ -81,6 +86,7 @@ class DataConfig:
 
   batch_size: int = 32
   max_len: int | None = None
+  pack: bool = False
   source: str = "numpy"
   shuffle_seed: int = 0
   arithmetic: arithmetic.ArithmeticConfig | None = None
@@ -104,6 +110,10 @@ class DataConfig:
       _fail("DataConfig", "max_len", self, "None or an int > 1")
     if self.source not in SOURCES:
       _fail("DataConfig", "source", self, f"one of {SOURCES}")
+    if self.pack and self.source != "numpy":
+      raise ValueError(f"DataConfig.pack=True needs DataConfig.source="
+                       f"'numpy', got {self.source!r} (the seqio tasks do "
+                       f"not pack)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -319,8 +329,12 @@ def _max_len(run: TrainRun) -> int:
   return run.data.max_len or run.model.max_len
 
 
-def _collate(built: Sequence[examples.Example], max_len: int
-             ) -> dict[str, np.ndarray]:
+def _collate(built: Sequence[examples.Example], max_len: int,
+             pack: bool = False) -> dict[str, np.ndarray]:
+  """One example per row (padded to the longest, rounded up to 8), or
+  packed rows of `max_len` (`DataConfig.pack`)."""
+  if pack:
+    return packing.pack(built, max_len)
   longest = max(len(ex["tokens"]) for ex in built)
   return examples.collate(built, min(max_len, -(-longest // 8) * 8))
 
@@ -380,12 +394,13 @@ def numpy_sources(run: TrainRun, tok) -> tuple[Any, Any]:
   """`(train, eval or None)` sources built in numpy."""
   data = run.data
   train = training.ArraySource(_collate(_examples(run, tok, "train"),
-                                        _max_len(run)),
+                                        _max_len(run), data.pack),
                                data.batch_size, seed=data.shuffle_seed)
   if not _has_eval(run):
     return train, None
   return train, SequentialSource(
-      _collate(_examples(run, tok, "eval"), _max_len(run)), data.batch_size)
+      _collate(_examples(run, tok, "eval"), _max_len(run), data.pack),
+      data.batch_size)
 
 
 def seqio_sources(run: TrainRun, tok) -> tuple[Any, Any]:

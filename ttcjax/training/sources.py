@@ -11,7 +11,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from ttcjax.training.losses import OBJECTIVE_KEYS
+from ttcjax.training.losses import OBJECTIVE_KEYS, SEGMENT_KEYS
 
 Batch = Mapping[str, np.ndarray]
 
@@ -99,7 +99,11 @@ def check_batch(batch: Batch, objective: str, where: str) -> None:
   if not np.issubdtype(np.asarray(batch["tokens"]).dtype, np.integer):
     raise ValueError(f"{where}: tokens must be integers, got "
                      f"{np.asarray(batch['tokens']).dtype}")
-  for k in keys[1:]:
+  present = [k for k in SEGMENT_KEYS if k in batch]
+  if len(present) == 1:
+    raise ValueError(f"{where}: batch has {present[0]!r} but not both of "
+                     f"{SEGMENT_KEYS} (ttcjax.data.packing.pack gives both)")
+  for k in keys[1:] + tuple(present):
     if np.shape(batch[k]) != shape:
       raise ValueError(f"{where}: {k} has shape {np.shape(batch[k])}, tokens "
                        f"has {shape}")

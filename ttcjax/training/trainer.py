@@ -21,22 +21,25 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ttcjax import checkpoint, faults, models, partitioning, preemption
+from ttcjax.data import packing
 from ttcjax.training import metrics as metrics_lib
 from ttcjax.training.checkpoints import Progress, TrainCheckpoints
 from ttcjax.training.config import TrainConfig
-from ttcjax.training.losses import OBJECTIVE_KEYS, loss_fn
+from ttcjax.training.losses import OBJECTIVE_KEYS, SEGMENT_KEYS, loss_fn
 from ttcjax.training.optimizers import learning_rate_schedule, make_optimizer
 from ttcjax.training.sources import BatchSource, check_batch
 from ttcjax.training.train_state import (TrainState, abstract_state,
                                          check_params, state_shardings)
 
 Params = Any
-_DTYPES = {"tokens": np.int32, "token_mask": np.bool_}  # others: float32
+_DTYPES = {"tokens": np.int32, "token_mask": np.bool_,
+           "segment_ids": np.int32, "positions": np.int32}  # others: float32
 
 
 def batch_keys(objective: str) -> tuple[str, ...]:
-  """The batch entries the step of `objective` reads."""
-  return ("tokens", "token_mask") + OBJECTIVE_KEYS[objective]
+  """The batch entries the step of `objective` reads (the segment keys are
+  filled in, one segment per row, for batches that are not packed)."""
+  return ("tokens", "token_mask") + OBJECTIVE_KEYS[objective] + SEGMENT_KEYS
 
 
 def _row_sharding(mesh: Mesh, rows: int) -> NamedSharding:
@@ -110,6 +113,7 @@ def _eval_step_fn(model_config: models.ModelConfig, objective: str,
 
 def _device_batch(batch, objective: str, mesh: Mesh):
   """The entries `objective` reads, cast and placed rows over data/fsdp."""
+  batch = packing.with_segments(batch)
   host = {k: np.asarray(batch[k], _DTYPES.get(k, np.float32))
           for k in batch_keys(objective)}
   sharding = _row_sharding(mesh, host["tokens"].shape[0])
