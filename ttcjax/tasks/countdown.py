@@ -11,29 +11,23 @@ number is left; that number must be the target::
                12*2=24, left 24
                #### 24
 
-Rules (the same in the solver, the generator and the checkers):
-
-* every number is used exactly once: the ``####`` line is right only when one
-  number remains and it equals the target and the written answer;
-* every result is a positive integer no larger than the problem's
-  ``max_value``: ``a-b`` needs ``a > b`` (no zero, no negatives) and ``a/b``
-  needs ``b`` to divide ``a`` (no fractions), so every state is a multiset of
-  positive integers and stays short to write;
-* ``+`` and ``*`` may be written in either operand order; reference solutions
-  write the larger operand first;
-* numbers in steps are canonical decimals (no sign, no leading zero) and the
-  ``left`` list is sorted ascending, so every state has one spelling.
+Rules (one set for the solver, the generator and the checkers): every number
+is used exactly once (the ``####`` line is right only when the one number left
+is the target and the written answer); every result is a positive integer no
+larger than the problem's ``max_value`` (``a-b`` needs ``a > b``, ``a/b``
+needs ``b`` to divide ``a``: no zero, negatives or fractions, so states stay
+short); ``+`` and ``*`` may be written in either operand order (references
+write the larger first); numbers in steps are canonical decimals and the
+``left`` list is sorted ascending, so every state has one spelling.
 
 Unlike the arithmetic task there is a generator-verifier gap: finding a path
 needs search over up to 1,152 move sequences for 4 numbers, while checking a
-step is one small operation and a multiset comparison. Whether a state can
-still reach the target (the ideal value function) is what
-:func:`reachable_after_steps` computes and what a PRM can learn from
-Monte-Carlo labels. Difficulty follows from the count of numbers and the
-number of solutions (``n_solutions``, ``solve_rate``).
+step is one small operation and a multiset comparison. Whether the numbers
+left can still reach the target (the ideal value function) is what
+:func:`reachable_after_steps` computes and a PRM can learn from Monte-Carlo
+labels. Difficulty follows from the count of numbers and of solutions.
 
-Every line, the ``#### <target>`` line included, ends with
-:data:`STEP_DELIMITER`. Everything here is pure Python: no jax, no numpy, no
+Every line ends with :data:`STEP_DELIMITER`. Pure Python: no jax, no numpy, no
 ``eval``; untrusted text is parsed with bounded string operations.
 """
 
@@ -53,7 +47,7 @@ LEFT = ", left "
 _OPERATORS = "+-*/"
 _MAX_INT_CHARS = 32  # bounded int() parsing of untrusted model output
 _MAX_LINE_CHARS = 256  # longer lines are never valid steps; not parsed
-_MAX_NUMBERS = 5  # the exhaustive solver visits ~12k states at 5 numbers
+_MAX_NUMBERS = 5  # the exhaustive solver memoises <~1.5k states at 5 numbers
 _ATTEMPTS = 1000
 
 
@@ -61,11 +55,10 @@ _ATTEMPTS = 1000
 class CountdownConfig:
     """How Countdown problems are drawn.
 
-    Each problem draws its count of numbers uniformly from
-    ``[min_numbers, max_numbers]``, then numbers and a target uniformly from
-    their ranges, redrawing numbers and target (same seeded stream, count
-    kept) until the problem has between ``min_solutions`` and
-    ``max_solutions`` solutions.
+    Each problem draws its count of numbers uniformly from ``[min_numbers,
+    max_numbers]``, then numbers and target uniformly from their ranges,
+    redrawn (same stream, count kept) until the problem has from
+    ``min_solutions`` to ``max_solutions`` solutions.
 
     Attributes:
       min_numbers: fewest numbers in a problem (>= 2).
@@ -74,12 +67,10 @@ class CountdownConfig:
       max_number: largest number drawn (<= max_value).
       min_target: smallest target drawn (>= 1).
       max_target: largest target drawn (<= max_value).
-      max_value: largest value any step may produce; a rule of the game that
-        keeps every line short.
-      min_solutions: fewest solutions a problem may have (>= 1: every problem
-        is solvable).
-      max_solutions: most solutions a problem may have; None for no bound
-        (a small bound draws hard problems).
+      max_value: largest value a step may produce (a rule: lines stay short).
+      min_solutions: fewest solutions a problem may have (>= 1: all solvable).
+      max_solutions: most solutions a problem may have, None for no bound (a
+        small bound draws hard problems).
     """
 
     min_numbers: int = 3
@@ -129,8 +120,7 @@ class Problem:
     Attributes:
       uid: stable id, ``f"countdown-{seed}-{index}"``.
       question: e.g. ``"Reach 24 from 3 4 6 8"`` (numbers sorted ascending).
-      solution: a reference solution drawn uniformly from all solutions,
-        every line newline-ended.
+      solution: a reference drawn uniformly from all solutions.
       answer: the target as a decimal string, e.g. ``"24"``.
       numbers: the given numbers, sorted ascending.
       target: the target.
@@ -161,14 +151,8 @@ class Problem:
 
 def _apply(a: int, op: str, b: int, max_value: int) -> Optional[int]:
     """The result of ``a op b`` under the rules, or None when the move is illegal."""
-    if op == "+":
-        value = a + b
-    elif op == "-":
-        value = a - b
-    elif op == "*":
-        value = a * b
-    else:
-        value = a // b if b > 0 and a % b == 0 else 0
+    value = (a + b if op == "+" else a - b if op == "-" else a * b if op == "*"
+             else a // b if b > 0 and a % b == 0 else 0)
     return value if 0 < value <= max_value else None
 
 
@@ -202,16 +186,6 @@ def _analyse(state: tuple[int, ...], target: int, max_value: int,
         results = [_analyse(nxt, target, max_value, memo) for _, nxt in _moves(state, max_value)]
         memo[state] = (sum(n for n, _ in results),
                        sum(r for _, r in results) / len(results) if results else 0.0)
-    return memo[state]
-
-
-def _reachable(state: tuple[int, ...], target: int, max_value: int, memo: dict) -> bool:
-    """Whether some sequence of legal moves turns ``state`` into ``(target,)``."""
-    if len(state) == 1:
-        return state[0] == target
-    if state not in memo:
-        memo[state] = any(_reachable(nxt, target, max_value, memo)
-                          for _, nxt in _moves(state, max_value))
     return memo[state]
 
 
@@ -357,16 +331,14 @@ def check_steps(problem: Problem, text: str) -> list[bool]:
     """Exact validity of each step (one verdict per `split_steps` step).
 
     A step ``a op b=c, left L`` is valid when ``a`` and ``b`` are two numbers
-    of the current state, ``c`` is their legal result (see the module rules)
-    and ``L`` is exactly the state with them replaced by ``c``, sorted. The
-    ``#### n`` line is valid when the state is the single number
-    ``problem.target`` and ``n`` equals it. The first step's state is the
-    question's numbers; each later step is judged against the state the
-    previous step wrote (as the arithmetic task does), so a step after a wrong
-    one can itself be valid. Nothing after a ``####`` line is valid; empty and
-    malformed lines are not. Validity is not progress: a legal step into a
-    state that can no longer reach the target is valid here and unreachable
-    in :func:`reachable_after_steps`.
+    of the state, ``c`` is their legal result (module rules) and ``L`` is the
+    state with them replaced by ``c``, sorted. ``#### n`` is valid when the
+    state is ``(problem.target,)`` and ``n`` equals it. The first state is the
+    question's numbers, each later one what the previous step wrote (as in
+    the arithmetic task), so a step after a wrong one can be valid. Nothing
+    after a ``####`` line, and no empty or malformed line, is valid. Validity
+    is not progress: a legal step into a dead end is valid here and False in
+    :func:`reachable_after_steps`.
 
     Args:
       problem: the problem.
@@ -423,7 +395,7 @@ def reachable_after_steps(problem: Problem, text: str) -> list[bool]:
         alive = alive and ok
         if alive and not step.startswith("####"):
             left = _parse_step(step.rstrip(STEP_DELIMITER))[4]
-            alive = _reachable(left, problem.target, problem.max_value, memo)
+            alive = _analyse(left, problem.target, problem.max_value, memo)[0] > 0
         verdicts.append(alive)
     return verdicts
 
@@ -476,9 +448,6 @@ class CountdownTask(_task_base.Task):
 
     def grade(self, text: Optional[str], problem: Problem) -> bool:
         return grade(text, problem)
-
-    def split_steps(self, text: str) -> list[str]:
-        return split_steps(text)
 
     def check_steps(self, problem: Problem, text: str) -> list[bool]:
         return check_steps(problem, text)
