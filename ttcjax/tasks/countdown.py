@@ -104,9 +104,8 @@ class CountdownConfig:
                     f"CountdownConfig.{low}/{high} must satisfy 1 <= {low} <= {high} <= "
                     f"max_value={self.max_value}, got {low}={lo}, {high}={hi}")
         if self.min_solutions < 1:
-            raise ValueError(
-                f"CountdownConfig.min_solutions must be >= 1 (every problem is solvable), "
-                f"got {self.min_solutions}")
+            raise ValueError(f"CountdownConfig.min_solutions must be >= 1 (every problem "
+                             f"is solvable), got {self.min_solutions}")
         if self.max_solutions is not None and self.max_solutions < self.min_solutions:
             raise ValueError(
                 f"CountdownConfig.max_solutions must be None or >= min_solutions="
@@ -183,9 +182,8 @@ def _analyse(state: tuple[int, ...], target: int, max_value: int,
     if len(state) == 1:
         return (1, 1.0) if state[0] == target else (0, 0.0)
     if state not in memo:
-        results = [_analyse(nxt, target, max_value, memo) for _, nxt in _moves(state, max_value)]
-        memo[state] = (sum(n for n, _ in results),
-                       sum(r for _, r in results) / len(results) if results else 0.0)
+        res = [_analyse(nxt, target, max_value, memo) for _, nxt in _moves(state, max_value)]
+        memo[state] = (sum(n for n, _ in res), sum(r for _, r in res) / max(len(res), 1))
     return memo[state]
 
 
@@ -198,7 +196,7 @@ def solve(numbers, target: int, max_value: int = CountdownConfig.max_value) -> t
       max_value: the largest value a step may produce.
 
     Returns:
-      (number of distinct solution texts, random-move solve rate).
+      ``(n_solutions, solve_rate)`` as in :class:`Problem`.
     """
     state = tuple(sorted(numbers))
     if not 1 <= len(state) <= _MAX_NUMBERS or min(state) < 1:
@@ -226,7 +224,8 @@ def generate(config: CountdownConfig, num_problems: int, seed: int) -> list[Prob
     """Draws Countdown problems deterministically.
 
     Problem ``i`` uses its own ``random.Random(f"countdown:{seed}:{i}")``
-    stream, so it is the same whatever ``num_problems`` is.
+    stream, so it is the same whatever ``num_problems`` is. Its reference
+    solution is drawn uniformly from all its solutions.
 
     Args:
       config: the difficulty distribution.
@@ -237,8 +236,7 @@ def generate(config: CountdownConfig, num_problems: int, seed: int) -> list[Prob
       ``num_problems`` problems with uids ``f"countdown-{seed}-{i}"``.
 
     Raises:
-      ValueError: when a problem finds no acceptable draw in 1000 tries (the
-        config's ranges and solution bounds barely overlap).
+      ValueError: when a problem finds no acceptable draw in 1000 tries.
     """
     if num_problems < 0:
         raise ValueError(f"num_problems must be >= 0, got {num_problems}")
@@ -286,27 +284,23 @@ def _parse_int(text: str) -> Optional[int]:
     """A (signed) integer with surrounding spaces, as in the ``####`` line; else None."""
     text = text.strip()
     body = text[1:] if text[:1] in "+-" else text
-    if not body or len(body) > _MAX_INT_CHARS or not body.isascii() or not body.isdigit():
-        return None
-    return int(text)
+    ok = body and len(body) <= _MAX_INT_CHARS and body.isascii() and body.isdigit()
+    return int(text) if ok else None
 
 
 def _parse_number(text: str) -> Optional[int]:
     """A canonical decimal (digits only, no leading zero) as used in steps; else None."""
-    if (not text or len(text) > _MAX_INT_CHARS or not text.isascii() or not text.isdigit()
-            or (text[0] == "0" and text != "0")):
-        return None
-    return int(text)
+    ok = (text and len(text) <= _MAX_INT_CHARS and text.isascii() and text.isdigit()
+          and (text[0] != "0" or text == "0"))
+    return int(text) if ok else None
 
 
 def _parse_step(line: str):
     """``(a, op, b, c, left)`` from ``"a op b=c, left x y"``; None if malformed."""
-    if len(line) > _MAX_LINE_CHARS:
-        return None
-    head, sep, tail = line.partition(LEFT)
+    head, sep, tail = line[:_MAX_LINE_CHARS + 1].partition(LEFT)
     lhs, eq, c = head.partition("=")
     k = next((i for i in range(1, len(lhs)) if lhs[i] in _OPERATORS), -1)
-    if not sep or not eq or k < 0:
+    if not sep or not eq or k < 0 or len(line) > _MAX_LINE_CHARS:
         return None
     a, b, c = _parse_number(lhs[:k]), _parse_number(lhs[k + 1:]), _parse_number(c)
     left = [_parse_number(x) for x in tail.split(" ")]
@@ -360,8 +354,7 @@ def check_steps(problem: Problem, text: str) -> list[bool]:
             verdicts.append(False)
             state = None
             continue
-        a, op, b, c, left = parsed
-        ok = False
+        (a, op, b, c, left), ok = parsed, False
         if state is not None and _apply(a, op, b, problem.max_value) == c:
             rest = list(state)
             if a in rest:
@@ -415,12 +408,10 @@ def grade(text: Optional[str], problem: Problem) -> bool:
 
 @_task_base.register
 class CountdownTask(_task_base.Task):
-    """Countdown behind the `Task` interface.
+    """Countdown behind the `Task` interface; `grade` needs a valid derivation.
 
-    `grade` is overridden: the answer is known from the question, so an output
-    counts only when its whole derivation is valid (:func:`grade`).
-    :func:`check_steps` is the exact step checker and
-    :func:`reachable_after_steps` the ideal value function (an oracle PRM).
+    :func:`check_steps` is the exact step checker, :func:`reachable_after_steps`
+    the ideal value function (an oracle PRM).
     """
 
     name = "countdown"
@@ -441,10 +432,8 @@ class CountdownTask(_task_base.Task):
         return extract_answer(text)
 
     def is_equiv(self, predicted: Optional[str], target: str) -> bool:
-        if predicted is None:
-            return False
-        a, b = _parse_int(predicted), _parse_int(str(target))
-        return a is not None and a == b
+        a = _parse_int(predicted) if isinstance(predicted, str) else None
+        return a is not None and a == _parse_int(str(target))
 
     def grade(self, text: Optional[str], problem: Problem) -> bool:
         return grade(text, problem)
