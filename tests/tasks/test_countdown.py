@@ -48,7 +48,10 @@ def test_reference_solutions_round_trip(problems):
         assert task.check_steps(p, p.solution) == [True] * len(steps)
         assert task.reachable_after_steps(p, p.solution) == [True] * len(steps)
         assert task.grade(p.solution, p)
-        assert task.extract_answer(p.solution) == p.answer == str(p.target)
+        assert p.answer == str(p.target)
+        answer = task.extract_answer(p.solution)
+        assert answer.endswith(f"#### {p.target}") and task.grade_answer(answer, p)
+        assert task.is_equiv(answer, answer)
         assert p.question == f"Reach {p.target} from {' '.join(map(str, p.numbers))}"
         assert list(p.numbers) == sorted(p.numbers) and p.n_solutions >= 1
         assert 0 < p.solve_rate <= 1 and p.draws >= 1
@@ -181,20 +184,60 @@ def test_step_results_are_capped_by_max_value():
 
 def test_grade_needs_a_derivation_not_just_the_answer():
     task = tasks.get("countdown")
-    assert task.extract_answer("#### 24\n") == "24" and task.is_equiv("24", "24")
-    assert not task.grade("#### 24\n", P24)
+    assert task.extract_answer("#### 24\n") == "#### 24"
+    assert not task.grade("#### 24\n", P24) and not task.grade_answer("#### 24", P24)
+    assert not task.grade_answer("24", P24)  # the target is not a derivation
     assert not task.grade(GOOD.replace("#### 24\n", ""), P24)  # target reached, no answer line
     assert task.grade(GOOD.rstrip("\n"), P24)  # an output stopped at EOS
     assert not task.grade(None, P24) and not task.grade("", P24)
 
 
-def test_answer_extraction_and_equivalence():
+def test_answer_is_the_canonical_derivation():
     task = tasks.get("countdown")
-    assert task.extract_answer("x\n#### 7\n#### 24 \n") == "24"
+    want = "8-6=2, left 2 3 4; 4*3=12, left 2 12; 12*2=24, left 24; #### 24"
+    assert task.extract_answer(GOOD) == want
+    # Commuted + and * operands, no final newline, spaces in the answer line:
+    # the same derivation.
+    same = "8-6=2, left 2 3 4\n3*4=12, left 2 12\n2*12=24, left 24\n####  24 "
+    assert task.extract_answer(same) == want and task.is_equiv(task.extract_answer(same), want)
+    other = "8*3=24, left 4 6 24\n6-4=2, left 2 24\n24/2=12, left 12\n#### 12\n"
+    assert not task.is_equiv(task.extract_answer(other), want)
+    assert not task.is_equiv(None, want) and not task.is_equiv("24", want)
+    # No answer unless the text ends with a "####" line after parsable steps.
+    assert task.extract_answer(GOOD.replace("#### 24\n", "")) is None
+    assert task.extract_answer(GOOD + "\n") is None
+    assert task.extract_answer("x\n#### 24\n") is None
     assert task.extract_answer("#### 2x4") is None and task.extract_answer(None) is None
     assert task.extract_answer("####  " + "9" * 40) is None  # bounded int parsing
-    assert task.is_equiv("024", "24") and not task.is_equiv("23", "24")
-    assert not task.is_equiv(None, "24")
+    assert task.extract_answer("8-6=2, left 2 3 4\n#### 24\n#### 24\n") is None
+
+
+def _corruptions(text, rng, count):
+    """``count`` one- or two-character mutations of ``text``."""
+    alphabet = "0123456789+-*/=, left#\n "
+    out = []
+    for _ in range(count):
+        chars = list(text)
+        for _ in range(rng.choice((1, 2))):
+            chars[rng.randrange(len(chars))] = rng.choice(alphabet)
+        out.append("".join(chars))
+    return out
+
+
+def test_grade_answer_agrees_with_grade(problems):
+    """Grading the extracted derivation is grading the text, on every reference
+    solution, on corrupted ones and on valid derivations of other problems."""
+    task, rng = tasks.get("countdown"), random.Random(0)
+    texts = [(p.solution, p) for p in problems]
+    texts += [(t, p) for p in problems[:100] for t in _corruptions(p.solution, rng, 10)]
+    texts += [(problems[i].solution, problems[i + 1]) for i in range(len(problems) - 1)]
+    texts += [(t.rstrip("\n"), p) for t, p in texts[:50]]
+    rights = 0
+    for text, p in texts:
+        verdict = task.grade(text, p)
+        assert task.grade_answer(task.extract_answer(text), p) is verdict, text
+        rights += verdict
+    assert len(problems) <= rights < len(texts)  # both verdicts occur
 
 
 def _canonical(text):
@@ -226,6 +269,8 @@ def test_untrusted_text_never_raises():
         reachable = countdown.reachable_after_steps(P24, text)
         assert len(valid) == len(reachable) == len(countdown.split_steps(text))
         assert all(isinstance(v, bool) for v in valid + reachable)
+        assert countdown.grade_answer(countdown.extract_answer(text), P24) is (
+            countdown.grade(text, P24))
         if countdown.grade(text, P24):  # only a genuine derivation: same lines as a solution
             assert _canonical(text) in _brute_force_solutions((3, 4, 6, 8), 24, 999), text
 

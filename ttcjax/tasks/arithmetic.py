@@ -388,6 +388,10 @@ class ArithmeticTask(_task_base.Task):
     def split_steps(self, text: str) -> list[str]:
         return split_steps(text)
 
+    def max_prompt_chars(self) -> int:
+        c = self.config  # the prefix, (max_ops + 1) operands, the operators, "\n"
+        return len(QUESTION_PREFIX) + (c.max_ops + 1) * c.max_digits + c.max_ops + 1
+
     def check_steps(self, problem: Problem, text: str) -> list[bool]:
         return check_solution_steps(problem, text)
 

@@ -43,6 +43,7 @@ STEP_DELIMITER = "\n"
 ANSWER_PREFIX = "#### "
 QUESTION_PREFIX = "Reach "
 LEFT = ", left "
+DERIVATION_SEPARATOR = "; "  # joins the lines of an extracted answer
 
 _OPERATORS = "+-*/"
 _MAX_INT_CHARS = 32  # bounded int() parsing of untrusted model output
@@ -310,15 +311,51 @@ def _parse_step(line: str):
 
 
 def extract_answer(text: Optional[str]) -> Optional[str]:
-    """The integer after the last ``####`` marker (stripped), or None."""
+    """The canonical derivation written in ``text``, or None.
+
+    Every candidate claims the target, so the answer of a Countdown output is
+    its derivation: the operation lines, each re-rendered with ``+`` and ``*``
+    operands larger first (an order the rules allow either way), then
+    ``#### n``, joined by :data:`DERIVATION_SEPARATOR`, e.g.
+    ``"8-6=2, left 2 3 4; 4*3=12, left 2 12; 12*2=24, left 24; #### 24"``.
+    Two outputs share an answer when they write the same operations, so
+    majority voting groups identical solutions (self-consistency over
+    derivations). None unless the last line is a ``####`` line with an
+    integer and every line before it parses as an operation line; such a
+    text never grades right (:func:`grade`). Nothing is checked against a
+    problem here: :func:`grade_answer` does that.
+    """
     if not isinstance(text, str):
         return None
-    start = text.rfind("####")
-    if start < 0:
+    steps = split_steps(text)
+    if not steps or not steps[-1].startswith("####"):
         return None
-    end = text.find(STEP_DELIMITER, start)
-    answer = text[start + 4:end if end >= 0 else len(text)].strip()
-    return answer if _parse_int(answer) is not None else None
+    lines = []
+    for step in steps[:-1]:  # each ends with the delimiter
+        parsed = _parse_step(step[:-len(STEP_DELIMITER)])
+        if parsed is None:
+            return None
+        a, op, b, c, left = parsed
+        a, b = (max(a, b), min(a, b)) if op in "+*" else (a, b)
+        lines.append(f"{a}{op}{b}={c}{LEFT}{_render(left)}")
+    last = steps[-1].rstrip(STEP_DELIMITER)
+    value = _parse_int(last[4:]) if len(last) <= _MAX_LINE_CHARS else None
+    if value is None:
+        return None
+    return DERIVATION_SEPARATOR.join(lines + [f"{ANSWER_PREFIX}{value}"])
+
+
+def grade_answer(answer: Optional[str], problem: Problem) -> bool:
+    """Whether a derivation from :func:`extract_answer` solves ``problem``.
+
+    The derivation is written back one line a step and graded exactly
+    (:func:`grade`), so ``grade_answer(extract_answer(t), p) == grade(t, p)``
+    for every text ``t``.
+    """
+    if not isinstance(answer, str):
+        return False
+    lines = answer.split(DERIVATION_SEPARATOR)
+    return grade("".join(line + STEP_DELIMITER for line in lines), problem)
 
 
 def check_steps(problem: Problem, text: str) -> list[bool]:
@@ -410,6 +447,10 @@ def grade(text: Optional[str], problem: Problem) -> bool:
 class CountdownTask(_task_base.Task):
     """Countdown behind the `Task` interface; `grade` needs a valid derivation.
 
+    An answer is a canonical derivation (:func:`extract_answer`), not the
+    target every candidate claims: `is_equiv` is equality of derivations and
+    `grade_answer` checks one against the problem.
+
     :func:`check_steps` is the exact step checker, :func:`reachable_after_steps`
     the ideal value function (an oracle PRM).
     """
@@ -432,11 +473,19 @@ class CountdownTask(_task_base.Task):
         return extract_answer(text)
 
     def is_equiv(self, predicted: Optional[str], target: str) -> bool:
-        a = _parse_int(predicted) if isinstance(predicted, str) else None
-        return a is not None and a == _parse_int(str(target))
+        # Answers are canonical derivations: equal texts, equal solutions.
+        return isinstance(predicted, str) and predicted == target
 
     def grade(self, text: Optional[str], problem: Problem) -> bool:
         return grade(text, problem)
+
+    def grade_answer(self, answer: Optional[str], problem: Problem) -> bool:
+        return grade_answer(answer, problem)
+
+    def max_prompt_chars(self) -> int:
+        c = self.config  # "Reach T from a b c d\n"
+        return (len(QUESTION_PREFIX) + len(str(c.max_target)) + len(" from ")
+                + c.max_numbers * (len(str(c.max_number)) + 1))
 
     def check_steps(self, problem: Problem, text: str) -> list[bool]:
         return check_steps(problem, text)
