@@ -74,6 +74,14 @@ SWEEPS = {
                              n_bootstrap=1000),
     "micro": SweepConfig(budgets=(2,), revision_lengths=(1, 2),
                          problems_per_batch=4, n_bins=2, n_bootstrap=20),
+    "countdown_smoke": SweepConfig(budgets=(2, 4, 8),
+                                   revision_lengths=(1, 2, 4)),
+    "countdown_cpu": SweepConfig(budgets=(4, 16, 64), lookaheads=(1,),
+                                 revision_lengths=(1, 4, 16), problems=128,
+                                 n_bootstrap=1000),
+    "countdown_micro": SweepConfig(budgets=(2,), revision_lengths=(1, 2),
+                                   problems_per_batch=4, n_bins=2,
+                                   n_bootstrap=20),
 }
 
 
@@ -121,8 +129,7 @@ def large_model_config(policy: models.ModelConfig,
 
 
 def _test_problems(config: embedded.ArithStudyConfig):
-  return embedded.arithmetic.generate(config.arithmetic, config.test_problems,
-                                   config.test_seed)
+  return config.problems(config.test_problems, config.test_seed)
 
 
 def _pretrain_large(config: embedded.ArithStudyConfig,
@@ -140,7 +147,8 @@ def _large_eval(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
   policy = embedded.policy_fns(model_config, params,
                             prompt_len=config.prompt_len,
                             max_new_tokens=config.max_new_tokens,
-                            temperature=0.0)
+                            temperature=0.0,
+                            stop_ids=embedded.step_ids(config.make_task()))
   key = embedded.stage_key(config, ctx.name)
   rows = ctx.map_chunks(
       "greedy", _test_problems(config), config.chunk_problems,
@@ -183,8 +191,8 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
   count = min(sweep.problems or config.test_problems, config.test_problems)
   return sweep_runner.SearchRun(
       problems=sweep_runner.ProblemSource(
-          task="arithmetic", num_problems=count,
-          seed=config.test_seed, arithmetic=config.arithmetic),
+          task=config.task, num_problems=count, seed=config.test_seed,
+          **{config.task: config.task_config}),
       checkpoints=ckpts, strategies=specs,
       max_new_tokens=config.max_new_tokens, temperature=config.temperature,
       problems_per_batch=min(sweep.problems_per_batch, count),
@@ -271,14 +279,15 @@ def full_study_stages(config: embedded.ArithStudyConfig,
   sampling = embedded._sampling_config(c)  # pylint: disable=protected-access
   return experiments.study_stages(c) + [
       stages.Stage("pretrain_large", fn(_pretrain_large), dict(
-          arithmetic=c.arithmetic, policy=large, seed=c.pretrain_seed,
+          **embedded.task_fields(c), policy=large, seed=c.pretrain_seed,
           problems=c.pretrain_problems, training=c.pretrain), cost=20),
       stages.Stage("large_eval", fn(_large_eval), dict(
-          sampling, arithmetic=c.arithmetic, test_seed=c.test_seed,
+          sampling, **embedded.task_fields(c), test_seed=c.test_seed,
           test_problems=c.test_problems, prompt_len=c.prompt_len),
                    ("pretrain_large",), cost=1),
       stages.Stage("search_sweep", fn(_search_sweep, sw), dict(
-          sampling, sweep=sw, arithmetic=c.arithmetic, test_seed=c.test_seed,
+          sampling, sweep=sw, **embedded.task_fields(c),
+          test_seed=c.test_seed,
           test_problems=c.test_problems,
           revision_attempts=c.revision_attempts,
           revision_context=c.revision_context),

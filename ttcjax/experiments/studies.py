@@ -40,7 +40,7 @@ from ttcjax.experiments import embedded, stages
 from ttcjax.experiments import embedded_study
 from ttcjax.search import records as records_lib
 from ttcjax.analysis import results as analysis_lib
-from ttcjax.tasks import arithmetic
+from ttcjax.tasks import arithmetic, countdown
 
 def _replace_checked(obj, overrides: Mapping[str, Any], what: str):
   names = {f.name for f in dataclasses.fields(obj)}
@@ -56,8 +56,10 @@ class ArithStudy:
   """The embedded arithmetic study (`ttcjax.experiments.embedded_study`).
 
   Attributes:
-    preset: 'smoke', 'arith_cpu' or 'micro' (`ttcjax.experiments.embedded.PRESETS`
-      with `ttcjax.experiments.embedded_study.SWEEPS`).
+    preset: 'smoke', 'arith_cpu', 'micro' (arithmetic) or
+      'countdown_smoke', 'countdown_cpu', 'countdown_micro'
+      (`ttcjax.experiments.embedded.PRESETS` with
+      `ttcjax.experiments.embedded_study.SWEEPS`).
     overrides: top-level `ArithStudyConfig` fields to replace (e.g.
       `{'seed': 1, 'test_problems': 128}`).
     sweep: `SweepConfig` fields to replace (e.g. `{'budgets': (4, 16)}`).
@@ -204,7 +206,8 @@ def register() -> None:
 
   Names: `study.experiment`, `study.ArithStudy`, `study.SearchStudy`,
   `study.AnalysisConfig`, and `search.SearchRun`, `search.ProblemSource`,
-  `search.Checkpoints`, `search.StrategySpec`, `search.ArithmeticConfig`;
+  `search.Checkpoints`, `search.StrategySpec`, `search.ArithmeticConfig`,
+  `search.CountdownConfig`;
   `SearchRun.mesh` takes the core `ttcjax.MeshConfig`.
   """
   import gin  # pylint: disable=g-import-not-at-top
@@ -213,7 +216,7 @@ def register() -> None:
   for module, fns in (
       ("search", (sweep_runner.SearchRun, sweep_runner.ProblemSource,
                   sweep_runner.Checkpoints, sweep_runner.StrategySpec,
-                  arithmetic.ArithmeticConfig)),
+                  arithmetic.ArithmeticConfig, countdown.CountdownConfig)),
       ("study", (experiment, ArithStudy, SearchStudy,
                  analysis_lib.AnalysisConfig))):
     for fn in fns:

@@ -1,8 +1,8 @@
 """The search/eval stage: checkpoints + problems -> records.jsonl.
 
 `run(config, workdir)` restores the policy and PRM (or the revision model
-and its ORM) from ttcjax checkpoints, draws the problems (the arithmetic
-task by seed and count, or a MATH jsonl), plugs the real models into the
+and its ORM) from ttcjax checkpoints, draws the problems (the arithmetic or
+Countdown task by seed and count, or a MATH jsonl), plugs the real models into the
 search callbacks, runs every strategy x hyper-parameters x budget of
 `config.strategies`, and appends one record per (problem, strategy,
 hyper-parameters, budget) to `<workdir>/records.jsonl`
@@ -45,17 +45,16 @@ from absl import logging
 import jax
 
 from ttcjax import (checkpoint, decoding, distributed, memory, models,
-                    partitioning, verifiers)
+                    partitioning, tasks, verifiers)
 from ttcjax.data import examples
 from ttcjax.search import base, records, selection
 from ttcjax.search.revisions import (RevisionPromptFn, chain_count,
                                      select_revisions, with_prompt_fn)
 from ttcjax.search.run import run_search
-from ttcjax.tasks import arithmetic
-from ttcjax.tasks import math as math_task
+from ttcjax.tasks import arithmetic, countdown
 from ttcjax.tokenizer import ByteTokenizer
 
-TASKS = ("arithmetic", "math")
+TASKS = ("arithmetic", "countdown", "math")
 _PRM_STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts")
 _ATTEMPT_OVERHEAD = 16  # "Attempt 4:\n" plus a newline, rounded up
 
@@ -73,12 +72,16 @@ class ProblemSource:
   """Where the problems come from.
 
   Attributes:
-    task: 'arithmetic' (`ttcjax.tasks.arithmetic`, drawn by seed and count)
-      or 'math' (a MATH-style jsonl, `ttcjax.tasks.math.load_jsonl`).
+    task: 'arithmetic' (`ttcjax.tasks.arithmetic`) or 'countdown'
+      (`ttcjax.tasks.countdown`), drawn by seed and count, or 'math' (a
+      MATH-style jsonl, `ttcjax.tasks.math.load_jsonl`). Answers are
+      extracted, compared and graded by the task (`Task.grade_answer`).
     num_problems: problems to use (the first ones of a jsonl; None: all).
-    seed: arithmetic seed (uids `arith-<seed>-<i>`).
+    seed: seed of a generated task (uids `arith-<seed>-<i>`,
+      `countdown-<seed>-<i>`).
     path: the jsonl ('math').
     arithmetic: the arithmetic difficulty distribution.
+    countdown: the Countdown difficulty distribution.
     prompt_template: the policy prompt, with `{problem}` replaced by the
       question or problem text (a plain replacement: other braces, as in
       `\\boxed{}`, stay); None: the text and a newline, as in training
@@ -90,6 +93,7 @@ class ProblemSource:
   seed: int = 0
   path: str | None = None
   arithmetic: arithmetic.ArithmeticConfig = arithmetic.ArithmeticConfig()
+  countdown: countdown.CountdownConfig = countdown.CountdownConfig()
   prompt_template: str | None = None
 
   def __post_init__(self):
@@ -104,6 +108,12 @@ class ProblemSource:
         "{problem}" not in self.prompt_template):
       raise ValueError(f"ProblemSource.prompt_template has no '{{problem}}':"
                        f" {self.prompt_template!r}")
+
+  def make_task(self) -> tasks.Task:
+    """The `ttcjax.tasks.Task` the problems come from."""
+    if self.task == "math":
+      return tasks.get("math", path=self.path)
+    return tasks.get(self.task, config=getattr(self, self.task))
 
   def prompt(self, text: str) -> str:
     """The policy prompt of a question / problem text."""
@@ -282,6 +292,7 @@ class _Problem:
   prompt: str  # the policy prompt
   reference: str
   extra: dict
+  problem: Any  # the task's own problem (`Task.grade_answer` reads it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,17 +314,20 @@ class Tokenizer:
 
 
 def load_problems(source: ProblemSource) -> list[_Problem]:
-  """The problems of `source`, with their reference answers."""
-  if source.task == "arithmetic":
-    drawn = arithmetic.generate(source.arithmetic, source.num_problems or 0,
-                                source.seed)
-    return [_Problem(p.uid, p.question, source.prompt(p.question), p.answer,
-                     {"reference": p.answer, "n_ops": p.n_ops,
-                      "digits": p.digits}) for p in drawn]
-  loaded = math_task.load_jsonl(source.path)[:source.num_problems]
-  return [_Problem(p.uid, p.problem, source.prompt(p.problem), p.answer,
-                   {"reference": p.answer, "level": p.level,
-                    "subject": p.subject}) for p in loaded]
+  """The problems of `source`, with their reference answers and the
+  task's difficulty features."""
+  task = source.make_task()
+  if source.task == "math":
+    drawn = task.problems(source.num_problems, source.seed)
+  else:
+    drawn = task.problems(source.num_problems or 0, source.seed)
+  out = []
+  for p in drawn:
+    text = p.problem if source.task == "math" else p.question
+    out.append(_Problem(p.uid, text, source.prompt(text), p.answer,
+                        {"reference": p.answer,
+                         **task.difficulty_features(p)}, p))
+  return out
 
 
 def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
@@ -334,22 +348,12 @@ def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
   return Tokenizer(tok, tok.decode, eos, tok.pad_id, stops)
 
 
-def _int_equiv(a: str, b: str) -> bool:
-  try:  # extract_answer bounds the length of model answers
-    return a == b or int(a) == int(b)
-  except ValueError:
-    return False
-
-
 def task_fns(source: ProblemSource, tok: Tokenizer) -> base.TaskFns:
-  """Answer extraction over decoded ids, and answer equivalence."""
-  if source.task == "arithmetic":
-    return base.TaskFns(
-        answer_fn=lambda ids: arithmetic.extract_answer(tok.decode(ids)),
-        equiv_fn=_int_equiv)
+  """The task's answer extraction over decoded ids, and answer equivalence."""
+  task = source.make_task()
   return base.TaskFns(
-      answer_fn=lambda ids: math_task.extract_boxed(tok.decode(ids)),
-      equiv_fn=math_task.is_equiv)
+      answer_fn=lambda ids: task.extract_answer(tok.decode(ids)),
+      equiv_fn=task.is_equiv)
 
 
 # --- Models as callbacks -----------------------------------------------------
@@ -614,6 +618,7 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
   problems = load_problems(run_config.problems)
   tok = make_tokenizer(run_config.checkpoints)
   task = task_fns(run_config.problems, tok)
+  grader = run_config.problems.make_task()
   by_uid = {p.uid: p for p in problems}
   search_problems = [base.SearchProblem(
       p.uid, examples.prompt_ids(tok.encode_text, p.prompt))
@@ -676,7 +681,7 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
                                  models_.verifier, task, key)
           for result, row in zip(results, fresh[host]):
             problem = by_uid[result.uid]
-            grade = lambda a, ref=problem.reference: task.equiv_fn(a, ref)
+            grade = lambda a, p=problem.problem: grader.grade_answer(a, p)
             for how, hp, new in zip(spec.selections, hparams, row):
               if not new:
                 continue
