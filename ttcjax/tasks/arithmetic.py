@@ -366,6 +366,8 @@ class ArithmeticTask(_task_base.Task):
     step_delimiter = STEP_DELIMITER
 
     def __init__(self, config: ArithmeticConfig = ArithmeticConfig()):
+        if not isinstance(config, ArithmeticConfig):
+            raise TypeError(f"ArithmeticTask takes a ArithmeticConfig, got {type(config).__name__}")
         self.config = config
 
     def problems(self, num: Optional[int], seed: int) -> list[Problem]:

@@ -459,6 +459,8 @@ class CountdownTask(_task_base.Task):
     step_delimiter = STEP_DELIMITER
 
     def __init__(self, config: CountdownConfig = CountdownConfig()):
+        if not isinstance(config, CountdownConfig):
+            raise TypeError(f"CountdownTask takes a CountdownConfig, got {type(config).__name__}")
         self.config = config
 
     def problems(self, num: Optional[int], seed: int) -> list[Problem]:
