@@ -131,3 +131,20 @@ def test_policy_metrics_bucket_by_the_tasks_integer_features():
   assert m["by_difficulty"] == [
       {"n_numbers": 3, "n_solutions": 1, "problems": 3, "pass_at_1": 1.0},
       {"n_numbers": 4, "n_solutions": 1, "problems": 3, "pass_at_1": 0.0}]
+
+
+def test_value_metrics_rank_step_scores_against_the_ideal_value():
+  task = tasks.get("countdown")
+  problem = task.problems(1, seed=0)[0]
+  values_fn = evaluate.ideal_values(task)
+  assert evaluate.ideal_values(tasks.get("arithmetic")) is None
+  assert values_fn(problem, problem.solution) == [True] * problem.n_numbers
+  values = [[True, False, False], [True, True, True, True], [True]]
+  perfect = [[0.9, 0.1, 0.2], [0.8, 0.7, 0.9, 1.0], [0.5, 0.5]]
+  m = evaluate.value_metrics(values, perfect)
+  assert m["value_auc"] == 1.0 and m["misaligned"] == 1
+  assert m["value_steps"] == 2 + 3 and m["value_steps_reachable"] == 4
+  assert m["value_auc_all"] == 1.0
+  inverted = [[1 - x for x in sc] for sc in perfect]
+  assert evaluate.value_metrics(values, inverted)["value_auc"] == 0.0
+  assert evaluate.value_metrics([[True, True]], [[0.1, 0.2]])["value_auc"] is None

@@ -8,7 +8,10 @@
   eval_prm       PRM scores of those samples: ROC AUC separating correct
                  from incorrect solutions, with the final step's score
                  ('last', the paper's aggregation) and the lowest ('min');
-                 pooled over all samples, and averaged within problems
+                 pooled over all samples, and averaged within problems;
+                 where the task has an ideal value function (Countdown's
+                 `reachable_after_steps`), the AUC of the step scores
+                 against it (`value_metrics`)
   eval_revision  sequential revision chains (`ttcjax.search.revisions`) of
                  the revision model, judged by its ORM: pass@1 at attempt
                  1..L, the share of chains right by attempt j, and the
@@ -229,6 +232,45 @@ def prm_metrics(rows: Sequence[dict],
   return out
 
 
+def ideal_values(task) -> Any:
+  """The task's ideal value function `(problem, text) -> [bool] a step`
+  (can the target still be reached after the step?), or None when it has
+  none (arithmetic, MATH)."""
+  return getattr(task, "reachable_after_steps", None)
+
+
+def value_metrics(values: Sequence[Sequence[bool]],
+                  step_scores: Sequence[Sequence[float]]) -> dict:
+  """How well per-step scores rank the ideal step values.
+
+  Args:
+    values: per solution, the ideal value of each step (`ideal_values`).
+    step_scores: per solution, a score per step (PRM scores or MC labels).
+
+  Returns:
+    `value_auc` over the steps before the last (where a value differs from
+    the solution's correctness), `value_auc_all` over every step, the step
+    counts, and `misaligned`: solutions whose step counts differ (left out).
+    An AUC without both classes is None.
+  """
+  inner, every, misaligned = ([], []), ([], []), 0
+  for v, sc in zip(values, step_scores):
+    if len(v) != len(sc):
+      misaligned += 1
+      continue
+    for i, (ok, x) in enumerate(zip(v, sc)):
+      every[0].append(x)
+      every[1].append(ok)
+      if i < len(v) - 1:
+        inner[0].append(x)
+        inner[1].append(ok)
+  auc = lambda xy: _finite(roc_auc(*xy)) if xy[0] else None
+  return {"value_auc": auc(inner), "value_auc_all": auc(every),
+          "value_steps": len(inner[0]),
+          "value_steps_reachable": int(sum(inner[1])),
+          "misaligned": misaligned}
+
+
 def _eval_prm(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
   rows = embedded.load_rows(ctx.input("eval_policy") / "samples.json")
   _, verifier = verifier_fns(ctx.input("train_prm") / "model",
@@ -242,7 +284,16 @@ def _eval_prm(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
     per_problem.append(scores[at:at + len(r["samples"])])
     at += len(r["samples"])
   embedded.save_rows(ctx.out / "scores.json", per_problem)
-  _write_metrics(ctx, prm_metrics(rows, per_problem))
+  metrics = prm_metrics(rows, per_problem)
+  values_fn = ideal_values(config.make_task())
+  if values_fn is not None:
+    problems = {p.uid: p for p in _test_problems(config, config.test_problems)}
+    values = [values_fn(problems[r["uid"]],
+                        embedded.TOKENIZER.decode(_strip_eos(s)))
+              for r in rows for s in r["samples"]]
+    metrics["value"] = value_metrics(
+        values, [sc for p in per_problem for sc in p])
+  _write_metrics(ctx, metrics)
 
 
 def revision_prompt_len(config: embedded.ArithStudyConfig,
