@@ -9,7 +9,8 @@ import pytest
 
 from ttcjax import tasks
 from ttcjax.experiments import embedded, embedded_study, evaluate, stages
-from ttcjax.experiments import sweep_runner
+from ttcjax.experiments import studies, sweep_runner
+from ttcjax.main import gin_utils
 from ttcjax.search import base, records
 from ttcjax.tasks import arithmetic, countdown
 from ttcjax.verifiers import labeling
@@ -37,6 +38,15 @@ def test_countdown_presets_build_their_task_and_fit_prompts_and_solutions(
   # Every reference solution fits the token cap, EOS included.
   assert config.max_new_tokens >= max(len(_ids(p.solution)) for p in problems)
   assert embedded_study.sweep_for(config) is embedded_study.SWEEPS[preset]
+
+
+@pytest.mark.parametrize("preset", COUNTDOWN_PRESETS)
+def test_countdown_gin_experiments_select_their_preset(preset):
+  studies.register()
+  gin_utils.parse([f"experiments/{preset}.gin"], [])
+  spec = gin_utils.build(studies.experiment)
+  assert spec == studies.ArithStudy(preset=preset)
+  assert spec.config().task == "countdown"
 
 
 def test_task_is_validated_and_hashed():
@@ -148,3 +158,19 @@ def test_value_metrics_rank_step_scores_against_the_ideal_value():
   inverted = [[1 - x for x in sc] for sc in perfect]
   assert evaluate.value_metrics(values, inverted)["value_auc"] == 0.0
   assert evaluate.value_metrics([[True, True]], [[0.1, 0.2]])["value_auc"] is None
+
+
+@pytest.mark.slow  # about as long as the arithmetic micro study
+def test_countdown_micro_study_end_to_end(tmp_path):
+  workdir = str(tmp_path / "study")
+  embedded_study.run_full_study(embedded.countdown_micro(), workdir,
+                                log=lambda _: None)
+  summary = evaluate.summarize(workdir)
+  assert summary["eval_policy"]["problems"] == (
+      embedded.countdown_micro().test_problems)
+  assert "value" in summary["eval_prm"]
+  recs = embedded_study.read_jsonl(f"{workdir}/search_sweep/records.jsonl")
+  assert recs and all(r["uid"].startswith("countdown-") for r in recs)
+  assert all(r["answer"] is None or "#### " in r["answer"] for r in recs)
+  with open(f"{workdir}/results.json") as f:
+    assert f.read()
