@@ -3,8 +3,9 @@
 Two kinds of study, both a list of `ttcjax.experiments.stages` run into one
 workdir (atomic, resumable, skipped when done):
 
-  ArithStudy    the whole micro-scale study on the embedded arithmetic task
-                (`ttcjax.experiments.embedded_study.full_study_stages`): train the
+  ArithStudy    the whole micro-scale study on an embedded task, arithmetic
+                or Countdown (`ArithStudyConfig.task`;
+                `ttcjax.experiments.embedded_study.full_study_stages`): train the
                 policy, PRM, revision model, ORM and a ~14x model, evaluate,
                 sweep every strategy, analyse, report. A preset by name, with
                 optional overrides of top-level `ArithStudyConfig` and
