@@ -29,6 +29,7 @@ _EXTRAS = {
         "transformers>=4.45",
         "safetensors>=0.4",
         "tokenizers>=0.20",
+        "jinja2>=3.1",  # chat templates (ttcjax.models.hf_tokenizer)
     ],
     "test": [
         "pytest>=8",

@@ -26,22 +26,29 @@ Where the process count comes from, first match wins:
   replica of `workerpool0` coordinates.
 
 Objects cross processes as JSON, never pickle: records are dicts of
-strings and numbers, and nothing a peer sends can run code here.
+strings and numbers, and nothing a peer sends can run code here. They go
+through the coordination service's key-value store (`jax.distributed`'s
+own), not a device collective, so every wait is bounded: a process whose
+data does not come within `$TTCJAX_COLLECTIVE_TIMEOUT_S` (default 600 s)
+makes every live process raise `faults.HostTimeoutError` naming it (the
+entry points exit 69), instead of waiting until JAX's runtime notices.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import itertools
 import json
 import os
+import time
 import zlib
 from typing import Any, Mapping, Sequence, TypeVar
 
 from absl import flags, logging
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
+
+from ttcjax import faults
 
 T = TypeVar("T")
 
@@ -258,49 +265,100 @@ def _encode(obj: Any) -> np.ndarray:
   return np.frombuffer(text.encode("utf-8"), np.uint8)
 
 
-def _allgather_rows(row: np.ndarray) -> np.ndarray:
-  """`[num_processes, *row.shape]`: every process's `row`, in process order.
+ENV_COLLECTIVE_TIMEOUT = "TTCJAX_COLLECTIVE_TIMEOUT_S"
+COLLECTIVE_TIMEOUT_S = 600.0
+_collectives = itertools.count()  # the same sequence on every process
 
-  Uses one device per process (its lowest id), so processes may have
-  different numbers of local devices, unlike
-  `multihost_utils.process_allgather`.
+
+def collective_timeout_s(env: Mapping[str, str] | None = None) -> float:
+  """Seconds a process waits for the others at a gather or barrier:
+  `$TTCJAX_COLLECTIVE_TIMEOUT_S`, default 600. It must exceed the longest
+  time one process can legitimately be behind the others (a search batch
+  of the slowest host while another host has none)."""
+  env = os.environ if env is None else env
+  value = env.get(ENV_COLLECTIVE_TIMEOUT)
+  if value in (None, ""):
+    return COLLECTIVE_TIMEOUT_S
+  try:
+    seconds = float(value)
+  except ValueError:
+    seconds = -1.0
+  if not seconds > 0:
+    raise ValueError(f"environment variable {ENV_COLLECTIVE_TIMEOUT}="
+                     f"{value!r} must be a positive number of seconds")
+  return seconds
+
+
+_PIECE = 1 << 20  # bytes per coordination-service value (gRPC limit: 4 MiB)
+
+
+def _client():
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  return jax_distributed.global_state.client
+
+
+def _exchange(payload: bytes, what: str,
+              timeout_s: float | None = None) -> list[bytes]:
+  """Every process's `payload`, in process order, through the coordination
+  service's key-value store, each wait bounded by the collective timeout.
+
+  A process that dies after publishing its payload still counts (the next
+  collective notices it); one that never publishes is named.
+
+  Raises:
+    faults.HostTimeoutError: naming the processes whose payload did not come.
   """
-  count = jax.process_count()
-  firsts = {}
-  for d in jax.devices():
-    if d.process_index not in firsts or d.id < firsts[d.process_index].id:
-      firsts[d.process_index] = d
-  mesh = Mesh(np.array([firsts[p] for p in range(count)]), ("process",))
-  mine = jax.device_put(row[None], firsts[jax.process_index()])
-  stacked = jax.make_array_from_single_device_arrays(
-      (count,) + row.shape, NamedSharding(mesh, P("process")), [mine])
-  return np.asarray(_replicate(mesh)(stacked).addressable_data(0))
-
-
-@functools.cache
-def _replicate(mesh: Mesh):
-  """A jitted identity whose output is on every device of `mesh`: XLA's
-  all-gather (one compile per mesh and shape)."""
-  return jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, P()))
+  client, count = _client(), jax.process_count()
+  me = jax.process_index()
+  timeout_s = collective_timeout_s() if timeout_s is None else timeout_s
+  n = next(_collectives)
+  prefix = f"ttcjax/gather/{n}"
+  pieces = [payload[i:i + _PIECE] for i in range(0, len(payload), _PIECE)]
+  client.key_value_set(f"{prefix}/{me}/count", str(len(pieces)))
+  for i, piece in enumerate(pieces):
+    client.key_value_set_bytes(f"{prefix}/{me}/{i}", piece)
+  client.key_value_set(f"{prefix}/{me}/done", "1")
+  deadline = time.monotonic() + timeout_s
+  out, missing = [], []
+  for p in range(count):
+    if p == me:
+      out.append(payload)
+      continue
+    try:
+      left = max(1, int((deadline - time.monotonic()) * 1000))
+      client.blocking_key_value_get(f"{prefix}/{p}/done", left)
+      parts = int(client.key_value_try_get(f"{prefix}/{p}/count"))
+      out.append(b"".join(client.key_value_try_get_bytes(f"{prefix}/{p}/{i}")
+                          for i in range(parts)))
+    except Exception as e:  # pylint: disable=broad-except  # DEADLINE, gone
+      logging.error("%s: no data from process %d within %g s: %s", what, p,
+                    timeout_s, e)
+      missing.append(p)
+  if missing:
+    raise faults.HostTimeoutError(f"{what} (collective #{n}, process {me})",
+                                  missing, timeout_s)
+  # Everyone has read collective n-1 by now (they all published n).
+  if n:
+    try:
+      # Deletes the key and every key under it.
+      client.key_value_delete(f"ttcjax/gather/{n - 1}/{me}")
+    except Exception:  # pylint: disable=broad-except
+      pass
+  return out
 
 
 def allgather(obj: Any) -> list[Any]:
   """Every process's `obj`, in process order (a JSON round trip each).
 
   Collective: every process must call it, in the same order. Meant for
-  records and counters (kilobytes to megabytes), not arrays.
+  records and counters (kilobytes to megabytes), not arrays. Bounded: a
+  process whose data does not arrive within `collective_timeout_s()` makes
+  every other raise `faults.HostTimeoutError` naming it.
   """
   data = _encode(obj)
   if jax.process_count() == 1:
     return [json.loads(data.tobytes())]
-  sizes = _allgather_rows(np.array([data.size], np.int32))[:, 0]
-  # Widths rounded up to a power of two: one compile per bucket, not per
-  # size, when called once per batch of records.
-  padded = np.zeros(max(256, 1 << (int(sizes.max()) - 1).bit_length()),
-                    np.uint8)
-  padded[:data.size] = data
-  rows = _allgather_rows(padded)
-  return [json.loads(row[:size].tobytes()) for row, size in zip(rows, sizes)]
+  return [json.loads(part) for part in _exchange(data.tobytes(), "allgather")]
 
 
 def gather_to_primary(obj: Any) -> list[Any] | None:
@@ -336,10 +394,12 @@ def sync(name: str) -> None:
 
   Raises:
     RuntimeError: processes reached different barriers.
+    faults.HostTimeoutError: a process did not arrive in time.
   """
   if jax.process_count() == 1:
     return
-  names = _allgather_rows(np.array([zlib.crc32(name.encode())], np.uint32))
-  if len(set(names[:, 0].tolist())) > 1:
+  names = _exchange(str(zlib.crc32(name.encode())).encode(),
+                    f"sync({name!r})")
+  if len(set(names)) > 1:
     raise RuntimeError(f"sync({name!r}): processes reached different "
                        "barriers")

@@ -20,7 +20,8 @@ What is counted, per device:
   - verifier scoring: one layer's attention scores (float32) and
     probabilities (compute dtype), `[n, heads, L, L]`, plus the MLP's two
     hidden activations `[n, L, d_ff]`, for `n = verifier_rows` rows scored
-    per call.
+    per call, plus its `[n, L, vocab] float32` logits when the verifier is
+    read from its LM head (step-tag PRMs such as RLHFlow's).
 
 Activation peaks are estimates (XLA may fuse or rematerialise); the check
 keeps `headroom` of HBM free for them being off, for XLA's own buffers and
@@ -138,7 +139,8 @@ class SearchShapes:
 
   Attributes:
     policy: the policy (generator).
-    verifier: the PRM/ORM (reward head), or None.
+    verifier: the PRM/ORM (reward head, or an LM head read at step tags,
+      whose `[n, L, vocab]` float32 logits count too), or None.
     rows: policy rows decoded together (problems per batch x beams/samples).
     prompt_rows: prompts prefilled together (problems per batch).
     prompt_len: padded prompt width.
@@ -202,6 +204,11 @@ def activation_bytes(shapes: SearchShapes, mesh,
                           ("activation_batch", "activation_length",
                            "activation_mlp"), mesh, rules)
     out["verifier"] = scores + probs + mlp
+    if not ver.reward_head:  # an LM-head PRM (step tags) computes logits
+      out["verifier"] += shard_bytes(
+          (n, length, ver.vocab_size), f32,
+          ("activation_batch", "activation_length", "activation_vocab"),
+          mesh, rules)
   return out
 
 

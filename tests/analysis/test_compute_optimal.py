@@ -224,3 +224,54 @@ def test_flops_matched_budget_and_reading():
                               32.0)
   assert out["1"]["difference"]["value"] == pytest.approx(0.05)
   assert out["1"]["small_floor"]["value"] == 0.4
+
+
+def test_tie_goes_to_the_baseline_not_the_first_method_id():
+  # Issue 10, defect 5: in a hard bin both methods solve nothing; the tie
+  # used to go to 'beam' (its id sorts first) and now goes to the baseline.
+  uids, bins, folds = setup_bins(n_bins=1, per_bin=10)
+  records = (records_of(BON, 4, np.zeros(10), uids) +
+             records_of(BEAM, 4, np.zeros(10), uids))
+  cells, _ = co.build_cells(records, uids)
+  weights = stats.bootstrap_weights(10, 20, 0)
+  base = co.method_id("best_of_n", BON["hparams"])
+  for pool in co.POOLS:
+    opt = co.compute_optimal(cells, bins, folds, weights, pool, base)
+    choice = opt.choices[0][1]
+    assert choice["chosen"] == base
+    assert choice["fold_choices"] == [base, base]
+  # Without a baseline the method id still breaks the tie deterministically.
+  opt = co.compute_optimal(cells, bins, folds, weights, "equal")
+  assert opt.choices[0][1]["chosen"] == co.method_id("beam", BEAM["hparams"])
+
+
+def test_tie_goes_to_the_cheaper_cell_before_the_baseline():
+  uids, bins, folds = setup_bins(n_bins=1, per_bin=10)
+  solved = np.arange(10) < 5
+  records = (records_of(BEAM, 4, solved, uids) +
+             records_of(BON, 16, solved, uids))
+  cells, _ = co.build_cells(records, uids)
+  weights = stats.bootstrap_weights(10, 0, 0)
+  base = co.method_id("best_of_n", BON["hparams"])
+  opt = co.compute_optimal(cells, bins, folds, weights, "at_most", base)
+  assert opt.choices[1][1]["chosen"] == co.method_id("beam", BEAM["hparams"])
+  assert opt.choices[1][1]["chosen_budget"] == 4.0
+
+
+def test_in_pool_specs_and_unfinished_counts():
+  uids = ["a", "b"]
+  recs = records_of(BON, 2, [1, 0], uids)
+  recs[0]["candidates"] = [{"finished": True}, {"finished": False}]
+  recs[1]["candidates"] = [{"finished": False}, {"finished": False}]
+  recs[1]["answer"] = None
+  recs[0]["answer"] = "3"
+  majority = {"strategy": "best_of_n", "hparams": {"selection": "majority"}}
+  recs += records_of(majority, 2, [1, 1], uids)
+  cells, _ = co.build_cells(recs, uids)
+  weighted = [c for c in cells if co.in_pool(c, [BON])]
+  assert len(weighted) == 1
+  assert weighted[0].unfinished == {"candidates": 4, "unfinished": 3,
+                                    "rate": 0.75, "no_answer_rate": 0.5}
+  assert len([c for c in cells if co.in_pool(c, ["best_of_n"])]) == 2
+  other = [c for c in cells if c not in weighted][0]
+  assert other.unfinished["rate"] is None  # records without candidates

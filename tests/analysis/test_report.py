@@ -69,7 +69,7 @@ def test_results_json_is_byte_identical_across_reruns(study):
   again = report.analyze(*synthetic_study(), config=CONFIG)
   text = (workdir / "results.json").read_text()
   assert text == report.results_json(again)
-  assert json.loads(text)["schema_version"] == 1
+  assert json.loads(text)["schema_version"] == 2
 
 
 def test_report_and_figures_written(study):
@@ -99,15 +99,20 @@ def test_headline_ratio_is_the_constructed_four(study):
   _, analysis, _, _ = study
   fam = analysis["compute_optimal"]["search"]
   assert fam["baseline_label"] == "best-of-N weighted"
+  # Beam at N is best-of-N at 4N, so the ratio is at most 4; it is below 4
+  # where a CV training fold sees beam and best-of-N tie (both 0 in a hard
+  # bin): the tie goes to the baseline, and beam's wins on the held-out
+  # fold are not credited (issue 10, defect 5; ties used to go to 'beam').
   for kind in ("oracle", "predicted"):
     for e in fam["kinds"][kind]["headline"]:
       assert e["status"] == "matched", e
-      assert e["ratio"] == pytest.approx(4.0)
-      assert e["matched_budget"] == pytest.approx(e["target_budget"] / 4)
+      assert 3.0 < e["ratio"] <= 4.0 + 1e-9
+      assert e["matched_budget"] == pytest.approx(
+          e["target_budget"] / e["ratio"])
   # Predicting difficulty costs 16 generations per problem: counted, the
-  # saving shrinks (16 / (4 + 16) at target 16).
+  # saving shrinks (at most 16 / (4 + 16) at target 16).
   costed = fam["kinds"]["predicted"]["headline_with_difficulty_cost"]
-  assert costed[0]["ratio"] == pytest.approx(16 / 20)
+  assert 0.5 < costed[0]["ratio"] <= 16 / 20 + 1e-9
   assert analysis["difficulty"]["cost"]["samples_per_problem"] == 16
 
 

@@ -8,7 +8,8 @@ import pytest
 from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, embedded_study, stages
 
-NEW = ("pretrain_large", "large_eval", "search_sweep", "analysis")
+NEW = ("pretrain_large", "large_eval", "search_sweep", "difficulty_samples",
+       "analysis")
 
 
 @pytest.mark.parametrize("preset", sorted(embedded_study.SWEEPS))
@@ -16,7 +17,7 @@ def test_stage_list_and_wiring(preset):
   config = embedded.PRESETS[preset]()
   todo = embedded_study.full_study_stages(config)
   names = [s.name for s in todo]
-  assert names[-4:] == list(NEW)
+  assert names[-5:] == list(NEW)
   assert len(set(names)) == len(names)
   for i, s in enumerate(todo):  # inputs come first
     assert set(s.inputs) <= set(names[:i]), s.name
@@ -46,7 +47,8 @@ def test_search_run_covers_strategies():
   run = embedded_study.search_run(config, embedded_study.SWEEPS["smoke"], ckpts)
   assert {s.strategy for s in run.strategies} == {
       "best_of_n", "beam", "lookahead", "dvts", "revisions"}
-  assert all(s.budgets == (2, 4, 8) for s in run.strategies)
+  assert all(s.budgets == (2, 4, 8) for s in run.strategies
+             if s.strategy != "lookahead")
   assert run.problems.num_problems == config.test_problems
   # Chains see as many attempts as the revision model was trained with.
   (rev,) = [s for s in run.strategies if s.strategy == "revisions"]
@@ -63,6 +65,101 @@ def test_search_run_covers_strategies():
   changed = {s.name: s for s in embedded_study.full_study_stages(other, sweep)}
   assert (stages.stage_hashes(list(by_name.values()))["search_sweep"] !=
           stages.stage_hashes(list(changed.values()))["search_sweep"])
+
+
+CKPTS = sweep_runner.Checkpoints(policy="/p", prm="/q", revision="/r",
+                                 orm="/o")
+
+
+@pytest.mark.parametrize("preset", sorted(embedded_study.SWEEPS))
+def test_lookahead_costs_a_budget_of_the_grid(preset):
+  # Issue 10, defect 4: lookahead with k = 1 at N = 4 / 16 / 64 cost 8 / 32
+  # / 128 generations, off the grid, where it never met another method.
+  config, sweep = embedded.PRESETS[preset](), embedded_study.SWEEPS[preset]
+  run = embedded_study.search_run(config, sweep, CKPTS)
+  looks = [s for s in run.strategies if s.strategy == "lookahead"]
+  assert {c.lookahead for s in looks for c in s.configs(None)} == set(
+      sweep.lookaheads)
+  for s in looks:
+    for c in s.configs(None):
+      gens = {c.generations(n) for n in s.budgets}
+      assert gens == {b for b in sweep.budgets
+                      if b % (c.lookahead + 1) == 0}, (preset, c.lookahead)
+  with pytest.raises(ValueError, match="SweepConfig.lookaheads: k=2"):
+    embedded_study.SweepConfig(budgets=(4, 16), lookaheads=(2,))
+
+
+def _keys(run):
+  """Per (uid, strategy, N) of a run: its search key's data."""
+  from ttcjax.search import base  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  root = jax.random.key(run.seed)
+  uids = [f"arith-{run.problems.seed}-{i}"
+          for i in range(run.problems.num_problems)]
+  out = {}
+  for spec in run.strategies:
+    for n in spec.budgets:
+      for u in uids:
+        key = base.search_key(root, u, spec.strategy, n)
+        out[(u, spec.strategy, n)] = tuple(
+            jax.random.key_data(key).tolist())
+  return out
+
+
+def test_difficulty_samples_never_share_a_key_with_evaluated_cells():
+  # Issue 10, defect 2: the bins came from best-of-N@largest's own
+  # candidates, the samples that cell then evaluated.
+  config, sweep = embedded.smoke(), embedded_study.SWEEPS["smoke"]
+  run = embedded_study.search_run(config, sweep, CKPTS)
+  draw = embedded_study.difficulty_run(run, sweep.difficulty_samples)
+  assert draw.problems == run.problems
+  assert [(s.strategy, s.budgets) for s in draw.strategies] == [
+      ("best_of_n", (sweep.difficulty_samples,))]
+  evaluated, binning = _keys(run), _keys(draw)
+  assert len(binning) == run.problems.num_problems
+  assert not set(evaluated.values()) & set(binning.values())
+  # Even where the difficulty draw's S is a sweep budget.
+  same_n = embedded_study.difficulty_run(run, max(sweep.budgets))
+  assert not set(evaluated.values()) & set(_keys(same_n).values())
+  # The analysis reads the draw, and it counts in the stage hashes.
+  by_name = {s.name: s for s in embedded_study.full_study_stages(config)}
+  assert "difficulty_samples" in by_name["analysis"].inputs
+  assert set(by_name["difficulty_samples"].inputs) == {"pretrain_policy",
+                                                       "train_prm"}
+
+
+def test_analysis_reads_an_oracle_sweep_stage_when_the_study_has_one():
+  assert embedded_study.analysis_inputs(
+      ["search_sweep", "difficulty_samples", "large_eval"]) == (
+          "search_sweep", "difficulty_samples", "large_eval")
+  assert "oracle_sweep" in embedded_study.analysis_inputs(
+      ["search_sweep", "difficulty_samples", "oracle_sweep"])
+
+
+def test_headline_lines_carry_intervals_and_warnings_first():
+  acc = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+  eff = {"target_budget": 16.0, "baseline_accuracy": acc,
+         "matched_budget": 4.0, "status": "matched", "ratio": 4.0,
+         "ratio_ci_low": 2.0, "ratio_ci_high": 8.0,
+         "ratio_upper_bound": None}
+  results = {
+      "warnings": ["too small"], "problems": {"n": 3},
+      "config": {"headline_families": ["search"]},
+      "direction": {"label": "best-of-N weighted", "from_budget": 2.0,
+                    "to_budget": 8.0, "gain": acc},
+      "verifier": {"prm": {"within": acc, "across": acc,
+                           "within_problems": 2}},
+      "compute_optimal": {
+          "search": {"baseline_label": "best-of-N weighted",
+                     "kinds": {"oracle": {"headline": [eff]}}},
+          "search_all": {"baseline_label": "x",
+                         "kinds": {"oracle": {"headline": [eff]}}}}}
+  lines = embedded_study.headline(results)
+  assert lines[0] == "too small"
+  assert not any("search_all" in l for l in lines)
+  body = [l for l in lines[1:] if not l.startswith("problems")]
+  assert body and all("[" in l for l in body), body
+  assert "ratio 4 [2, 8]" in lines[-1]
 
 
 @pytest.mark.slow  # about 100 s on 2 cores

@@ -174,3 +174,16 @@ def test_countdown_micro_study_end_to_end(tmp_path):
   assert all(r["answer"] is None or "#### " in r["answer"] for r in recs)
   with open(f"{workdir}/results.json") as f:
     assert f.read()
+
+
+def test_arithmetic_override_still_names_the_task_config():
+  config = arithmetic.ArithmeticConfig(max_ops=2)
+  study = studies.ArithStudy(preset="micro", overrides={"arithmetic": config})
+  assert study.config().task_config == config
+  with pytest.raises(ValueError, match="runs 'countdown'"):
+    studies.ArithStudy(preset="countdown_micro",
+                       overrides={"arithmetic": config})
+  cd = countdown.CountdownConfig(max_numbers=3)
+  study = studies.ArithStudy(preset="countdown_micro",
+                             overrides={"task_config": cd})
+  assert study.config().make_task().config == cd

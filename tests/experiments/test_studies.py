@@ -1,5 +1,6 @@
 """Study experiments: gin selection, overrides, the study over checkpoints."""
 
+import dataclasses
 import json
 import os
 
@@ -12,6 +13,7 @@ from ttcjax.main import gin_utils
 from ttcjax.experiments import stages
 from ttcjax.experiments import embedded_study
 from ttcjax.analysis import results as analysis_lib
+from ttcjax.tasks import arithmetic
 
 TINY = models.ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4,
                           n_kv_heads=2, d_ff=64, max_len=256)
@@ -89,9 +91,9 @@ def test_search_study_needs_weighted_best_of_n(checkpoints):
   beam_only = [sweep_runner.StrategySpec(strategy="beam", budgets=[4])]
   with pytest.raises(ValueError, match="best_of_n StrategySpec"):
     studies.SearchStudy(search=_search_run(checkpoints, beam_only))
-  with pytest.raises(ValueError, match="difficulty_budget=8"):
+  with pytest.raises(ValueError, match="difficulty_samples=1"):
     studies.SearchStudy(search=_search_run(checkpoints),
-                          difficulty_budget=8)
+                          difficulty_samples=1)
   with pytest.raises(ValueError, match="pretrain_tokens"):
     studies.SearchStudy(search=_search_run(checkpoints),
                           large_policy=str(checkpoints / "large"))
@@ -103,8 +105,8 @@ def test_search_study_end_to_end(checkpoints, tmp_path):
       large_policy=str(checkpoints / "large"), pretrain_tokens=10_000,
       analysis=analysis_lib.AnalysisConfig(n_bins=2, n_bootstrap=20,
                                            target_budgets=(2.0, 4.0)))
-  assert [s.name for s in spec.stages()] == ["search_sweep", "large_eval",
-                                             "analysis"]
+  assert [s.name for s in spec.stages()] == [
+      "search_sweep", "difficulty_samples", "large_eval", "analysis"]
   work = tmp_path / "study"
   studies.run(spec, work)
   with open(work / "results.json") as f:
@@ -119,6 +121,48 @@ def test_search_study_end_to_end(checkpoints, tmp_path):
   # Greedy: one candidate per problem, at temperature 0.
   recs = embedded_study.read_jsonl(work / "large_eval" / "records.jsonl")
   assert {r["budget"] for r in recs} == {1} and len(recs) == 6
+  # Difficulty: a draw of its own (issue 10), 4 samples per problem.
+  draw = embedded_study.read_jsonl(work / "difficulty_samples" /
+                                   "records.jsonl")
+  assert len(draw) == 6 and {r["budget"] for r in draw} == {4}
+  assert results["difficulty"]["oracle"]["samples_per_problem"] == 4
+  assert results["difficulty"]["cost"]["flops_source"] == "flops_info"
+  assert results["verifier"]["prm"]["n_candidates"] == 24
   before = (work / "results.json").read_bytes()
   studies.run(spec, work)  # finished: every stage skipped
   assert (work / "results.json").read_bytes() == before
+
+
+def test_checkpoint_off_the_task_vocabulary_fails_before_any_work(
+    checkpoints, tmp_path):
+  small = TINY.replace(vocab_size=100, reward_head=True)
+  checkpoint.save(tmp_path / "prm100", testing.numpy_params(small, 1), small)
+  run = _search_run(checkpoints)
+  bad = dataclasses.replace(run, checkpoints=dataclasses.replace(
+      run.checkpoints, prm=str(tmp_path / "prm100")))
+  work = tmp_path / "study"
+  with pytest.raises(ValueError, match=r"Checkpoints.prm=.*vocab_size 100"):
+    studies.run(studies.SearchStudy(search=bad), work)
+  assert not work.exists()
+  swapped = dataclasses.replace(run, checkpoints=dataclasses.replace(
+      run.checkpoints, prm=run.checkpoints.policy))
+  with pytest.raises(ValueError, match="Checkpoints.prm=.*reward head"):
+    studies.run(studies.SearchStudy(search=swapped), work)
+
+
+def test_tree_cache_too_small_for_the_task_fails_before_any_work(
+    checkpoints, tmp_path):
+  run = dataclasses.replace(_search_run(checkpoints), tree_cache_tokens=16,
+                            max_new_tokens=128)
+  work = tmp_path / "study"
+  with pytest.raises(ValueError, match="SearchRun.tree_cache_tokens"):
+    studies.run(studies.SearchStudy(search=run), work)
+  assert not work.exists()
+  long_steps = studies.ArithStudy(preset="micro", overrides={
+      "arithmetic": arithmetic.ArithmeticConfig(min_ops=8, max_ops=8),
+      "max_new_tokens": 16})
+  with pytest.raises(ValueError, match="SearchRun.tree_cache_tokens"):
+    studies.run(long_steps, work)
+  assert not work.exists()
+  studies.ArithStudy(preset="arith_cpu").preflight()  # the presets fit
+  studies.ArithStudy(preset="smoke").preflight()

@@ -154,30 +154,55 @@ def test_pickle_weights_refused(tmp_path):
   (tmp_path / "pytorch_model.bin").write_bytes(b"not opened")
   with pytest.raises(hf_import.HFImportError,
                      match=r"pytorch_model\.bin.*arbitrary code.*"
-                     r"safe_serialization=True"):
+                     r"torch\.load\('pytorch_model\.bin', map_location='cpu', "
+                     r"weights_only=True\).*save_file") as error:
     hf_import.load_hf(tmp_path)
+  assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("changes, match", [
-    ({"architectures": ["MistralForCausalLM"]}, "'MistralForCausalLM'"),
-    ({"architectures": ["Qwen2ForProcessRewardModel"]},
-     "'Qwen2ForProcessRewardModel'.*two-layer MLP"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "'yarn'"),
-    ({"rope_parameters": None, "rope_scaling": {"type": "llama3"}},
-     "'llama3'"),
-    ({"use_sliding_window": True}, "use_sliding_window"),
+    ({"architectures": ["GemmaForCausalLM"]},
+     r"architectures=\['GemmaForCausalLM'\] is not supported.*convert a "
+     "model of one of these"),
+    ({"architectures": ["Qwen2ForProcessRewardModel"], "num_labels": 3,
+      "id2label": None}, "num_labels=3.*P\\(class 1\\)"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}},
+     "rope_parameters.rope_type='yarn' is not implemented.*rope_inv_freq"),
+    ({"rope_parameters": None, "rope_scaling": {"type": "dynamic",
+                                                "factor": 2.0}},
+     "rope_scaling.rope_type='dynamic' is not implemented"),
+    ({"rope_parameters": None, "rope_scaling": {"type": "llama3",
+                                                "factor": 8.0}},
+     "rope_scaling of type 'llama3' has no 'low_freq_factor'"),
+    ({"use_sliding_window": True, "sliding_window": 16},
+     "use_sliding_window=true.*sliding_window=16"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+    ({"hidden_act": None}, "hidden_act=None"),
 ])
 def test_unsupported_config_named(tmp_path, changes, match):
   _edit_config(_save_tiny(tmp_path), **changes)
-  with pytest.raises(hf_import.HFImportError, match=match):
+  with pytest.raises(hf_import.HFImportError, match=match) as error:
+    hf_import.load_hf(tmp_path)
+  message = str(error.value)
+  # One line, naming config.json once (errors are not re-wrapped).
+  assert "\n" not in message and message.count("config.json") == 1, message
+
+
+def test_missing_hidden_act_is_an_error_not_silu(tmp_path):
+  _save_tiny(tmp_path)
+  path = tmp_path / "config.json"
+  config = json.loads(path.read_text())
+  del config["hidden_act"]
+  path.write_text(json.dumps(config))
+  with pytest.raises(hf_import.HFImportError,
+                     match=r"config\.json: missing key 'hidden_act'"):
     hf_import.load_hf(tmp_path)
 
 
 def test_rope_theta_read_from_either_place():
   base = {"architectures": ["LlamaForCausalLM"], "vocab_size": 8,
           "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
-          "intermediate_size": 8}
+          "intermediate_size": 8, "hidden_act": "silu"}
   assert hf_import.config_from_hf(base).rope_theta == 10000.0
   assert hf_import.config_from_hf(
       {**base, "rope_theta": 5e5, "rope_scaling": None}).rope_theta == 5e5

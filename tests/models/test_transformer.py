@@ -86,6 +86,13 @@ _BAD_FIELDS = [
     (dict(head_dim=-8), "head_dim"),
     (dict(dtype="float8"), "dtype"),
     (dict(param_dtype="fp32"), "param_dtype"),
+    (dict(rope_type="yarn"), "rope_type"),
+    (dict(rope_factor=0.0), "rope_factor"),
+    (dict(rope_type="llama3", rope_low_freq_factor=4.0),
+     "rope_low_freq_factor"),
+    (dict(rope_original_max_len=0), "rope_original_max_len"),
+    (dict(sliding_window=0), "sliding_window"),
+    (dict(reward_mlp=True), "reward_mlp"),
 ]
 
 
@@ -113,6 +120,8 @@ def test_config_defaults_and_replace_revalidates():
     dict(qkv_bias=True),
     dict(tie_embeddings=False, reward_head=True, qkv_bias=True),
     dict(head_dim=16, n_kv_heads=1),  # head_dim != d_model / n_heads.
+    dict(qk_norm=True, head_dim=16),  # Qwen3
+    dict(reward_head=True, reward_mlp=True, tie_embeddings=False),
 ])
 def test_num_params_matches_real_count(changes):
   cfg = CFG.replace(**changes)

@@ -1,6 +1,7 @@
 """Analysis of a study: FLOPs accounting, difficulty bins, compute-optimal
-choice, FLOPs-matched comparison, the report (`results` builds the
-results dict, `report` writes it).
+choice, FLOPs-matched comparison, controls (cut candidates, verifier AUCs:
+`controls`, `verifier_quality`), the report (`results` builds the results
+dict, `report` writes it).
 
 Reads search records; never runs a model.
 """

@@ -16,13 +16,24 @@ folds (`cv_folds`: by SHA-256 of `seed:uid`, alternating in that order, so
 folds are balanced and do not depend on numpy), the method is chosen on one
 fold and scored on the other, and vice versa. The bin's accuracy is the mean
 held-out correctness over all its problems (the size-weighted average of the
-two fold scores). Ties go to the cheaper cell, then to the method id that
-sorts first. The selection is redone inside every bootstrap resample (see
+two fold scores). Ties go to the cheaper cell (lower budget), then to the
+family's baseline, then to the method id that sorts first: a tie (e.g. two
+methods at 0% in a hard bin) never credits compute-optimal with a win the
+baseline did not lose. The selection is redone inside every bootstrap resample (see
 `ttcjax.analysis.stats`), so intervals include selection noise.
 
 Candidates at budget B are the family's cells costing exactly B (`pool =
 'equal'`, the paper's choice among hyper-parameters at one budget) or at
-most B (`'at_most'`: spending less is allowed too).
+most B (`'at_most'`: spending less is allowed too, so the in-sample curve
+never falls as B grows).
+
+A family's pool is a list of method specs (`in_pool`): a strategy name (all
+its methods) or `{'strategy', 'hparams'}` (the methods whose identity
+hparams contain those items), e.g. only best-of-N with weighted selection.
+
+Each cell also carries how many of its candidates ended unfinished (cut by
+the token cap, the cache's end or the round limit; records' per-candidate
+`finished`) and how many of its problems got no answer at all.
 """
 
 from __future__ import annotations
@@ -74,6 +85,10 @@ class Cell:
     correct: `[n_problems]` float 0/1, in the study's uid order.
     cost: per-problem means of `COST_FIELDS` (None where records lack one)
       and `flops` (policy + verifier).
+    unfinished: `{'candidates', 'unfinished', 'rate', 'no_answer_rate'}`:
+      candidates over all problems, how many ended unfinished, their
+      fraction (None without per-candidate records), and the fraction of
+      problems whose record has no answer.
   """
   method: str
   strategy: str
@@ -82,6 +97,7 @@ class Cell:
   budget_n: int
   correct: np.ndarray
   cost: dict[str, float | None]
+  unfinished: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _field(record: Mapping[str, Any], names: Sequence[str]) -> Any:
@@ -155,10 +171,35 @@ def build_cells(records: Iterable[Mapping[str, Any]], uids: Sequence[str], *,
                      cost["policy_flops"] + (cost["verifier_flops"] or 0.0))
     x = cost["generations"] if budget_field == "generations" else n_budget
     cells.append(Cell(mid, g["strategy"], g["hparams"], float(x), n_budget,
-                      correct, cost))
+                      correct, cost, _unfinished(
+                          [r for _, r in g["rows"].values()])))
   used = sum(len(g["rows"]) for g in groups.values())
   return cells, {"records_in_cells": used, "records_outside_problems": outside,
                  "incomplete_cells": incomplete}
+
+
+def _unfinished(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  total = cut = 0
+  known = True
+  for r in rows:
+    cands = r.get("candidates")
+    if cands is None:
+      known = False
+      continue
+    total += len(cands)
+    cut += sum(not bool(c.get("finished", True)) for c in cands)
+  no_answer = sum(r.get("answer") is None for r in rows)
+  return {"candidates": total if known else None,
+          "unfinished": cut if known else None,
+          "rate": (cut / total) if known and total else None,
+          "no_answer_rate": no_answer / len(rows) if rows else None}
+
+
+def in_pool(cell: Cell, specs: Sequence[str | Mapping[str, Any]]) -> bool:
+  """Whether a cell's method is in a pool of specs (a strategy name, or
+  `{'strategy', 'hparams'}` as in `matches`)."""
+  return any(cell.strategy == s if isinstance(s, str) else matches(cell, s)
+             for s in specs)
 
 
 def method_labels(cells: Sequence[Cell]) -> dict[str, str]:
@@ -276,7 +317,8 @@ class OptimalCurve:
 
 def compute_optimal(cells: Sequence[Cell], bins: Mapping[int, np.ndarray],
                     folds: Mapping[int, np.ndarray], weights: np.ndarray,
-                    pool: str = "equal") -> OptimalCurve | None:
+                    pool: str = "equal", baseline: str | None = None
+                    ) -> OptimalCurve | None:
   """Cross-validated compute-optimal curve over the budgets of `cells`.
 
   Args:
@@ -285,6 +327,8 @@ def compute_optimal(cells: Sequence[Cell], bins: Mapping[int, np.ndarray],
     folds: bin -> `[len(cols)]` folds.
     weights: `[R, n_problems]` weight rows.
     pool: 'equal' or 'at_most' (module docstring).
+    baseline: the family's baseline method id; wins ties between cells of
+      the same budget.
 
   Returns:
     An `OptimalCurve`, or None without cells.
@@ -304,7 +348,7 @@ def compute_optimal(cells: Sequence[Cell], bins: Mapping[int, np.ndarray],
     pool_cells = sorted(
         (c for c in cells if (c.budget == budget if pool == "equal"
                               else c.budget <= budget)),
-        key=lambda c: (c.budget, c.method))
+        key=lambda c: (c.budget, c.method != baseline, c.method))
     held_all, at_budget, best_all = np.zeros(n_rows), {}, 0.0
     for b, cols in sorted(bins.items()):
       values = np.stack([c.correct[cols] for c in pool_cells], axis=1)

@@ -117,7 +117,8 @@ def matmul_flops_per_token(config: ModelConfig, head: str = "lm",
     if cfg.qkv_bias:
       layer += (h + 2 * kv) * hd
   total = cfg.n_layers * layer
-  total += {"lm": 2 * d * cfg.vocab_size, "reward": 2 * d, "none": 0}[head]
+  reward = 2 * d + (2 * d * d if cfg.reward_mlp else 0)  # + MLP head's hidden
+  total += {"lm": 2 * d * cfg.vocab_size, "reward": reward, "none": 0}[head]
   if elementwise:
     total += 4 * d  # final norm
   return total

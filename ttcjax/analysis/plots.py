@@ -46,7 +46,7 @@ def _search_methods(fig, a):
   ax = fig.add_subplot(1, 1, 1)
   drawn = False
   for _, m in sorted(a["methods"].items()):
-    if "search" in m["families"]:
+    if {"search", "search_all"} & set(m["families"]):
       _band(ax, m["points"], m["label"])
       drawn = True
   _axes(ax, "Search methods (Fig. 3 left)")
@@ -119,6 +119,10 @@ def _compute_optimal(family, paper_figure):
             fam["baseline_label"], style="k-")
     for kind, k in sorted(fam["kinds"].items()):
       _band(ax, k["points"], f"compute-optimal ({kind} bins)")
+      other = k.get("other_pool")
+      if other and kind == "oracle":
+        _band(ax, other["points"], f"compute-optimal ({kind}), cost <= B",
+              style="--")
       if "difficulty_generations" in k:
         _band(ax, k["points"], f"compute-optimal ({kind}) + difficulty cost",
               style=":", shift=k["difficulty_generations"])
@@ -126,6 +130,11 @@ def _compute_optimal(family, paper_figure):
         if e["matched_budget"] is not None:
           ax.plot([e["matched_budget"], e["target_budget"]],
                   [e["baseline_accuracy"]["value"]] * 2, "k:", linewidth=0.8)
+    oracle = ((a.get("oracle_verifier") or {}).get("compute_optimal")
+              or {}).get(family)
+    if oracle and "oracle" in oracle["kinds"]:
+      _band(ax, oracle["kinds"]["oracle"]["points"],
+            "compute-optimal, oracle verifier (oracle bins)", style="g-.")
     _axes(ax, f"Compute-optimal {family} vs baseline ({paper_figure})")
     ax.legend(fontsize=6)
     return True
@@ -137,8 +146,10 @@ def _flops_matched(fig, a):
   if not f:
     return False
   groups = _bins(a) + ["all"]
+  headline = set(a["config"].get("headline_families") or ())
   families = sorted({fam for e in f["by_ratio"] for fam in e["families"]
-                     if "compute_optimal" in e["families"][fam]})
+                     if "compute_optimal" in e["families"][fam]
+                     and (not headline or fam in headline)})
   if not families:
     return False
   for i, family in enumerate(families):

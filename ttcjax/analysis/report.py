@@ -33,14 +33,19 @@ from ttcjax.analysis.results import AnalysisConfig, analyze  # re-exported
 __all__ = ["AnalysisConfig", "RESULTS_SCHEMA", "analyze", "write_report"]
 
 RESULTS_SCHEMA = """\
-schema_version: 1
+schema_version: 2
+warnings: [str]                        # the report's and console's first
+                                       # lines: config notice, headline
+                                       # direction not shown, cut rates
 config: AnalysisConfig fields (n_bins, tie_break, seed, n_bootstrap,
-  ci_level, budget_field, budget_dependent_hparams, families, baselines, pool,
-  target_budgets, comparison_strategies, revision_strategy, ratio_budget,
-  flops_ratios, flops_convention, flops_matched_mode)
+  ci_level, budget_field, budget_dependent_hparams, families,
+  headline_families, baselines, pool, target_budgets, comparison_strategies,
+  revision_strategy, ratio_budget, flops_ratios, flops_convention,
+  flops_matched_mode, orm_spec, oracle_families, cut_rate_threshold, notice)
 problems: {n, uids_sha256, records_in_cells, records_outside_problems,
   incomplete_cells: [{method, budget_n, problems, needed}]}
-difficulty:
+difficulty:                            # from samples of their own, never
+                                       # an evaluated cell's candidates
   oracle | predicted: {samples_per_problem,
     bins: {bin: {n, min, mean, max}}   # of pass@1 | mean final PRM score
     assignment: {uid: bin}, values: {uid: pass@1 | mean score}}
@@ -54,13 +59,27 @@ methods: {method_id: {label, strategy, hparams, families: [family],
   points: [{budget, budget_n, accuracy: acc,
     cost: {generations, policy_tokens, prompt_tokens, verifier_tokens,
            policy_flops, verifier_flops, flops},   # per-problem means
+    unfinished: {candidates, unfinished, rate, no_answer_rate},
     bins: {kind: {bin: acc}}}]}}
-compute_optimal: {family: {strategies, baseline: method_id, baseline_label,
+unfinished: {threshold, by_method: {method_id: {label, candidates,
+    unfinished, rate, max_rate}},     # candidates cut: token cap, cache
+  over_threshold: [{method, label, budget, rate}]}   # end, round limit
+direction: null | {method, label, from_budget, to_budget, gain: acc,
+  shown}                               # search baseline, largest - smallest
+                                       # budget (paired bootstrap)
+verifier: {prm | orm: {source, n_problems, n_candidates, correct_rate,
+  across: acc, within: acc, within_problems,   # ROC AUC pooled / mean over
+  bins: {kind: {bin: {across, within, within_problems}}}}}  # problems with
+                                       # both classes; CIs resample problems
+compute_optimal: {family: {pool: [spec], label, headline_family: bool,
+  methods: [method_id], baseline: method_id, baseline_label,
   kinds: {kind: {
+    pool: equal | at_most,
     points: [{budget, accuracy: acc (2-fold CV), in_sample_accuracy,
       bins: {bin: {accuracy: acc, chosen, chosen_label, chosen_budget,
         in_sample_accuracy, fold_choices: [m0, m1], fold_budgets}}}],
     headline: [efficiency], bins: {bin: {headline: [efficiency]}},
+    other_pool: {pool, points, headline},      # the other candidate pool
     difficulty_generations, headline_with_difficulty_cost: [efficiency]
   }}}}                                 # the last two: predicted only
   efficiency: {target_budget, baseline_accuracy: acc, matched_budget,
@@ -68,6 +87,10 @@ compute_optimal: {family: {strategies, baseline: method_id, baseline_label,
       target_not_measured | undefined,
     ratio, ratio_ci_low, ratio_ci_high, ratio_upper_bound,
     unmatched_resamples}
+oracle_verifier: null | {label, problems: {records_in_cells,
+  records_outside_problems, incomplete_cells}, methods: {as methods},
+  compute_optimal: {family: as compute_optimal}, unfinished: {as
+  unfinished}}                         # same bins; never a headline
 revisions: {group_id: {label, ratio_budget,
   parallel | sequential | ratios: [{budget, budget_n, method, label, L, P,
     ratio: "L:P", accuracy: acc, bins: {kind: {bin: acc}}}]}}
@@ -105,6 +128,10 @@ def _acc(a: Mapping[str, Any] | None, digits: int = 3) -> str:
 
 def _num(x: Any, fmt: str = ".4g") -> str:
   return "-" if x is None else format(x, fmt)
+
+
+def _pct(x: Any) -> str:
+  return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -151,25 +178,31 @@ def _difficulty_md(analysis):
   return out
 
 
-def _methods_md(analysis):
-  out = ["## Accuracy per method", "",
-         "Accuracy [95% bootstrap CI] over all problems; cost per problem.",
-         ""]
+def _methods_md(analysis, methods=None, title="## Accuracy per method"):
+  methods = analysis["methods"] if methods is None else methods
+  out = [title, "",
+         "Accuracy [95% bootstrap CI] over all problems; cost per problem; "
+         "'cut candidates': candidates ended unfinished (token cap, cache "
+         "end, round limit; never selected); 'no answer': problems whose "
+         "search returned no answer (counted wrong).", ""]
   rows = []
-  for mid, m in sorted(analysis["methods"].items()):
+  for mid, m in sorted(methods.items()):
     for p in m["points"]:
       c = p["cost"]
+      u = p.get("unfinished") or {}
       rows.append([m["label"], _num(p["budget"]), str(p["budget_n"]),
                    _acc(p["accuracy"]), _num(c["policy_tokens"]),
-                   _num(c["verifier_tokens"]), _num(c["flops"])])
+                   _num(c["verifier_tokens"]), _num(c["flops"]),
+                   _pct(u.get("rate")), _pct(u.get("no_answer_rate"))])
   out += _table(["method", "budget (gen.)", "N", "accuracy",
-                 "policy tokens", "verifier tokens", "FLOPs"], rows)
+                 "policy tokens", "verifier tokens", "FLOPs",
+                 "cut candidates", "no answer"], rows)
   bins = _bins(analysis)
   for kind in _kinds(analysis):
     out += [f"Accuracy per {kind} bin:", ""]
     rows = [[m["label"], _num(p["budget"])] +
             [_acc(p["bins"][kind][b], 2) for b in bins]
-            for _, m in sorted(analysis["methods"].items())
+            for _, m in sorted(methods.items())
             for p in m["points"]]
     out += _table(["method", "budget"] + [f"bin {b}" for b in bins], rows)
   return out
@@ -189,32 +222,51 @@ _EFF_HEADER = ["baseline budget", "baseline accuracy", "matched budget",
                "status", "ratio", "ratio 95% CI", "unmatched resamples"]
 
 
-def _compute_optimal_md(analysis):
-  out = ["## Compute-optimal scaling", "",
+def _compute_optimal_md(analysis, families=None, methods=None,
+                        title="## Compute-optimal scaling"):
+  families = analysis["compute_optimal"] if families is None else families
+  methods = analysis["methods"] if methods is None else methods
+  out = [title, "",
          "Per bin and budget the best method is chosen on one CV fold and "
          "scored on the other (2 folds, swapped); intervals redo the choice "
-         "in every bootstrap resample. 'ratio' = baseline budget / smallest "
-         "budget at which compute-optimal matches the baseline's accuracy "
-         "(log-budget interpolation, no extrapolation).", ""]
+         "in every bootstrap resample; ties go to the cheaper method, then "
+         "to the baseline. 'ratio' = baseline budget / smallest budget at "
+         "which compute-optimal matches the baseline's accuracy (log-budget "
+         "interpolation, no extrapolation). Headline families are the "
+         "paper's pools; the others are second pools, never the headline.",
+         ""]
   bins = _bins(analysis)
-  methods = analysis["methods"]
-  for family, fam in sorted(analysis["compute_optimal"].items()):
-    out += [f"### {family} (baseline: {fam['baseline_label'] or 'none'})",
-            ""]
+  order = sorted(families.items(),
+                 key=lambda kv: (not kv[1].get("headline_family"), kv[0]))
+  for family, fam in order:
+    tag = ("headline" if fam.get("headline_family") else
+           "second pool, not a headline")
+    out += [f"### {family} ({tag}; baseline: "
+            f"{fam['baseline_label'] or 'none'})", "",
+            f"Pool: {fam.get('label', family)}.", ""]
     base = {p["budget"]: p for p in methods.get(fam["baseline"] or "",
                                                 {}).get("points", [])}
     for kind, k in sorted(fam["kinds"].items()):
-      rows = []
-      for p in k["points"]:
-        b_point = base.get(p["budget"])
-        rows.append([_num(p["budget"]),
-                     _acc(b_point["accuracy"]) if b_point else "-",
-                     _acc(p["accuracy"]), _num(p["in_sample_accuracy"], ".3f")]
-                    + [p["bins"][b]["chosen_label"] for b in bins])
-      out += [f"{kind} bins:", ""]
-      out += _table(["budget", "baseline", "compute-optimal (CV)",
-                     "in-sample"] + [f"chosen bin {b}" for b in bins], rows)
-      out += [f"Headline ({kind} bins, all problems):", ""]
+      for points, pool in ((k["points"], k.get("pool", "equal")),
+                           (k.get("other_pool", {}).get("points"),
+                            k.get("other_pool", {}).get("pool"))):
+        if not points:
+          continue
+        rows = []
+        for p in points:
+          b_point = base.get(p["budget"])
+          rows.append([_num(p["budget"]),
+                       _acc(b_point["accuracy"]) if b_point else "-",
+                       _acc(p["accuracy"]),
+                       _num(p["in_sample_accuracy"], ".3f")]
+                      + [p["bins"][b]["chosen_label"] for b in bins])
+        what = ("cells costing exactly the budget" if pool == "equal" else
+                "cells costing at most the budget")
+        out += [f"{kind} bins, {what}:", ""]
+        out += _table(["budget", "baseline", "compute-optimal (CV)",
+                       "in-sample"] + [f"chosen bin {b}" for b in bins], rows)
+      out += [f"Headline ({kind} bins, all problems, "
+              f"{k.get('pool', 'equal')} pool):", ""]
       out += _table(_EFF_HEADER, _efficiency_rows(k["headline"]))
       if "headline_with_difficulty_cost" in k:
         out += [f"Counting the {k['difficulty_generations']:.4g} generations "
@@ -225,6 +277,56 @@ def _compute_optimal_md(analysis):
               for r in _efficiency_rows(k["bins"][b]["headline"])]
       out += [f"Per {kind} bin:", ""]
       out += _table(["bin"] + _EFF_HEADER, rows)
+  return out
+
+
+def _unfinished_md(analysis):
+  u = analysis["unfinished"]
+  out = ["## Cut candidates", "",
+         f"Candidates that ended unfinished (token cap, cache end, round "
+         f"limit), per method over all its budgets; over "
+         f"{u['threshold']:.0%} in some cell: "
+         f"{len(u['over_threshold'])} cells.", ""]
+  rows = [[m["label"], _num(m["candidates"], "d") if m["candidates"]
+           is not None else "-", _pct(m["rate"]), _pct(m["max_rate"])]
+          for _, m in sorted(u["by_method"].items())]
+  return out + _table(["method", "candidates", "cut", "worst cell"], rows)
+
+
+def _verifier_md(analysis):
+  v = analysis.get("verifier") or {}
+  out = ["## Verifier quality", ""]
+  if not v:
+    return out + ["No verifier scores given.", ""]
+  out += ["ROC AUC of correct vs incorrect candidates [95% CI, resampling "
+          "problems]: 'across' pools every problem's candidates; 'within' "
+          "is the mean AUC over problems with both correct and incorrect "
+          "candidates (what ranking one question's solutions needs).", ""]
+  bins = _bins(analysis)
+  for name, q in sorted(v.items()):
+    out += [f"### {name.upper()}: {q['source']}", "",
+            f"{q['n_problems']} problems, {q['n_candidates']} candidates, "
+            f"{_pct(q['correct_rate'])} correct.", ""]
+    rows = [["all", _acc(q["across"]), _acc(q["within"]),
+             str(q["within_problems"])]]
+    for kind in sorted(q["bins"]):
+      rows += [[f"{kind} bin {b}", _acc(q["bins"][kind][b]["across"]),
+                _acc(q["bins"][kind][b]["within"]),
+                str(q["bins"][kind][b]["within_problems"])] for b in bins]
+    out += _table(["problems", "AUC across", "AUC within",
+                   "problems with both"], rows)
+  return out
+
+
+def _oracle_md(analysis):
+  o = analysis.get("oracle_verifier")
+  if not o:
+    return []
+  out = ["## Oracle-verifier control", "", f"{o['label']}.", ""]
+  out += _methods_md(analysis, o["methods"], "### Accuracy per method "
+                     "(oracle verifier)")
+  out += _compute_optimal_md(analysis, o["compute_optimal"], o["methods"],
+                             "### Compute-optimal (oracle verifier)")
   return out
 
 
@@ -287,17 +389,21 @@ def report_markdown(analysis: Mapping[str, Any],
   """report.md's text, linking `figures` (names under figures/)."""
   p = analysis["problems"]
   cfg = analysis["config"]
-  lines = ["# Test-time compute study", "",
-           f"{p['n']} problems; {cfg['n_bootstrap']} bootstrap resamples, "
+  lines = ["# Test-time compute study", ""]
+  warnings = analysis.get("warnings") or []
+  if warnings:
+    lines += [f"**{w}**" for w in warnings] + [""]
+  lines += [f"{p['n']} problems; {cfg['n_bootstrap']} bootstrap resamples, "
            f"{cfg['ci_level']:.0%} percentile intervals, seed {cfg['seed']}; "
            f"budgets in {cfg['budget_field']}. Every number here is in "
            "results.json.", ""]
   if p["incomplete_cells"]:
     lines += [f"Left out (not every problem has a record): "
               f"{len(p['incomplete_cells'])} method/budget cells.", ""]
-  lines += _difficulty_md(analysis) + _methods_md(analysis)
-  lines += _compute_optimal_md(analysis) + _revisions_md(analysis)
-  lines += _flops_md(analysis)
+  lines += _difficulty_md(analysis) + _verifier_md(analysis)
+  lines += _methods_md(analysis) + _unfinished_md(analysis)
+  lines += _compute_optimal_md(analysis) + _oracle_md(analysis)
+  lines += _revisions_md(analysis) + _flops_md(analysis)
   if figures:
     lines += ["## Figures", ""] + [f"![{name}](figures/{name}.png)"
                                    for name in figures] + [""]

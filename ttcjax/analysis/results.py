@@ -5,6 +5,18 @@ plots; its layout is `ttcjax.analysis.report.RESULTS_SCHEMA`. All numbers come
 from the same bootstrap weight rows (`ttcjax.analysis.stats`), seeded by
 `AnalysisConfig.seed`, so the same inputs give the same dict, and
 `results.json` is byte-identical across reruns.
+
+Difficulty samples (the bins, the verifier AUCs) must be a draw of their own,
+never the candidates of an evaluated cell: a problem binned as 0/64 from the
+very samples best-of-N@64 picks from scores 0 there by construction
+(`ttcjax.experiments.embedded_study` draws them with their own key).
+
+Compute-optimal families: the headline ones are the paper's pools (PRM
+search: best-of-N weighted, beam search, lookahead; revisions: the L:P
+ratios with the paper's hierarchical weighted selection). Majority voting
+and DVTS enter only a second, labelled pool (`search_all`,
+`revisions_all`). Records of an oracle verifier (an exact step checker in
+place of the PRM) form their own section, never a headline pool.
 """
 
 from __future__ import annotations
@@ -18,23 +30,41 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ttcjax.analysis import compute_optimal as co
-from ttcjax.analysis import difficulty, flops_matched, stats
+from ttcjax.analysis import controls, difficulty, flops_matched, stats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KINDS = ("oracle", "predicted")
+POOL_OTHER = {"equal": "at_most", "at_most": "equal"}
+FAMILY_LABELS = {
+    "search": "PRM search, the paper's pool (best-of-N weighted, beam, "
+              "lookahead)",
+    "revisions": "revisions, the paper's pool (L:P ratios, weighted "
+                 "selection)",
+    "search_all": "all search methods incl. majority voting, plain "
+                  "best-of-N and DVTS (not the paper's pool)",
+    "revisions_all": "revisions with every selection incl. majority (not "
+                     "the paper's pool)",
+}
 
 
-def _default_families() -> dict[str, tuple[str, ...]]:
-  return {"search": ("best_of_n", "beam", "lookahead", "dvts"),
-          "revisions": ("revisions",)}
+def _default_families() -> dict[str, tuple[Any, ...]]:
+  weighted = {"selection": "weighted"}
+  return {
+      "search": ({"strategy": "best_of_n", "hparams": weighted},
+                 {"strategy": "beam", "hparams": weighted},
+                 {"strategy": "lookahead", "hparams": weighted}),
+      "revisions": ({"strategy": "revisions", "hparams": weighted},),
+      "search_all": ("best_of_n", "beam", "lookahead", "dvts"),
+      "revisions_all": ("revisions",),
+  }
 
 
 def _default_baselines() -> dict[str, dict[str, Any]]:
-  return {"search": {"strategy": "best_of_n",
-                     "hparams": {"selection": "weighted"}},
-          "revisions": {"strategy": "revisions",
-                        "hparams": {"revision_length": 1,
-                                    "selection": "weighted"}}}
+  search = {"strategy": "best_of_n", "hparams": {"selection": "weighted"}}
+  revisions = {"strategy": "revisions",
+               "hparams": {"revision_length": 1, "selection": "weighted"}}
+  return {"search": search, "revisions": revisions,
+          "search_all": search, "revisions_all": revisions}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,10 +79,17 @@ class AnalysisConfig:
     ci_level: interval coverage.
     budget_field: x axis, 'generations' or 'budget' (records' N).
     budget_dependent_hparams: left out of a method's identity.
-    families: family -> strategies; compute-optimal chooses within one.
+    families: family -> pool of method specs (`compute_optimal.in_pool`:
+      a strategy name or `{'strategy', 'hparams'}`); compute-optimal
+      chooses within one pool.
+    headline_families: the families whose compute-optimal curve is a
+      headline (the paper's pools); the others are reported as second
+      pools, labelled as such.
     baselines: family -> `{'strategy', 'hparams'}` matching one method (the
       paper: weighted best-of-N; for revisions, parallel sampling L = 1).
-    pool: 'equal' or 'at_most' (`ttcjax.analysis.compute_optimal`).
+    pool: the headline's candidates at budget B: 'equal' (cells costing
+      exactly B, the paper's) or 'at_most' (`ttcjax.analysis.
+      compute_optimal`); the other is reported beside it.
     target_budgets: baseline budgets of the headline (16, 64, 256).
     comparison_strategies: strategies set against the search baseline per
       bin (paper Fig. 3 right).
@@ -63,6 +100,13 @@ class AnalysisConfig:
     flops_convention: '2nd' or '4nd'.
     flops_matched_mode: 'interpolate' or 'floor'
       (`ttcjax.analysis.flops_matched`).
+    orm_spec: the revision records whose candidates measure the ORM's AUC
+      (its largest budget; parallel attempts by default).
+    oracle_families: the families computed for oracle-verifier records.
+    cut_rate_threshold: a method whose unfinished-candidate rate exceeds
+      this is named in the report's first lines.
+    notice: a line put first in the report (e.g. that a preset cannot show
+      the headline's direction); None: none.
   """
   n_bins: int = 5
   tie_break: str = "uid"
@@ -71,8 +115,9 @@ class AnalysisConfig:
   ci_level: float = 0.95
   budget_field: str = "generations"
   budget_dependent_hparams: tuple[str, ...] = co.BUDGET_DEPENDENT_HPARAMS
-  families: Mapping[str, tuple[str, ...]] = dataclasses.field(
+  families: Mapping[str, tuple[Any, ...]] = dataclasses.field(
       default_factory=_default_families)
+  headline_families: tuple[str, ...] = ("search", "revisions")
   baselines: Mapping[str, Mapping[str, Any]] = dataclasses.field(
       default_factory=_default_baselines)
   pool: str = "equal"
@@ -83,13 +128,24 @@ class AnalysisConfig:
   flops_ratios: tuple[float, ...] = flops_matched.PAPER_RATIOS
   flops_convention: str = "2nd"
   flops_matched_mode: str = "interpolate"
+  orm_spec: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {
+      "strategy": "revisions",
+      "hparams": {"revision_length": 1, "selection": "weighted"}})
+  oracle_families: tuple[str, ...] = ("search", "search_all")
+  cut_rate_threshold: float = 0.01
+  notice: str | None = None
 
   def __post_init__(self):
     for name in ("budget_dependent_hparams", "target_budgets",
-                 "comparison_strategies", "flops_ratios"):
+                 "comparison_strategies", "flops_ratios",
+                 "headline_families", "oracle_families"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
-    object.__setattr__(self, "families", {k: tuple(v) for k, v in
-                                          dict(self.families).items()})
+    object.__setattr__(self, "families", {
+        k: tuple(dict(s) if isinstance(s, Mapping) else s for s in v)
+        for k, v in dict(self.families).items()})
+    bad_specs = [(f, s) for f, v in self.families.items() for s in v
+                 if not isinstance(s, (str, Mapping)) or (
+                     isinstance(s, Mapping) and "strategy" not in s)]
     checks = [
         (self.n_bins >= 1, "n_bins must be >= 1"),
         (self.n_bootstrap >= 0, "n_bootstrap must be >= 0"),
@@ -103,6 +159,16 @@ class AnalysisConfig:
          f"flops_matched_mode must be one of {flops_matched.MODES}"),
         (all(t > 0 for t in self.target_budgets),
          "target_budgets must be positive"),
+        (not bad_specs, f"families entries must be a strategy name or "
+         f"{{'strategy', 'hparams'}}, got {bad_specs}"),
+        (set(self.headline_families) <= set(self.families),
+         f"headline_families {self.headline_families} must be families "
+         f"{sorted(self.families)}"),
+        (set(self.oracle_families) <= set(self.families),
+         f"oracle_families {self.oracle_families} must be families "
+         f"{sorted(self.families)}"),
+        (0 <= self.cut_rate_threshold <= 1,
+         "cut_rate_threshold must be in [0, 1]"),
     ]
     for ok, message in checks:
       if not ok:
@@ -182,35 +248,45 @@ def _difficulty_section(cfg, uids, oracle_samples, prm_scores, cells,
   return bins, out
 
 
+def _optimal_points(cfg, opt, labels):
+  points = []
+  for j, budget in enumerate(opt.budgets):
+    per_bin = {}
+    for b, choice in opt.choices[j].items():
+      per_bin[b] = dict(choice, chosen_label=labels[choice["chosen"]],
+                        accuracy=stats.summarize(opt.bin_rows[b][:, j],
+                                                 cfg.ci_level))
+    points.append({"budget": budget, "bins": per_bin,
+                   "accuracy": stats.summarize(opt.rows[:, j],
+                                               cfg.ci_level),
+                   "in_sample_accuracy": opt.in_sample[j]})
+  return points
+
+
 def _family_section(cfg, cells, labels, kinds, weights, bin_cols, folds,
-                    difficulty_generations):
+                    difficulty_generations, families=None):
   out, curves = {}, {}
-  for family, strategies in sorted(cfg.families.items()):
-    mine = [c for c in cells if c.strategy in strategies]
+  names = sorted(cfg.families) if families is None else sorted(families)
+  other_pool = POOL_OTHER[cfg.pool]
+  for family in names:
+    specs = cfg.families[family]
+    mine = [c for c in cells if co.in_pool(c, specs)]
     spec = cfg.baselines.get(family)
     baseline = co.find_method(cells, spec) if spec else None
-    entry = {"strategies": list(strategies), "baseline": baseline,
-             "baseline_label": labels.get(baseline), "kinds": {}}
+    entry = {"pool": list(specs), "label": FAMILY_LABELS.get(family, family),
+             "headline_family": family in cfg.headline_families,
+             "methods": sorted({c.method for c in mine}),
+             "baseline": baseline, "baseline_label": labels.get(baseline),
+             "kinds": {}}
     all_cols = np.arange(weights.shape[1])
     base_b, base_rows = (co.curve(cells, baseline, weights, all_cols)
                          if baseline else (np.zeros(0), None))
     for kind in kinds:
       opt = co.compute_optimal(mine, bin_cols[kind], folds[kind], weights,
-                               cfg.pool)
+                               cfg.pool, baseline)
       if opt is None:
         continue
       curves[(family, kind)] = opt
-      points = []
-      for j, budget in enumerate(opt.budgets):
-        per_bin = {}
-        for b, choice in opt.choices[j].items():
-          per_bin[b] = dict(choice, chosen_label=labels[choice["chosen"]],
-                            accuracy=stats.summarize(opt.bin_rows[b][:, j],
-                                                     cfg.ci_level))
-        points.append({"budget": budget, "bins": per_bin,
-                       "accuracy": stats.summarize(opt.rows[:, j],
-                                                   cfg.ci_level),
-                       "in_sample_accuracy": opt.in_sample[j]})
 
       def headline(budgets, rows, bb=base_b, br=base_rows):
         if br is None:
@@ -218,7 +294,7 @@ def _family_section(cfg, cells, labels, kinds, weights, bin_cols, folds,
         return [co.efficiency(bb, br, budgets, rows, t, cfg.ci_level)
                 for t in cfg.target_budgets]
 
-      k_entry = {"points": points,
+      k_entry = {"pool": cfg.pool, "points": _optimal_points(cfg, opt, labels),
                  "headline": headline(opt.budgets, opt.rows), "bins": {}}
       for b, cols in bin_cols[kind].items():
         bb, br = (co.curve(cells, baseline, weights, cols) if baseline
@@ -229,9 +305,35 @@ def _family_section(cfg, cells, labels, kinds, weights, bin_cols, folds,
         k_entry["difficulty_generations"] = difficulty_generations
         k_entry["headline_with_difficulty_cost"] = headline(
             opt.budgets + difficulty_generations, opt.rows)
+      alt = co.compute_optimal(mine, bin_cols[kind], folds[kind], weights,
+                               other_pool, baseline)
+      k_entry["other_pool"] = {
+          "pool": other_pool, "points": _optimal_points(cfg, alt, labels),
+          "headline": headline(alt.budgets, alt.rows)}
       entry["kinds"][kind] = k_entry
     out[family] = entry
   return out, curves
+
+
+def _methods_section(cfg, cells, labels, kinds, weights, bin_cols):
+  methods: dict[str, Any] = {}
+  for c in cells:
+    m = methods.setdefault(c.method, {
+        "label": labels[c.method], "strategy": c.strategy,
+        "hparams": c.hparams, "points": [],
+        "families": sorted(f for f, specs in cfg.families.items()
+                           if co.in_pool(c, specs))})
+    point = {"budget": c.budget, "budget_n": c.budget_n, "cost": c.cost,
+             "unfinished": c.unfinished,
+             "accuracy": stats.summarize(
+                 stats.weighted_mean(weights, c.correct), cfg.ci_level),
+             "bins": {}}
+    for kind in kinds:
+      point["bins"][kind] = {b: stats.summarize(stats.weighted_mean(
+          weights[:, cols], c.correct[cols]), cfg.ci_level)
+                             for b, cols in bin_cols[kind].items()}
+    m["points"].append(point)
+  return methods
 
 
 def _revisions_section(cfg, cells, labels, kinds, weights, bin_cols):
@@ -323,12 +425,31 @@ def _flops_section(cfg, cells, families, curves, kinds, weights, bin_cols,
   return out
 
 
+def _oracle_section(cfg, records, uids, kinds, weights, bin_cols, folds):
+  """The same sweep with an exact step checker as the verifier."""
+  cells, info = co.build_cells(records, uids, budget_field=cfg.budget_field,
+                               drop=cfg.budget_dependent_hparams)
+  labels = co.method_labels(cells)
+  families, _ = _family_section(cfg, cells, labels, kinds, weights, bin_cols,
+                                folds, None, cfg.oracle_families)
+  for fam in families.values():
+    fam["headline_family"] = False
+  return {"label": "oracle verifier (exact step checker in place of the "
+                   "PRM): the ceiling of search with a perfect verifier",
+          "problems": info,
+          "methods": _methods_section(cfg, cells, labels, kinds, weights,
+                                      bin_cols),
+          "compute_optimal": families,
+          "unfinished": controls.unfinished(cfg, cells, labels)}
+
+
 def analyze(records: Iterable[Mapping[str, Any]],
             oracle_samples: Mapping[str, Sequence[bool]],
             prm_scores: Mapping[str, Sequence[float]] | None = None,
             large_model_results: Any = None,
             flops_info: Mapping[str, Any] | None = None,
-            config: AnalysisConfig | Mapping[str, Any] | None = None
+            config: AnalysisConfig | Mapping[str, Any] | None = None,
+            oracle_records: Iterable[Mapping[str, Any]] | None = None
             ) -> dict[str, Any]:
   """The whole study analysis, as a JSON-ready dict (`RESULTS_SCHEMA`).
 
@@ -336,22 +457,26 @@ def analyze(records: Iterable[Mapping[str, Any]],
     records: search record dicts (`ttcjax.search.records`); records of
       problems outside `oracle_samples` are ignored (counted), and cells
       that miss some problem are left out (listed).
-    oracle_samples: uid -> correctness of the S base-model samples; defines
-      the study's problems and the oracle bins.
-    prm_scores: uid -> final PRM score of S samples (predicted bins); None
-      skips predicted difficulty.
+    oracle_samples: uid -> correctness of the S difficulty samples (a draw
+      independent of the evaluated cells); defines the study's problems and
+      the oracle bins.
+    prm_scores: uid -> final PRM score of the same S samples (predicted
+      bins, the PRM's AUCs); None skips both.
     large_model_results: uid -> greedy correctness of the larger model (or
       records with uid/correct); None skips the FLOPs-matched comparison.
     flops_info: `{'n_small', 'n_large', 'd_pretrain'}` (FLOPs-matched) and
       optionally `'difficulty': {'policy_flops_per_sample',
       'verifier_flops_per_sample'}`.
     config: an `AnalysisConfig` or its fields as a dict.
+    oracle_records: records of the same sweep with an oracle verifier (an
+      exact step checker); None: no `oracle_verifier` section.
 
   Returns:
     The analysis dict.
   """
   cfg = (config if isinstance(config, AnalysisConfig)
          else AnalysisConfig(**dict(config or {})))
+  records = list(records)
   uids = sorted(str(u) for u in oracle_samples)
   oracle_samples = {str(k): v for k, v in oracle_samples.items()}
   if prm_scores is not None:
@@ -375,35 +500,30 @@ def analyze(records: Iterable[Mapping[str, Any]],
       bin_cols[kind][b] = np.array([index[u] for u in members], dtype=int)
       folds[kind][b] = co.cv_folds(members, cfg.seed)
 
-  methods: dict[str, Any] = {}
-  for c in cells:
-    m = methods.setdefault(c.method, {
-        "label": labels[c.method], "strategy": c.strategy,
-        "hparams": c.hparams, "points": [],
-        "families": sorted(f for f, s in cfg.families.items()
-                           if c.strategy in s)})
-    point = {"budget": c.budget, "budget_n": c.budget_n, "cost": c.cost,
-             "accuracy": stats.summarize(
-                 stats.weighted_mean(weights, c.correct), cfg.ci_level),
-             "bins": {}}
-    for kind in kinds:
-      point["bins"][kind] = {b: stats.summarize(stats.weighted_mean(
-          weights[:, cols], c.correct[cols]), cfg.ci_level)
-                             for b, cols in bin_cols[kind].items()}
-    m["points"].append(point)
-
   s_pred = (diff_out["predicted"]["samples_per_problem"]
             if "predicted" in diff_out else None)
   families, curves = _family_section(cfg, cells, labels, kinds, weights,
                                      bin_cols, folds, s_pred)
+  unfinished = controls.unfinished(cfg, cells, labels)
+  oracle = (None if oracle_records is None else _oracle_section(
+      cfg, list(oracle_records), uids, kinds, weights, bin_cols, folds))
+  direction = controls.direction(cfg, cells, labels, weights)
   analysis = {
       "schema_version": SCHEMA_VERSION,
+      "warnings": controls.warnings(cfg, unfinished, direction,
+                                    oracle["unfinished"] if oracle else None),
       "config": dataclasses.asdict(cfg),
       "problems": dict(cell_info, n=len(uids), uids_sha256=hashlib.sha256(
           json.dumps(uids).encode("utf-8")).hexdigest()),
       "difficulty": diff_out,
-      "methods": methods,
+      "methods": _methods_section(cfg, cells, labels, kinds, weights,
+                                  bin_cols),
+      "unfinished": unfinished,
+      "direction": direction,
+      "verifier": controls.verifier(cfg, uids, oracle_samples, prm_scores,
+                                    records, weights, bin_cols),
       "compute_optimal": families,
+      "oracle_verifier": oracle,
       "revisions": _revisions_section(cfg, cells, labels, kinds, weights,
                                       bin_cols),
       "flops_matched": _flops_section(cfg, cells, families, curves, kinds,

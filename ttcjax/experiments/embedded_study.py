@@ -11,10 +11,23 @@ policy, PRM, revision model and ORM, and their evaluations) followed by:
                   hyper-parameters x budget over the test problems; the
                   records grow in the stage's work directory, so a killed
                   sweep resumes, and are copied to the stage output
-  analysis        difficulty samples from best-of-N at the largest budget,
-                  `ttcjax.analysis.results.analyze`, `report.write_report`
-                  (report.md, results.json, figures/); report.md and
-                  results.json are also copied to the workdir root
+  difficulty_samples
+                  S best-of-N samples per swept problem, drawn with a key of
+                  their own (`difficulty_seed`): their correctness bins by
+                  oracle difficulty, their final PRM scores by predicted
+                  difficulty and measure the PRM's AUC. Never the evaluated
+                  cells' samples: a problem binned 0/64 by best-of-N@64's
+                  own candidates scores 0 there by construction. Their cost
+                  is the cost of predicting difficulty.
+  analysis        `ttcjax.analysis.results.analyze` of the sweep (and of an
+                  `oracle_sweep` stage's records, when the study has one),
+                  `report.write_report` (report.md, results.json,
+                  figures/); report.md and results.json are also copied to
+                  the workdir root
+
+Lookahead's N sits on the budget grid: with k roll-out steps it runs at the
+N whose N (k + 1) generations are a sweep budget, so it competes with the
+other methods at equal compute.
 
 Budgets, strategies and analysis settings per preset live in `SWEEPS`.
 """
@@ -26,11 +39,13 @@ import functools
 import json
 import math
 import os
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
-from ttcjax import checkpoint, models
+from ttcjax import checkpoint, faults, models
+from ttcjax.keys import stable_hash
 from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, evaluate, stages
 from ttcjax.search import records as records_lib
@@ -38,6 +53,8 @@ from ttcjax.analysis import results as analysis_lib
 from ttcjax.analysis import difficulty, report
 
 LARGE_RATIO = 14.0
+DIFFICULTY_STAGE = "difficulty_samples"
+ORACLE_STAGE = "oracle_sweep"  # records of the oracle-verifier control
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,6 +71,11 @@ class SweepConfig:
       `test_problems`); the analysis covers the swept problems.
     n_bins: difficulty bins.
     n_bootstrap: bootstrap resamples.
+    difficulty_samples: S, samples per problem of the difficulty draw (the
+      paper: 2048).
+    shows_direction: whether the preset is sized to show the headline's
+      direction; False puts a notice first in the report and console that
+      points at the committed arith_cpu results.
   """
   budgets: tuple[int, ...]
   beam_widths: tuple[Any, ...] = (4, "sqrt")
@@ -63,25 +85,58 @@ class SweepConfig:
   problems: int | None = None
   n_bins: int = 5
   n_bootstrap: int = 200
+  difficulty_samples: int = 64
+  shows_direction: bool = True
 
+  def __post_init__(self):
+    for name in ("budgets", "beam_widths", "lookaheads", "revision_lengths"):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    if self.difficulty_samples < 2:
+      raise ValueError(f"SweepConfig.difficulty_samples must be >= 2, got "
+                       f"{self.difficulty_samples}")
+    for k in self.lookaheads:
+      if not lookahead_budgets(self.budgets, k):
+        raise ValueError(
+            f"SweepConfig.lookaheads: k={k} costs N * {k + 1} generations, "
+            f"and no budget in {self.budgets} is a multiple of {k + 1}; "
+            f"change lookaheads or budgets")
+
+
+def lookahead_budgets(budgets: Sequence[int], k: int) -> tuple[int, ...]:
+  """Lookahead's N per sweep budget B with N (k + 1) = B (B a multiple of
+  k + 1)."""
+  return tuple(b // (k + 1) for b in budgets if b % (k + 1) == 0)
+
+
+NO_DIRECTION_NOTICE = (
+    "This preset checks the pipeline's wiring; it is too small to show the "
+    "direction of the effect (PRM-weighted best-of-N rising with N, "
+    "compute-optimal beating it). For that, see the committed arith_cpu "
+    "results in docs/results/arith_cpu/.")
 
 SWEEPS = {
-    "smoke": SweepConfig(budgets=(2, 4, 8), revision_lengths=(1, 2, 4)),
+    "smoke": SweepConfig(budgets=(2, 4, 8), revision_lengths=(1, 2, 4),
+                         difficulty_samples=16, shows_direction=False),
     # 128 of the 256 test problems and one lookahead k keep the sweep
-    # (~100k generations) near an hour on 2 cores.
+    # (~100k generations) near an hour on 2 cores; the difficulty draw adds
+    # 64 samples per problem (~8k generations).
     "arith_cpu": SweepConfig(budgets=(4, 16, 64), lookaheads=(1,),
                              revision_lengths=(1, 4, 16), problems=128,
-                             n_bootstrap=1000),
+                             n_bootstrap=1000, difficulty_samples=64),
     "micro": SweepConfig(budgets=(2,), revision_lengths=(1, 2),
-                         problems_per_batch=4, n_bins=2, n_bootstrap=20),
+                         problems_per_batch=4, n_bins=2, n_bootstrap=20,
+                         difficulty_samples=2, shows_direction=False),
     "countdown_smoke": SweepConfig(budgets=(2, 4, 8),
-                                   revision_lengths=(1, 2, 4)),
+                                   revision_lengths=(1, 2, 4),
+                                   difficulty_samples=16,
+                                   shows_direction=False),
     "countdown_cpu": SweepConfig(budgets=(4, 16, 64), lookaheads=(1,),
                                  revision_lengths=(1, 4, 16), problems=128,
-                                 n_bootstrap=1000),
+                                 n_bootstrap=1000, difficulty_samples=64),
     "countdown_micro": SweepConfig(budgets=(2,), revision_lengths=(1, 2),
                                    problems_per_batch=4, n_bins=2,
-                                   n_bootstrap=20),
+                                   n_bootstrap=20, difficulty_samples=2,
+                                   shows_direction=False),
 }
 
 
@@ -169,16 +224,23 @@ def write_large_results(ctx: stages.StageContext,
 
 
 def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
-               ckpts: sweep_runner.Checkpoints) -> sweep_runner.SearchRun:
-  """The sweep's `SearchRun` over the test problems."""
+               ckpts: sweep_runner.Checkpoints,
+               specs: Sequence[sweep_runner.StrategySpec] | None = None
+               ) -> sweep_runner.SearchRun:
+  """The sweep's `SearchRun` over the test problems (`specs`: other
+  strategies than the sweep's)."""
   b = tuple(sweep.budgets)
-  specs = [
+  specs = list(specs) if specs is not None else [
       sweep_runner.StrategySpec(strategy="best_of_n", budgets=b,
                               selections=("weighted", "majority", "plain")),
       sweep_runner.StrategySpec(strategy="beam", budgets=b,
                               grid={"beam_width": sweep.beam_widths}),
-      sweep_runner.StrategySpec(strategy="lookahead", budgets=b,
-                              grid={"lookahead": sweep.lookaheads}),
+  ] + [
+      sweep_runner.StrategySpec(strategy="lookahead",
+                                budgets=lookahead_budgets(b, k),
+                                grid={"lookahead": (k,)})
+      for k in sweep.lookaheads
+  ] + [
       sweep_runner.StrategySpec(strategy="dvts", budgets=b),
       sweep_runner.StrategySpec(strategy="revisions", budgets=b,
                               grid={"revision_length":
@@ -200,13 +262,60 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
       revision_prompt_len=evaluate.revision_prompt_len(config, questions))
 
 
+def _checkpoints(ctx: stages.StageContext) -> sweep_runner.Checkpoints:
+  model = lambda stage: str(ctx.input(stage) / "model")
+  names = {"policy": "pretrain_policy", "prm": "train_prm",
+           "revision": "train_revision", "orm": "train_orm"}
+  return sweep_runner.Checkpoints(**{
+      role: model(stage) for role, stage in names.items()
+      if stage in ctx.inputs})
+
+
 def _search_sweep(config: embedded.ArithStudyConfig, sweep: SweepConfig,
                   ctx: stages.StageContext):
-  model = lambda stage: str(ctx.input(stage) / "model")
-  ckpts = sweep_runner.Checkpoints(
-      policy=model("pretrain_policy"), prm=model("train_prm"),
-      revision=model("train_revision"), orm=model("train_orm"))
-  return search_into(search_run(config, sweep, ckpts), ctx)
+  return search_into(search_run(config, sweep, _checkpoints(ctx)), ctx)
+
+
+def difficulty_seed(seed: int) -> int:
+  """The search seed of the difficulty draw: a key of its own, so its
+  samples are never those of a sweep cell (whose keys fold `seed`)."""
+  return stable_hash(f"difficulty_samples:{seed}")
+
+
+def difficulty_run(run: sweep_runner.SearchRun,
+                   samples: int) -> sweep_runner.SearchRun:
+  """`run` reduced to the difficulty draw: best-of-N with `samples`
+  candidates per problem scored by the final PRM score ('last'), on the
+  same problems, models and sampler, seeded by `difficulty_seed`."""
+  spec = sweep_runner.StrategySpec(strategy="best_of_n", budgets=(samples,),
+                                   selections=("weighted",),
+                                   base={"aggregation": "last"})
+  return dataclasses.replace(run, strategies=(spec,),
+                             seed=difficulty_seed(run.seed))
+
+
+def _difficulty_samples(config: embedded.ArithStudyConfig,
+                        sweep: SweepConfig, ctx: stages.StageContext):
+  run = search_run(config, sweep, _checkpoints(ctx), specs=())
+  return search_into(difficulty_run(run, sweep.difficulty_samples), ctx)
+
+
+def read_difficulty_samples(path, samples: int
+                            ) -> tuple[dict, dict, dict[str, float]]:
+  """A difficulty_samples stage's records -> `(correct, scores, flops)`:
+  uid -> the S candidates' correctness and final PRM scores, and the FLOPs
+  per sample (policy, verifier; the cost of predicting difficulty)."""
+  recs = read_jsonl(path)
+  correct, scores = difficulty.samples_from_records(
+      recs, strategy="best_of_n", budget=samples,
+      hparams={"selection": "weighted"})
+  per = {}
+  for name, field in (("policy_flops_per_sample", "flops_policy"),
+                      ("verifier_flops_per_sample", "flops_verifier")):
+    values = [r.get(field) for r in recs]
+    if values and all(v is not None for v in values):
+      per[name] = sum(values) / len(values) / samples
+  return correct, scores, per
 
 
 def search_into(run: sweep_runner.SearchRun,
@@ -214,16 +323,61 @@ def search_into(run: sweep_runner.SearchRun,
   """Runs `run` with its records growing in the stage's work directory (a
   killed run resumes) and copies them to the stage's records.jsonl."""
   work = ctx.work / "search"
-  counts = sweep_runner.run(run, str(work))
+  counts = sweep_runner.run(run, str(work), progress=_progress_line(ctx))
   src = work / records_lib.RECORDS_FILE
   stages.atomic_write_bytes(ctx.out / records_lib.RECORDS_FILE,
                             src.read_bytes())
   return counts
 
 
+def _progress_line(ctx: stages.StageContext, every_s: float = 60.0,
+                   clock: Callable[[], float] = time.perf_counter):
+  """A `sweep_runner.run` progress callback: a console line (via `ctx.log`)
+  at most every `every_s` seconds, and at the end, with an ETA."""
+  began = clock()
+  last = [began]
+
+  def report_(done: int, total: int) -> None:
+    now = clock()
+    if total <= 0 or (now - last[0] < every_s and done < total):
+      return
+    last[0] = now
+    spent = now - began
+    left = spent / max(done, 1) * (total - done)
+    ctx.log(f"  {ctx.name}: {done}/{total} generations ({done / total:.0%};"
+            f" {stages.duration(spent)} so far, ~{stages.duration(left)} "
+            "left)")
+
+  return report_
+
+
 def read_jsonl(path) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The JSON objects of a jsonl artefact, one per non-empty line.
+
+  Raises:
+    faults.CorruptArtefactError: missing file, or a line that is not a
+      JSON object (naming path:line).
+  """
+  try:
+    with open(path, "rb") as f:
+      lines = f.read().split(b"\n")
+  except FileNotFoundError:
+    raise faults.CorruptArtefactError(path, None, "missing") from None
+  out = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      value = json.loads(line.decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+      cut = number == len(lines) and line == lines[-1]
+      raise faults.CorruptArtefactError(
+          path, number, f"{'truncated' if cut else 'not JSON'} ({e})"
+      ) from None
+    if not isinstance(value, dict):
+      raise faults.CorruptArtefactError(path, number, "not a JSON object")
+    out.append(value)
+  return out
 
 
 def flops_info(config: embedded.ArithStudyConfig) -> dict[str, Any]:
@@ -237,34 +391,46 @@ def flops_info(config: embedded.ArithStudyConfig) -> dict[str, Any]:
 def analysis_config(sweep: SweepConfig) -> analysis_lib.AnalysisConfig:
   return analysis_lib.AnalysisConfig(
       n_bins=sweep.n_bins, n_bootstrap=sweep.n_bootstrap,
-      target_budgets=tuple(float(b) for b in sweep.budgets))
+      target_budgets=tuple(float(b) for b in sweep.budgets),
+      notice=None if sweep.shows_direction else NO_DIRECTION_NOTICE)
 
 
 def _analysis(config: embedded.ArithStudyConfig, sweep: SweepConfig,
               ctx: stages.StageContext):
-  return analyze_into(ctx, max(sweep.budgets), flops_info(config),
+  return analyze_into(ctx, sweep.difficulty_samples, flops_info(config),
                       analysis_config(sweep))
 
 
-def analyze_into(ctx: stages.StageContext, oracle_budget: int,
+def analyze_into(ctx: stages.StageContext, difficulty_samples: int,
                  flops: Mapping[str, Any] | None,
                  config: analysis_lib.AnalysisConfig) -> dict[str, Any]:
   """The analysis stage: the search_sweep stage's records, difficulty from
-  its weighted best-of-N candidates at `oracle_budget`, the large_eval
-  stage's results when it is an input (else no FLOPs-matched comparison),
-  and the report (report.md, results.json, figures/) in `ctx.out`."""
+  the difficulty_samples stage's draw (S = `difficulty_samples` per
+  problem), the oracle_sweep stage's records and the large_eval stage's
+  results when they are inputs, and the report (report.md, results.json,
+  figures/) in `ctx.out`."""
   recs = read_jsonl(ctx.input("search_sweep") / records_lib.RECORDS_FILE)
-  oracle, scores = difficulty.samples_from_records(
-      recs, strategy="best_of_n", budget=oracle_budget,
-      hparams={"selection": "weighted"})
-  if not oracle:
-    raise ValueError(f"no best_of_n records at budget {oracle_budget} with "
-                     f"selection 'weighted': nothing to bin the problems by")
-  large = None
+  oracle, scores, per_sample = read_difficulty_samples(
+      ctx.input(DIFFICULTY_STAGE) / records_lib.RECORDS_FILE,
+      difficulty_samples)
+  flops = dict(flops or {})
+  if per_sample:
+    flops["difficulty"] = per_sample
+  large = oracle_recs = None
   if "large_eval" in ctx.inputs:
     large = stages.read_json(ctx.input("large_eval") / "results.json")
-  result = analysis_lib.analyze(recs, oracle, scores, large, flops, config)
+  if ORACLE_STAGE in ctx.inputs:
+    oracle_recs = read_jsonl(ctx.input(ORACLE_STAGE) /
+                             records_lib.RECORDS_FILE)
+  result = analysis_lib.analyze(recs, oracle, scores, large, flops or None,
+                                config, oracle_records=oracle_recs)
   return {"files": sorted(report.write_report(ctx.out, result))}
+
+
+def analysis_inputs(names: Sequence[str]) -> tuple[str, ...]:
+  """The analysis stage's inputs among a study's stage `names`."""
+  return tuple(n for n in ("search_sweep", DIFFICULTY_STAGE, ORACLE_STAGE,
+                           "large_eval") if n in names)
 
 
 def full_study_stages(config: embedded.ArithStudyConfig,
@@ -277,7 +443,7 @@ def full_study_stages(config: embedded.ArithStudyConfig,
   fn = lambda f, *a: functools.partial(f, c, *a)
   large = large_model_config(c.policy)
   sampling = embedded._sampling_config(c)  # pylint: disable=protected-access
-  return experiments.study_stages(c) + [
+  todo = experiments.study_stages(c) + [
       stages.Stage("pretrain_large", fn(_pretrain_large), dict(
           **embedded.task_fields(c), policy=large, seed=c.pretrain_seed,
           problems=c.pretrain_problems, training=c.pretrain), cost=20),
@@ -293,9 +459,16 @@ def full_study_stages(config: embedded.ArithStudyConfig,
           revision_context=c.revision_context),
                    ("pretrain_policy", "train_prm", "train_revision",
                     "train_orm"), cost=10),
+      stages.Stage(DIFFICULTY_STAGE, fn(_difficulty_samples, sw), dict(
+          sampling, problems=sw.problems, samples=sw.difficulty_samples,
+          **embedded.task_fields(c), test_seed=c.test_seed,
+          test_problems=c.test_problems),
+                   ("pretrain_policy", "train_prm"), cost=1),
+  ]
+  names = [s.name for s in todo]
+  return todo + [
       stages.Stage("analysis", fn(_analysis, sw), dict(
-          sweep=sw, flops=flops_info(c)),
-                   ("search_sweep", "large_eval"), cost=1),
+          sweep=sw, flops=flops_info(c)), analysis_inputs(names), cost=1),
   ]
 
 
@@ -333,28 +506,70 @@ def run_full_study(config: embedded.ArithStudyConfig, workdir: str, *,
 
 
 def headline(results: Mapping[str, Any]) -> list[str]:
-  """A few lines of the study's main numbers from results.json."""
-  lines = [f"problems: {results.get('problems', {}).get('n')}"]
-  for fam, body in (results.get("compute_optimal") or {}).items():
-    for kind, k in (body.get("kinds") or {}).items():
+  """The study's main numbers from results.json, each with its 95% CI; the
+  results' warnings (a preset too small to show the direction, cut rates)
+  come first."""
+  lines = list(results.get("warnings") or [])
+  cfg = results.get("config") or {}
+  lines.append(f"problems: {results.get('problems', {}).get('n')}; "
+               f"[95% bootstrap CIs over problems]")
+  d = results.get("direction")
+  if d:
+    lines.append(f"{d['label']}: accuracy change from {d['from_budget']:g} "
+                 f"to {d['to_budget']:g} generations {_acc(d['gain'], '+')}")
+  for name, q in sorted((results.get("verifier") or {}).items()):
+    lines.append(f"{name.upper()} ROC AUC: within a problem "
+                 f"{_acc(q['within'])} ({q['within_problems']} problems), "
+                 f"across problems {_acc(q['across'])}")
+  heads = cfg.get("headline_families") or ()
+  for fam, body in sorted((results.get("compute_optimal") or {}).items()):
+    if fam not in heads:
+      continue
+    for kind, k in sorted((body.get("kinds") or {}).items()):
       for e in k.get("headline") or []:
         lines.append(
-            f"compute-optimal {fam}/{kind}: baseline N={e.get('target_budget')}"
-            f" acc={_acc(e.get('baseline_accuracy'))} matched at "
-            f"N={e.get('matched_budget')} ({e.get('status')}, ratio "
-            f"{e.get('ratio')})")
+            f"compute-optimal {fam} ({kind} bins) vs {body['baseline_label']}"
+            f" at N={e['target_budget']:g} (acc "
+            f"{_acc(e.get('baseline_accuracy'))}): {_ratio(e)}")
+  oracle = results.get("oracle_verifier")
+  if oracle:
+    for fam, body in sorted((oracle.get("compute_optimal") or {}).items()):
+      if fam not in heads:
+        continue
+      points = ((body.get("kinds") or {}).get("oracle") or {}).get("points")
+      if points:
+        p = points[-1]
+        lines.append(f"oracle verifier, compute-optimal {fam} at "
+                     f"{p['budget']:g}: {_acc(p['accuracy'])}")
   fm = results.get("flops_matched")
   if fm:
     lines.append(f"flops-matched: n_small={fm.get('n_small')} n_large="
                  f"{fm.get('n_large')} size_ratio={fm.get('size_ratio')}")
-    lm = (fm.get("large_model") or {})
-    for kind, accs in lm.items():
-      lines.append(f"large model ({kind}) all: {_acc((accs or {}).get('all'))}")
+    for kind, accs in sorted((fm.get("large_model") or {}).items()):
+      lines.append(f"large model greedy ({kind} bins) all: "
+                   f"{_acc((accs or {}).get('all'))}")
   return lines
 
 
-def _acc(a) -> str:
-  if isinstance(a, Mapping):
-    v = a.get('value')
-    return f"{v:.3f}" if isinstance(v, (int, float)) else str(v)
-  return str(a)
+def _ratio(e: Mapping[str, Any]) -> str:
+  ci = (f" [{e['ratio_ci_low']:.3g}, {e['ratio_ci_high']:.3g}]"
+        if e.get("ratio_ci_low") is not None else " [no CI]")
+  if e.get("ratio") is not None:
+    bound = ">= " if e["status"] == "matched_at_smallest_budget" else ""
+    return (f"matched at {e['matched_budget']:.3g} ({e['status']}), ratio "
+            f"{bound}{e['ratio']:.3g}{ci}")
+  if e.get("ratio_upper_bound") is not None:
+    return (f"{e['status']}, ratio < {e['ratio_upper_bound']:.3g}{ci}")
+  return str(e.get("status"))
+
+
+def _acc(a, sign: str = "") -> str:
+  """'value [low, high]' of an acc dict."""
+  if not isinstance(a, Mapping) or a.get("value") is None:
+    return "n/a"
+  text = f"{a['value']:{sign}.3f}"
+  if a.get("ci_low") is not None:
+    text += f" [{a['ci_low']:{sign}.3f}, {a['ci_high']:{sign}.3f}]"
+  else:
+    text += " [no CI]"
+  return text

@@ -32,6 +32,22 @@ hash it was made with and is wiped when the hash changes; it is removed once
 the stage commits (or, after a kill between the commit and that, when the
 finished stage is next skipped).
 
+One writer: `run_stages` holds the workdir's lock
+(`ttcjax.workdir_lock`); a second run refuses with `WorkdirLocked`.
+
+Preemption: after SIGTERM (`ttcjax.preemption`) the runner stops before the
+next stage and `map_chunks` before the next chunk (raising `Preempted`);
+the trainer and the sweep stop at their own step and batch boundaries.
+
+Damage: `DONE` also records each file's size. Before running, a finished
+stage whose files are missing or changed in size is damaged; so is one
+whose artefact a later stage's reader found unreadable
+(`faults.CorruptArtefactError` from `read_json`, `records.read_records`,
+...: the runner then leaves a `.<stage>.damaged` note). With
+on_change='error' the run stops naming the file (and line) and the stage
+to redo; with 'rerun' the damaged stage is recomputed from scratch.
+Failed writes (`faults.WriteError`) leave every committed stage as it was.
+
 Determinism: artefacts must depend on the config and seeds only. Run-time
 facts (wall time, tokens/s) belong in the dict a stage function returns,
 which goes to `stages.jsonl`, never into the artefacts. Chunk results pass
@@ -52,6 +68,8 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
+
+from ttcjax import faults, preemption, workdir_lock
 
 DONE = "DONE"
 LOG_FILE = "stages.jsonl"
@@ -107,16 +125,33 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
-  """Writes `path` via a temp sibling, fsync and rename."""
+  """Writes `path` via a temp sibling, fsync and rename.
+
+  Raises:
+    faults.WriteError: naming `path` (disk full, I/O error); `path` keeps
+      its previous content and the temp sibling is removed.
+  """
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f".{path.name}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  _fsync_dir(path.parent)
+  with faults.writing(path):
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    except BaseException:
+      _unlink_quietly(tmp)
+      raise
+    _fsync_dir(path.parent)
+
+
+def _unlink_quietly(path: Path) -> None:
+  try:
+    path.unlink(missing_ok=True)
+  except OSError:
+    pass
 
 
 def atomic_write_json(path: os.PathLike, obj: Any) -> None:
@@ -125,21 +160,46 @@ def atomic_write_json(path: os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: os.PathLike) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  """A JSON artefact.
+
+  Raises:
+    faults.CorruptArtefactError: the file is missing, not UTF-8 or not
+      JSON, naming the file and line (a `ValueError`).
+  """
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except FileNotFoundError:
+    raise faults.CorruptArtefactError(path, None, "missing") from None
+  except IsADirectoryError:
+    raise faults.CorruptArtefactError(path, None, "a directory, not a "
+                                      "file") from None
+  try:
+    return json.loads(data.decode("utf-8"))
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise faults.CorruptArtefactError(
+        path, line, f"not UTF-8 (byte {e.start})") from None
+  except json.JSONDecodeError as e:
+    cut = e.pos >= len(data.rstrip()) or e.msg.startswith("Unterminated")
+    what = "truncated JSON" if cut else "not JSON"
+    raise faults.CorruptArtefactError(
+        path, e.lineno, f"{what} ({e.msg}, column {e.colno})") from None
 
 
-def _fsync_tree(root: Path) -> list[str]:
-  """fsyncs every file and directory under `root`; returns relative files."""
-  files = []
+def _fsync_tree(root: Path) -> dict[str, int]:
+  """fsyncs every file and directory under `root`; returns relative file
+  -> size in bytes."""
+  files = {}
   for dirpath, _, filenames in os.walk(root):
     for name in filenames:
       full = Path(dirpath) / name
-      with open(full, "rb") as f:
+      with faults.writing(full), open(full, "rb") as f:
         os.fsync(f.fileno())
-      files.append(str(full.relative_to(root)))
-    _fsync_dir(Path(dirpath))
-  return sorted(files)
+        files[str(full.relative_to(root))] = os.fstat(f.fileno()).st_size
+    with faults.writing(dirpath):
+      _fsync_dir(Path(dirpath))
+  return dict(sorted(files.items()))
 
 
 def _remove(path: Path) -> None:
@@ -234,10 +294,12 @@ class StageContext:
     for i in range(count):
       path = folder / f"{i:06d}.json"
       meta = {"chunk": i, "chunk_size": chunk_size, "num_items": len(items)}
-      stored = read_json(path) if path.exists() else None
+      stored = _read_chunk(path, self.log)
       if stored is not None and stored.get("meta") == meta:
         results += stored["results"]
         continue
+      preemption.check(f"{self.name}/{label}: {i} of {count} chunks saved "
+                       f"in {folder}")
       out = fn(items[i * chunk_size:(i + 1) * chunk_size])
       data = json.dumps({"meta": meta, "results": out}, sort_keys=True)
       atomic_write_bytes(path, data.encode())
@@ -248,6 +310,24 @@ class StageContext:
       self.log(f"  {self.name}/{label}: chunk {i + 1}/{count} "
                f"({_duration(spent)} so far, ~{_duration(left)} left)")
     return results
+
+
+def duration(seconds: float) -> str:
+  """'m:ss' or 'h:mm:ss'."""
+  return _duration(seconds)
+
+
+def _read_chunk(path: Path, log: Callable[[str], None]) -> dict | None:
+  """A stored chunk, or None if absent or damaged (then it is recomputed:
+  chunks are scratch, written atomically, so damage came from outside)."""
+  if not path.exists():
+    return None
+  try:
+    stored = read_json(path)
+  except faults.CorruptArtefactError as e:
+    log(f"  {e}: recomputing that chunk")
+    return None
+  return stored if isinstance(stored, dict) else None
 
 
 def _duration(seconds: float) -> str:
@@ -263,7 +343,7 @@ def read_done(stage_dir: os.PathLike) -> dict | None:
   path = Path(stage_dir) / DONE
   try:
     done = read_json(path)
-  except (FileNotFoundError, json.JSONDecodeError, NotADirectoryError):
+  except (faults.CorruptArtefactError, NotADirectoryError):
     return None
   return done if isinstance(done, dict) and done.get("format") == _FORMAT \
       else None
@@ -289,17 +369,18 @@ def stage_hashes(stages: Sequence[Stage]) -> dict[str, str]:
 def _append_log(workdir: Path, record: Mapping[str, Any]) -> None:
   path = workdir / LOG_FILE
   line = json.dumps(record, sort_keys=True) + "\n"
-  if path.exists() and path.stat().st_size:
-    with open(path, "rb") as f:
-      f.seek(-1, os.SEEK_END)
-      # A last line cut short by a kill is ended first, or this record
-      # would join it and be skipped with it by `read_log`.
-      if f.read(1) != b"\n":
-        line = "\n" + line
-  with open(path, "a") as f:
-    f.write(line)
-    f.flush()
-    os.fsync(f.fileno())
+  with faults.writing(path):
+    if path.exists() and path.stat().st_size:
+      with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        # A last line cut short by a kill (or a full disk) is ended first,
+        # or this record would join it and be skipped with it by `read_log`.
+        if f.read(1) != b"\n":
+          line = "\n" + line
+    with open(path, "a") as f:
+      f.write(line)
+      f.flush()
+      os.fsync(f.fileno())
 
 
 def read_log(workdir: os.PathLike) -> list[dict]:
@@ -317,12 +398,15 @@ def read_log(workdir: os.PathLike) -> list[dict]:
 
 
 def _run_one(stage: Stage, workdir: Path, digest: str,
-             inputs: Mapping[str, Path], log) -> dict:
+             inputs: Mapping[str, Path], log, fresh: bool = False) -> dict:
   final, tmp = workdir / stage.name, workdir / f".{stage.name}.tmp"
   work = workdir / f".{stage.name}.work"
   stamp = work / "CONFIG_HASH"
-  if work.exists() and (not stamp.exists() or stamp.read_text() != digest):
-    _remove(work)  # made for another config: nothing in it can be reused
+  if work.exists() and (fresh or not stamp.exists() or
+                        stamp.read_text() != digest):
+    # Made for another config, or the stage was damaged (its scratch may
+    # be too): nothing in it is reused.
+    _remove(work)
   work.mkdir(parents=True, exist_ok=True)
   if not stamp.exists():
     atomic_write_bytes(stamp, digest.encode())
@@ -330,12 +414,15 @@ def _run_one(stage: Stage, workdir: Path, digest: str,
   tmp.mkdir(parents=True)
   ctx = StageContext(stage.name, tmp, work, dict(inputs), log)
   try:
-    info = dict(stage.fn(ctx) or {})
-    files = _fsync_tree(tmp)
+    try:
+      info = dict(stage.fn(ctx) or {})
+    except faults.CorruptArtefactError as e:
+      raise _blame(e, workdir, stage.name, inputs) from None
+    sizes = _fsync_tree(tmp)
     atomic_write_json(tmp / DONE, {
         "format": _FORMAT, "stage": stage.name, "config_hash": digest,
         "inputs": {n: read_done(p)["config_hash"] for n, p in inputs.items()},
-        "files": files})
+        "files": sorted(sizes), "sizes": sizes})
     old = workdir / f".{stage.name}.old"
     _remove(old)
     if final.exists():  # a rerun ('rerun' mode) or a directory without DONE
@@ -347,7 +434,73 @@ def _run_one(stage: Stage, workdir: Path, digest: str,
     _remove(tmp)
     raise
   _remove(work)
+  _remove(_damage_marker(workdir, stage.name))
   return info
+
+
+# --- Damaged artefacts -------------------------------------------------------
+
+
+def _damage_marker(workdir: Path, name: str) -> Path:
+  return workdir / f".{name}.damaged"
+
+
+def _blame(error: faults.CorruptArtefactError, workdir: Path, running: str,
+           inputs: Mapping[str, Path]) -> faults.CorruptArtefactError:
+  """`error` naming the stage whose artefact (or scratch) is damaged, which
+  is marked damaged so that a run with on_change='rerun' redoes it."""
+  path = Path(os.path.abspath(error.path))
+  owners = {name: Path(os.path.abspath(d)) for name, d in inputs.items()}
+  owners[running] = Path(os.path.abspath(workdir / f".{running}.work"))
+  for name, folder in owners.items():
+    if folder == path or folder in path.parents:
+      try:
+        atomic_write_json(_damage_marker(workdir, name), {
+            "path": error.path, "line": error.line, "detail": error.detail})
+      except faults.WriteError as e:
+        logging.warning("could not mark stage %s damaged: %s", name, e)
+      return error.for_stage(name)
+  return error  # not a stage's file: an input the user gave
+
+
+def damage(workdir: os.PathLike,
+           name: str) -> faults.CorruptArtefactError | None:
+  """What is wrong with finished stage `name`'s artefacts, or None.
+
+  Cheap (no file is read but the marker): a file the `DONE` marker lists is
+  missing or has another size than at commit, or a reader found the stage's
+  artefacts damaged in an earlier run (`.<name>.damaged`).
+  """
+  workdir = Path(workdir)
+  marker = _damage_marker(workdir, name)
+  if marker.exists():
+    try:
+      found = read_json(marker)
+      return faults.CorruptArtefactError(
+          found["path"], found.get("line"),
+          f"{found['detail']} (found by an earlier run)", name)
+    except (faults.CorruptArtefactError, KeyError, TypeError):
+      return faults.CorruptArtefactError(
+          marker, None, "marked damaged by an earlier run", name)
+  done = read_done(workdir / name) or {}
+  sizes = done.get("sizes")
+  if not isinstance(sizes, dict):  # made before sizes were recorded
+    sizes = {f: None for f in done.get("files", ())}
+  for rel, size in sizes.items():
+    path = workdir / name / rel
+    try:
+      actual = path.stat().st_size
+    except FileNotFoundError:
+      return faults.CorruptArtefactError(
+          path, None, f"missing (listed in {workdir / name / DONE})", name)
+    except OSError as e:
+      return faults.CorruptArtefactError(
+          path, None, f"unreadable ({e.strerror or e})", name)
+    if size is not None and actual != size:
+      return faults.CorruptArtefactError(
+          path, None, f"{actual} bytes, {size} when the stage finished "
+          f"(truncated or overwritten)", name)
+  return None
 
 
 def _remove_scratch(workdir: Path, name: str) -> None:
@@ -388,20 +541,40 @@ def run_stages(stages: Sequence[Stage], workdir: os.PathLike, *,
   Raises:
     StageConfigError: with on_change='error', a finished stage's stored
       hash differs from its config's; raised before any stage runs.
+    faults.CorruptArtefactError: with on_change='error', a finished
+      stage's artefacts are damaged (`damage`), raised before any stage
+      runs; or a stage found an input damaged while reading it. It names
+      the file (and line) and the stage to redo (with on_change='rerun').
+    workdir_lock.WorkdirLocked: another run holds the workdir.
+    preemption.Preempted: SIGTERM; the running stage stopped at a safe
+      point (its `.work/` keeps what it finished).
+    faults.WriteError: a write failed; committed stages are intact.
   """
   if on_change not in ON_CHANGE:
     raise ValueError(f"on_change must be one of {ON_CHANGE}, got "
                      f"{on_change!r}")
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   hashes = stage_hashes(stages)
-  todo, changed = [], []
+  with workdir_lock.hold(workdir):
+    return _run_locked(stages, workdir, hashes, on_change, log)
+
+
+def _run_locked(stages, workdir: Path, hashes: Mapping[str, str],
+                on_change: str, log) -> dict[str, Path]:
+  todo, changed, damaged = [], [], {}
   for stage in stages:
     done = read_done(workdir / stage.name)
-    if done is None:
-      todo.append(stage.name)
-    elif done.get("config_hash") != hashes[stage.name]:
+    if done is not None and done.get("config_hash") != hashes[stage.name]:
       changed.append((stage.name, done.get("config_hash")))
+      todo.append(stage.name)
+      continue
+    # A finished stage's files, or an unfinished one's scratch that a
+    # reader found damaged.
+    why = (damage(workdir, stage.name) if done is not None or
+           _damage_marker(workdir, stage.name).exists() else None)
+    if why is not None:
+      damaged[stage.name] = why
+    if done is None or why is not None:
       todo.append(stage.name)
   if changed and on_change == "error":
     lines = "; ".join(f"{workdir / n}: made with config hash {old}, now "
@@ -409,6 +582,16 @@ def run_stages(stages: Sequence[Stage], workdir: os.PathLike, *,
     raise StageConfigError(
         f"{lines}. Use a new workdir, delete those stage directories, or "
         f"run with on_change='rerun' to recompute them")
+  if damaged and on_change == "error":
+    first = next(iter(damaged.values()))
+    if len(damaged) > 1:
+      first = faults.CorruptArtefactError(
+          first.path, first.line, f"{first.detail} (also damaged: "
+          f"{sorted(damaged)[1:]})", first.stage)
+    raise first
+  for name, why in damaged.items():
+    log(f"{name}: damaged artefact, rerunning the stage: {why.path}"
+        f"{'' if why.line is None else f':{why.line}'}: {why.detail}")
   total_cost = sum(s.cost for s in stages if s.name in todo)
   done_cost, began = 0.0, time.perf_counter()
   paths = {}
@@ -419,10 +602,13 @@ def run_stages(stages: Sequence[Stage], workdir: os.PathLike, *,
       log(f"{prefix}: done before (hash {hashes[stage.name]}), skipped")
       paths[stage.name] = workdir / stage.name
       continue
+    preemption.check(f"stages before {stage.name} are finished in "
+                     f"{workdir}")
     log(f"{prefix}: running")
     start = time.perf_counter()
     info = _run_one(stage, workdir, hashes[stage.name],
-                    {n: paths[n] for n in stage.inputs}, log)
+                    {n: paths[n] for n in stage.inputs}, log,
+                    fresh=stage.name in damaged)
     seconds = time.perf_counter() - start
     done_cost += stage.cost
     elapsed = time.perf_counter() - began

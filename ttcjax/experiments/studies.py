@@ -14,9 +14,10 @@ workdir (atomic, resumable, skipped when done):
                 models on MATH-500): sweep the strategies of a
                 `sweep_runner.SearchRun`, optionally score a larger policy
                 greedily for the FLOPs-matched comparison, analyse, report.
-                Difficulty comes from the best-of-N candidates at the
-                largest budget (oracle: their correctness; predicted: their
-                final PRM scores).
+                Difficulty comes from a best-of-N draw of its own key
+                (`embedded_study.difficulty_run`; oracle: its correctness;
+                predicted: its final PRM scores), never from the evaluated
+                cells' candidates.
 
 A gin experiment binds one of them:
 
@@ -38,7 +39,7 @@ from absl import logging
 from ttcjax import checkpoint, partitioning
 from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, stages
-from ttcjax.experiments import embedded_study
+from ttcjax.experiments import embedded_study, preflight
 from ttcjax.search import records as records_lib
 from ttcjax.analysis import results as analysis_lib
 from ttcjax.tasks import arithmetic, countdown
@@ -62,7 +63,8 @@ class ArithStudy:
       (`ttcjax.experiments.embedded.PRESETS` with
       `ttcjax.experiments.embedded_study.SWEEPS`).
     overrides: top-level `ArithStudyConfig` fields to replace (e.g.
-      `{'seed': 1, 'test_problems': 128}`).
+      `{'seed': 1, 'test_problems': 128}`; 'arithmetic' still names the
+      task_config of an arithmetic preset).
     sweep: `SweepConfig` fields to replace (e.g. `{'budgets': (4, 16)}`).
   """
   preset: str = "smoke"
@@ -84,7 +86,14 @@ class ArithStudy:
     base = embedded.PRESETS[self.preset]()
     if not self.overrides:
       return base
-    return _replace_checked(base, self.overrides, "ArithStudy.overrides")
+    overrides = dict(self.overrides)
+    if "arithmetic" in overrides:  # its name before tasks were pluggable
+      if "task_config" in overrides or base.task != "arithmetic":
+        raise ValueError(f"ArithStudy.overrides: 'arithmetic' replaces the "
+                         f"task_config of an arithmetic preset; preset "
+                         f"{self.preset!r} runs {base.task!r}")
+      overrides["task_config"] = overrides.pop("arithmetic")
+    return _replace_checked(base, overrides, "ArithStudy.overrides")
 
   def sweep_config(self) -> embedded_study.SweepConfig:
     return _replace_checked(embedded_study.SWEEPS[self.preset], self.sweep,
@@ -93,6 +102,20 @@ class ArithStudy:
   def stages(self) -> list[stages.Stage]:
     return embedded_study.full_study_stages(self.config(), self.sweep_config())
 
+  def preflight(self) -> None:
+    """Fails before any work if the sweep's tree-search cache or token cap
+    cannot hold the task's solutions (`ttcjax.experiments.preflight`); the
+    checkpoints are the study's own, trained on the task's vocabulary."""
+    sweep = self.sweep_config()
+    names = ("pretrain_policy", "train_prm", "train_revision", "train_orm")
+    run = embedded_study.search_run(
+        self.config(), sweep, sweep_runner.Checkpoints(
+            **dict(zip(("policy", "prm", "revision", "orm"),
+                       (f"<{n}>" for n in names)))))
+    preflight.check_runs(
+        [run, embedded_study.difficulty_run(run, sweep.difficulty_samples)],
+        checkpoints=False)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchStudy:
@@ -100,20 +123,21 @@ class SearchStudy:
 
   Attributes:
     search: the sweep (problems, checkpoints, strategies x budgets); it must
-      include best-of-N at its largest budget with the 'weighted'
-      selection, whose candidates define the difficulty bins.
+      include best-of-N with the 'weighted' selection (the search
+      baseline).
     large_policy: checkpoint of a larger policy for the FLOPs-matched
       comparison, decoded greedily on the same problems; None skips it.
     pretrain_tokens: D_pre, tokens the policy was pretrained on (the
       FLOPs-matched budgets depend on it); required with `large_policy`.
-    difficulty_budget: the best-of-N budget whose candidates are the
-      difficulty samples (None: the largest best-of-N budget).
+    difficulty_samples: S, samples per problem of the difficulty draw, a
+      best-of-N run of its own key on the same problems and models (None:
+      the largest best-of-N budget of `search`; the paper: 2048).
     analysis: the analysis settings (`ttcjax.analysis.results.AnalysisConfig`).
   """
   search: sweep_runner.SearchRun
   large_policy: str | None = None
   pretrain_tokens: int | None = None
-  difficulty_budget: int | None = None
+  difficulty_samples: int | None = None
   analysis: analysis_lib.AnalysisConfig = dataclasses.field(
       default_factory=analysis_lib.AnalysisConfig)
 
@@ -121,22 +145,24 @@ class SearchStudy:
     bon = [s for s in self.search.strategies if s.strategy == "best_of_n"]
     if not bon or "weighted" not in bon[0].selections:
       raise ValueError("SearchStudy.search needs a best_of_n StrategySpec "
-                       "with the 'weighted' selection: its candidates at the "
-                       "largest budget are the difficulty samples")
-    if (self.difficulty_budget is not None and
-        self.difficulty_budget not in bon[0].budgets):
-      raise ValueError(f"SearchStudy.difficulty_budget="
-                       f"{self.difficulty_budget} is not a best_of_n budget "
-                       f"{bon[0].budgets}")
+                       "with the 'weighted' selection: it is the search "
+                       "baseline")
+    if self.difficulty_samples is not None and self.difficulty_samples < 2:
+      raise ValueError(f"SearchStudy.difficulty_samples="
+                       f"{self.difficulty_samples} must be >= 2")
     if self.large_policy is not None and not self.pretrain_tokens:
       raise ValueError("SearchStudy.large_policy needs pretrain_tokens (the "
                        "policy's D_pre) for the FLOPs-matched budgets")
 
-  def oracle_budget(self) -> int:
-    if self.difficulty_budget is not None:
-      return self.difficulty_budget
+  def samples(self) -> int:
+    """S of the difficulty draw."""
+    if self.difficulty_samples is not None:
+      return self.difficulty_samples
     return max(next(s for s in self.search.strategies
                     if s.strategy == "best_of_n").budgets)
+
+  def difficulty_run(self) -> sweep_runner.SearchRun:
+    return embedded_study.difficulty_run(self.search, self.samples())
 
   def large_run(self) -> sweep_runner.SearchRun:
     """Greedy decoding of the large policy (one sample, N = 1)."""
@@ -148,19 +174,32 @@ class SearchStudy:
                                strategies=(greedy,), temperature=0.0)
 
   def stages(self) -> list[stages.Stage]:
-    out = [stages.Stage("search_sweep", self._sweep, self.search, cost=10)]
-    inputs = ["search_sweep"]
+    out = [stages.Stage("search_sweep", self._sweep, self.search, cost=10),
+           stages.Stage(embedded_study.DIFFICULTY_STAGE, self._difficulty,
+                        self.difficulty_run(), cost=1)]
     if self.large_policy is not None:
       out.append(stages.Stage("large_eval", self._large_eval,
                               self.large_run(), cost=1))
-      inputs.append("large_eval")
+    inputs = embedded_study.analysis_inputs([s.name for s in out])
     out.append(stages.Stage("analysis", self._analysis, dict(
-        analysis=self.analysis, oracle_budget=self.oracle_budget(),
-        pretrain_tokens=self.pretrain_tokens), tuple(inputs), cost=1))
+        analysis=self.analysis, difficulty_samples=self.samples(),
+        pretrain_tokens=self.pretrain_tokens), inputs, cost=1))
     return out
+
+  def preflight(self) -> None:
+    """Fails before any work on checkpoints that do not fit the tokenizer,
+    or a tree-search cache / token cap too small for the task's solutions
+    (`ttcjax.experiments.preflight`)."""
+    runs = [self.search, self.difficulty_run()]
+    if self.large_policy is not None:
+      runs.append(self.large_run())
+    preflight.check_runs(runs)
 
   def _sweep(self, ctx: stages.StageContext):
     return embedded_study.search_into(self.search, ctx)
+
+  def _difficulty(self, ctx: stages.StageContext):
+    return embedded_study.search_into(self.difficulty_run(), ctx)
 
   def _large_eval(self, ctx: stages.StageContext):
     counts = embedded_study.search_into(self.large_run(), ctx)
@@ -178,11 +217,21 @@ class SearchStudy:
         "d_pretrain": int(self.pretrain_tokens)}
 
   def _analysis(self, ctx: stages.StageContext):
-    return embedded_study.analyze_into(ctx, self.oracle_budget(),
-                                    self.flops_info(), self.analysis)
+    return embedded_study.analyze_into(ctx, self.samples(),
+                                       self.flops_info(), self.analysis)
 
 
 Study = ArithStudy | SearchStudy
+
+
+def notices(spec: Study) -> list[str]:
+  """Lines a study's console starts with: its analysis notice (e.g. that the
+  preset cannot show the headline's direction)."""
+  if isinstance(spec, ArithStudy):
+    notice = embedded_study.analysis_config(spec.sweep_config()).notice
+  else:
+    notice = spec.analysis.notice
+  return [notice] if notice else []
 
 
 def experiment(spec: Study) -> Study:
@@ -196,8 +245,9 @@ def experiment(spec: Study) -> Study:
 def run(spec: Study, workdir: os.PathLike, *,
         only: Sequence[str] | None = None, on_change: str = "error",
         log: Callable[[str], None] = logging.info) -> dict[str, Any]:
-  """Runs the study's unfinished stages into `workdir`
-  (`ttcjax.experiments.embedded_study.run_study`)."""
+  """Checks the study (`preflight`), then runs its unfinished stages into
+  `workdir` (`ttcjax.experiments.embedded_study.run_study`)."""
+  spec.preflight()
   return embedded_study.run_study(spec.stages(), workdir, only=only,
                                on_change=on_change, log=log)
 

@@ -45,12 +45,13 @@ from absl import logging
 import jax
 
 from ttcjax import (checkpoint, decoding, distributed, memory, models,
-                    partitioning, tasks, verifiers)
+                    partitioning, preemption, tasks, verifiers)
 from ttcjax.data import examples
 from ttcjax.search import base, records, selection
 from ttcjax.search.revisions import (RevisionPromptFn, chain_count,
                                      select_revisions, with_prompt_fn)
 from ttcjax.search.run import run_search
+from ttcjax.verifiers import hf_prms
 from ttcjax.tasks import arithmetic, countdown
 from ttcjax.tokenizer import ByteTokenizer
 
@@ -87,6 +88,11 @@ class ProblemSource:
       `\\boxed{}`, stay); None: the text and a newline, as in training
       (`arithmetic.prompt`, `seqio_tasks.math_prompt`). Revision prompts
       always use the bare text (`examples.revision_prompt_ids`).
+    chat_template: render the prompt with the chat template of
+      `Checkpoints.tokenizer_dir` (its tokenizer_config.json): a system turn
+      of `system_prompt` (if set), a user turn of the text, the assistant
+      header. Excludes `prompt_template`.
+    system_prompt: the system turn of `chat_template` prompts.
   """
   task: str = "arithmetic"
   num_problems: int | None = 16
@@ -95,8 +101,15 @@ class ProblemSource:
   arithmetic: arithmetic.ArithmeticConfig = arithmetic.ArithmeticConfig()
   countdown: countdown.CountdownConfig = countdown.CountdownConfig()
   prompt_template: str | None = None
+  chat_template: bool = False
+  system_prompt: str | None = None
 
   def __post_init__(self):
+    if self.chat_template and self.prompt_template is not None:
+      raise ValueError("ProblemSource: set chat_template or prompt_template, "
+                       "not both")
+    if self.system_prompt is not None and not self.chat_template:
+      raise ValueError("ProblemSource.system_prompt needs chat_template=True")
     if self.task not in TASKS:
       raise ValueError(f"ProblemSource.task must be one of {TASKS}, got "
                        f"{self.task!r}")
@@ -136,6 +149,13 @@ class Checkpoints:
     eos_token: end token of `tokenizer_dir`.
     step_delimiter: text that ends a reasoning step: every token whose text
       ends with it stops a step (one byte for the byte tokenizer).
+    prm_format: the PRM's input layout and score
+      (`ttcjax.verifiers.hf_prms.PRM_FORMATS`): 'reward_head' (ttcjax's
+      own), 'qwen_math_prm', 'skywork_prm', 'rlhflow_prm' or
+      'math_shepherd'.
+    prm_tokenizer_dir: the PRM's tokenizer (None: `tokenizer_dir`).
+    template_vars: variables for the chat templates, e.g.
+      `{'date_string': '26 Jul 2024'}` pins Llama 3.x's date line.
   """
   policy: str | None = None
   prm: str | None = None
@@ -144,10 +164,19 @@ class Checkpoints:
   tokenizer_dir: str | None = None
   eos_token: str = "<|endoftext|>"
   step_delimiter: str = "\n"
+  prm_format: str = "reward_head"
+  prm_tokenizer_dir: str | None = None
+  template_vars: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
-    for name in ("policy", "prm", "revision", "orm", "tokenizer_dir"):
+    object.__setattr__(self, "template_vars", dict(self.template_vars))
+    for name in ("policy", "prm", "revision", "orm", "tokenizer_dir",
+                 "prm_tokenizer_dir"):
       _check_path(getattr(self, name), f"Checkpoints.{name}", False)
+    hf_prms.check_format(self.prm_format, "Checkpoints.prm_format")
+    if self.prm_format != "reward_head" and self.tokenizer_dir is None:
+      raise ValueError(f"Checkpoints.prm_format={self.prm_format!r} needs "
+                       "Checkpoints.tokenizer_dir (a Hugging Face tokenizer)")
     if not self.step_delimiter or (self.tokenizer_dir is None and len(
         self.step_delimiter.encode("utf-8")) != 1):
       raise ValueError(f"Checkpoints.step_delimiter={self.step_delimiter!r}"
@@ -240,6 +269,9 @@ class SearchRun:
       revisions): at large N, fewer problems go in a batch (at least one),
       so the KV cache stays within what `ttcjax.memory` budgets. Records do
       not depend on it. None: `problems_per_batch` at every budget.
+    verifier_len: longest PRM input in tokens (None: the prompt width plus
+      `max_new_tokens`, plus what `Checkpoints.prm_format`'s layout adds
+      for 40 steps).
   """
   problems: ProblemSource
   checkpoints: Checkpoints
@@ -254,6 +286,7 @@ class SearchRun:
   mesh: partitioning.MeshConfig | None = None
   verifier_rows: int | None = None
   max_rows: int | None = None
+  verifier_len: int | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "strategies", tuple(self.strategies))
@@ -268,7 +301,7 @@ class SearchRun:
       raise ValueError(f"SearchRun.mesh must be a MeshConfig or None, got "
                        f"{self.mesh!r} (bind search.SearchRun.mesh = "
                        f"@ttcjax.MeshConfig())")
-    for name in ("verifier_rows", "max_rows"):
+    for name in ("verifier_rows", "max_rows", "verifier_len"):
       value = getattr(self, name)
       if value is not None and (not isinstance(value, int) or value < 1):
         raise ValueError(f"SearchRun.{name} must be a positive int or None, "
@@ -305,17 +338,30 @@ class Tokenizer:
     eos_id: end of a solution.
     pad_id: prompt padding.
     stop_ids: ids that end a step (their text ends with a newline).
+    files: the Hugging Face tokenizer files (chat template), or None.
   """
   encode_text: Any
   decode: Callable[[Sequence[int]], str]
   eos_id: int
   pad_id: int
   stop_ids: tuple[int, ...]
+  files: Any = None
 
 
-def load_problems(source: ProblemSource) -> list[_Problem]:
+def load_problems(source: ProblemSource,
+                  tok: Tokenizer | None = None) -> list[_Problem]:
   """The problems of `source`, with their reference answers and the
-  task's difficulty features."""
+  task's difficulty features; `tok` renders `source.chat_template`
+  prompts."""
+  prompt = source.prompt
+  if source.chat_template:
+    if tok is None or tok.files is None:
+      raise ValueError("ProblemSource.chat_template=True needs "
+                       "Checkpoints.tokenizer_dir (a Hugging Face tokenizer)")
+    system = ([{"role": "system", "content": source.system_prompt}]
+              if source.system_prompt is not None else [])
+    prompt = lambda text: tok.files.render_chat(
+        system + [{"role": "user", "content": text}], True)
   task = source.make_task()
   if source.task == "math":
     drawn = task.problems(source.num_problems, source.seed)
@@ -324,7 +370,7 @@ def load_problems(source: ProblemSource) -> list[_Problem]:
   out = []
   for p in drawn:
     text = p.problem if source.task == "math" else p.question
-    out.append(_Problem(p.uid, text, source.prompt(text), p.answer,
+    out.append(_Problem(p.uid, text, prompt(text), p.answer,
                         {"reference": p.answer,
                          **task.difficulty_features(p)}, p))
   return out
@@ -336,8 +382,10 @@ def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
     tok = ByteTokenizer()
     return Tokenizer(tok, tok.decode, tok.eos_id, tok.pad_id,
                      tok.token_ids_ending_with(ckpts.step_delimiter))
-  from ttcjax.models import hf_import  # pylint: disable=g-import-not-at-top
-  raw = hf_import.load_tokenizer(ckpts.tokenizer_dir)
+  # pylint: disable-next=g-import-not-at-top
+  from ttcjax.models import hf_import, hf_tokenizer
+  files = hf_tokenizer.load(ckpts.tokenizer_dir, ckpts.template_vars)
+  raw = files.tokenizer
   eos = raw.token_to_id(ckpts.eos_token)
   if eos is None:
     raise ValueError(f"Checkpoints.eos_token={ckpts.eos_token!r} is not in "
@@ -345,7 +393,7 @@ def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
   tok = examples.HFTokenizer(raw, eos_id=eos)
   stops = tuple(int(i) for i in hf_import.step_delimiter_ids(
       raw, ckpts.step_delimiter))
-  return Tokenizer(tok, tok.decode, eos, tok.pad_id, stops)
+  return Tokenizer(tok, tok.decode, eos, tok.pad_id, stops, files)
 
 
 def task_fns(source: ProblemSource, tok: Tokenizer) -> base.TaskFns:
@@ -440,26 +488,51 @@ def policy_fns(config: models.ModelConfig, params: Any, tok: Tokenizer, *,
 
 
 @functools.cache
-def reward_score_fn(config: models.ModelConfig,
-                    rows: int | None = None) -> verifiers.ScoreFn:
-  """`sigmoid(reward head)` as a score_fn, reading at most `rows` rows per
-  forward pass (None: all); one object per (config, rows), so the scorer
-  compiles once."""
-  score_fn = verifiers.reward_head_score_fn(
-      functools.partial(models.reward_scores, config))
+def reward_score_fn(config: models.ModelConfig, rows: int | None = None,
+                    tags: tuple[int, int] | None = None) -> verifiers.ScoreFn:
+  """`sigmoid(reward head)` as a score_fn (with `tags`, P(good) over the
+  (good, bad) LM-head ids instead), reading at most `rows` rows per
+  forward pass (None: all); one object per (config, rows, tags), so the
+  scorer compiles once."""
+  if tags is None:
+    score_fn = verifiers.reward_head_score_fn(
+        functools.partial(models.reward_scores, config))
+  else:
+    score_fn = verifiers.step_tag_score_fn(
+        functools.partial(models.lm_logits, config), *tags)
   return score_fn if rows is None else verifiers.chunked_score_fn(score_fn,
                                                                   rows)
 
 
 def verifier_fns(config: models.ModelConfig, params: Any, tok: Tokenizer,
                  max_len: int, *, rows: int | None = None,
-                 shard: Callable[[Any], Any] | None = None
-                 ) -> base.VerifierFns:
-  """A reward-head checkpoint as `VerifierFns` (prompt + solution input),
+                 shard: Callable[[Any], Any] | None = None,
+                 build_input: base.BuildInput | None = None,
+                 tags: tuple[int, int] | None = None) -> base.VerifierFns:
+  """A reward-head checkpoint as `VerifierFns` (prompt + solution input,
+  or `build_input`'s layout; with `tags`, scored from the LM head),
   scoring `rows` rows per forward pass (None: all); `shard` places them."""
-  return base.VerifierFns(score_fn=reward_score_fn(config, rows),
+  return base.VerifierFns(score_fn=reward_score_fn(config, rows, tags),
                           params=params, max_len=max_len, pad_id=tok.pad_id,
+                          build_input=build_input or base.concat_input,
                           shard=shard)
+
+
+def prm_layout(ckpts: Checkpoints, tok: Tokenizer,
+               problems: Sequence[_Problem],
+               prompts: Sequence[Sequence[int]]):
+  """`(build_input, tags, extra tokens per input)` of `ckpts.prm_format`."""
+  if ckpts.prm_format == "reward_head":
+    return None, None, 0
+  from ttcjax.models import hf_tokenizer  # pylint: disable=g-import-not-at-top
+  files = (tok.files if ckpts.prm_tokenizer_dir is None else
+           hf_tokenizer.load(ckpts.prm_tokenizer_dir, ckpts.template_vars))
+  questions = {tuple(ids): p.question for ids, p in zip(prompts, problems)}
+  build = hf_prms.input_builder(ckpts.prm_format, files, tok.decode,
+                                questions, ckpts.step_delimiter)
+  extra = (hf_prms.FIXED_TOKENS[ckpts.prm_format] +
+           40 * hf_prms.TOKENS_PER_STEP[ckpts.prm_format])
+  return build, hf_prms.step_tags(ckpts.prm_format, files), extra
 
 
 def revision_prompt_fn(questions: Mapping[str, str], tok: Tokenizer,
@@ -498,14 +571,17 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
     width = run_config.prompt_len or _round_up(max(map(len, prompts)))
     tree = run_config.tree_cache_tokens or 4 * gen
     cfg, params = _restore(ckpts.policy, "policy", False, placement)
-    prm_cfg, prm_params = _restore(ckpts.prm, "PRM", True, placement)
+    build, tags, extra = prm_layout(ckpts, tok, problems, prompts)
+    prm_cfg, prm_params = _restore(ckpts.prm, "PRM", tags is None, placement)
     cache = width + (tree if names & {"beam", "lookahead", "dvts"} else gen)
     out["prm"] = _Models(
         policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
                    cache_len=cache, temperature=run_config.temperature,
                    shard=shard),
-        verifier_fns(prm_cfg, prm_params, tok, width + gen, rows=rows,
-                     shard=shard), cfg, prm_cfg)
+        verifier_fns(prm_cfg, prm_params, tok,
+                     run_config.verifier_len or width + gen + extra,
+                     rows=rows, shard=shard, build_input=build, tags=tags),
+        cfg, prm_cfg)
   if "revisions" in names:
     zero = max(len(examples.revision_prompt_ids(tok.encode_text, p.question,
                                                 []))
@@ -587,7 +663,30 @@ def batch_problems(size: int, config: base.SearchConfig, budget: int,
   return max(1, min(size, max_rows // rows))
 
 
-def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
+def _pending_generations(run_config: SearchRun, size: int,
+                         uids: Sequence[str], done: set[records.Key]) -> int:
+  """Generations the unfinished records of `run` will take (for progress)."""
+  total = 0
+  for spec in run_config.strategies:
+    seen = set()
+    for config, budget in itertools.product(spec.configs(size),
+                                            spec.budgets):
+      if _fits(config, budget):
+        continue
+      hparams = [records.hparams_of(config, budget, how)
+                 for how in spec.selections]
+      ident = records.key_of("", config.strategy, hparams[0], budget)
+      if ident in seen:
+        continue
+      seen.add(ident)
+      todo = records.missing(uids, config.strategy, hparams, budget, done)
+      total += len(todo) * config.generations(budget)
+  return total
+
+
+def run(run_config: SearchRun, workdir: str,
+        progress: Callable[[int, int], None] | None = None
+        ) -> dict[str, int]:
   """Runs every sweep of `run_config`, appending to `<workdir>/records.jsonl`.
 
   On several processes (`jax.distributed`, see `ttcjax.distributed`), each
@@ -603,6 +702,8 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
   Args:
     run_config: what to run.
     workdir: output directory (created).
+    progress: called after each round of batches with (generations done,
+      generations to do) of this call's unfinished records.
 
   Returns:
     `{"written": records appended, "skipped": records already there}` (the
@@ -615,8 +716,8 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
     os.makedirs(workdir, exist_ok=True)
   done = _existing_keys(path)
   writer = records.RecordWriter(path) if primary else None
-  problems = load_problems(run_config.problems)
   tok = make_tokenizer(run_config.checkpoints)
+  problems = load_problems(run_config.problems, tok)
   task = task_fns(run_config.problems, tok)
   grader = run_config.problems.make_task()
   by_uid = {p.uid: p for p in problems}
@@ -630,9 +731,14 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
   bundles = None  # restored on first need: a finished rerun loads nothing
   key = jax.random.key(run_config.seed)
   counts = {"written": 0, "skipped": 0}
+  rounds = 0  # the preemption sync point's step: the same on every process
   # Fewer problems than a batch: no padding problems to decode.
   size = min(run_config.problems_per_batch or len(problems),
              max(len(problems), 1))
+  pending = (_pending_generations(run_config, size,
+                                  [p.uid for p in search_problems], done)
+             if progress is not None else 0)
+  generated = 0
   for spec in run_config.strategies:
     seen = set()
     for config, budget in itertools.product(spec.configs(size),
@@ -710,4 +816,13 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
                        budget, hparams[0], written,
                        time.perf_counter() - began)
         counts["written"] += written
+        if progress is not None:
+          generated += config.generations(budget) * sum(
+              map(len, batches[first:first + hosts]))
+          progress(generated, pending)
+        rounds += 1
+        # After the round's records are on disk (fsynced): a SIGTERM ends
+        # the run here, and a rerun redoes no batch.
+        preemption.check(f"{counts['written']} records of this run written "
+                         f"to {path}", rounds)
   return counts

@@ -1,8 +1,10 @@
-r"""Converts a Hugging Face Llama / Qwen2 checkpoint into a ttcjax checkpoint.
+r"""Converts a Hugging Face checkpoint into a ttcjax checkpoint.
 
 Only safetensors weights are read; the output is an orbax checkpoint that
 `ttcjax.checkpoint.restore` loads. Nothing is written unless the whole model
-loads and checks out.
+loads and checks out. Families: Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3;
+heads: causal LM, one-label reward model, Qwen2.5-Math-PRM, Skywork-o1-PRM
+(`ttcjax.models.hf_config`). A refusal is one line, exit status 2.
 
   python -m ttcjax.main.convert_hf \
       --hf_dir=/models/Qwen2.5-0.5B --output_dir=/ckpt/qwen2.5-0.5b \
@@ -13,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ttcjax.main import cli
 from ttcjax.models import hf_import
 
 _HF_DIR = flags.DEFINE_string(
@@ -39,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "ttcjax.main.convert_hf")

@@ -25,6 +25,7 @@ import difflib
 import inspect
 import os
 import re
+import tokenize
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import flags
@@ -199,9 +200,16 @@ def _include_order(paths: Sequence[str]) -> list[str]:
 
 def _check_includes(flag_value: str, path: str, paths: Sequence[str],
                     seen: frozenset[str] = frozenset()) -> None:
-  """Raises GinConfigError naming the first include of `path` not found."""
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  """Raises GinConfigError naming the first include of `path` not found,
+  or a file that is not UTF-8 text."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise GinConfigError(f"--gin_file={flag_value}: {path}:{line}: not "
+                         f"UTF-8 text (byte {e.start})") from None
   for match in _INCLUDE_RE.finditer(text):
     line = text.count("\n", 0, match.start()) + 1
     found = resolve(match["path"], _include_order(paths))
@@ -261,13 +269,15 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str],
       gin.parse_config_file(os.path.abspath(path))
     # TypeError: gin's package-resource reader on a missing include;
     # KeyError: a selector matching two configurables.
+    # tokenize.TokenError: a file cut short inside brackets.
     except (ValueError, SyntaxError, OSError, ImportError, TypeError,
-            KeyError) as e:
+            KeyError, tokenize.TokenError) as e:
       raise GinConfigError(f"--gin_file={name}: {_explain(str(e))}") from None
   for binding in gin_bindings:
     try:
       gin.parse_config(binding)
-    except (ValueError, SyntaxError, ImportError, KeyError) as e:
+    except (ValueError, SyntaxError, ImportError, KeyError, TypeError,
+            tokenize.TokenError) as e:
       raise GinConfigError(
           f"--gin_bindings={binding!r}: {_explain(str(e))}") from None
   try:

@@ -14,6 +14,7 @@ from absl import app, flags, logging
 import jax
 
 from ttcjax import checkpoint, decoding, generate, models, tokenizer
+from ttcjax.main import cli
 
 _PROMPT = flags.DEFINE_string("prompt", "Compute: 37+8*4-12\n", "Prompt text.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Samples per prompt.")
@@ -71,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "ttcjax.main.sample", output_flags=("workdir",))

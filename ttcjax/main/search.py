@@ -20,9 +20,9 @@ writes the files:
 from absl import app, flags, logging
 import gin
 
-from ttcjax import distributed
+from ttcjax import distributed, faults, preemption, workdir_lock
 from ttcjax.experiments import studies, sweep_runner
-from ttcjax.main import gin_utils
+from ttcjax.main import cli, gin_utils
 
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
@@ -55,16 +55,16 @@ def main(argv):
     distributed.initialize_from_flags(_PROCESS_FLAGS)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  try:
-    config = parse(_GIN_FILES.value, _GIN_BINDINGS.value,
-                   _GIN_SEARCH_PATHS.value)
-  except gin_utils.GinConfigError as e:
-    raise SystemExit(f"ttcjax.main.search: {e}") from None
-  gin_utils.write_operative_config(_WORKDIR.value)
-  counts = sweep_runner.run(config, _WORKDIR.value)
+  config = parse(_GIN_FILES.value, _GIN_BINDINGS.value,
+                 _GIN_SEARCH_PATHS.value)
+  preemption.install()
+  with (faults.guard("ttcjax.main.search"),
+        workdir_lock.hold_for_run(_WORKDIR.value)):
+    gin_utils.write_operative_config(_WORKDIR.value)
+    counts = sweep_runner.run(config, _WORKDIR.value)
   logging.info("records: %d written, %d already there", counts["written"],
                counts["skipped"])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "ttcjax.main.search", output_flags=("workdir",))

@@ -12,7 +12,9 @@ study, on arithmetic or Countdown, with overrides) or `@study.SearchStudy()` (sw
 checkpoints, analyse, report). `--preset=NAME` is
 `experiments/NAME.gin` without a file. The operative config goes to
 `<workdir>/config.gin`. Finished stages are skipped, killed ones resume.
-Prints where report.md landed and the headline numbers of results.json.
+Prints one line per stage, then where report.md landed and the headline
+numbers of results.json, each with its CI; absl/orbax logs go to
+`<workdir>/study.log` (`ttcjax.experiments.console`).
 
 The study runs in one process: its training and sweep stages are not
 multi-host (use `ttcjax.main.train` / `ttcjax.main.search` for that).
@@ -23,8 +25,9 @@ import os
 
 from absl import app, flags, logging
 
-from ttcjax.experiments import studies
-from ttcjax.main import gin_utils
+from ttcjax import faults, preemption, workdir_lock
+from ttcjax.experiments import console, studies
+from ttcjax.main import cli, gin_utils
 from ttcjax.experiments import embedded
 from ttcjax.experiments import embedded_study
 
@@ -67,14 +70,16 @@ def experiment(gin_files, gin_bindings, preset, search_paths=()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    spec = experiment(_GIN_FILES.value, _GIN_BINDINGS.value, _PRESET.value,
-                      _GIN_SEARCH_PATHS.value)
-  except gin_utils.GinConfigError as e:
-    raise SystemExit(f"ttcjax.main.study: {e}") from None
+  spec = experiment(_GIN_FILES.value, _GIN_BINDINGS.value, _PRESET.value,
+                    _GIN_SEARCH_PATHS.value)
   workdir = _WORKDIR.value
-  gin_utils.write_operative_config(workdir)
-  studies.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
+  preemption.install()
+  with faults.guard("ttcjax.main.study"), workdir_lock.hold(workdir):
+    for line in studies.notices(spec):  # a preset too small to show the effect
+      print(line, flush=True)
+    print(f"logs: {console.log_to_file(workdir)}", flush=True)
+    gin_utils.write_operative_config(workdir)
+    studies.run(spec, workdir, only=_ONLY.value, on_change=_ON_CHANGE.value,
                 log=_log)
   path = os.path.join(workdir, "report.md")
   if not os.path.exists(path):
@@ -88,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "ttcjax.main.study", output_flags=("workdir",))

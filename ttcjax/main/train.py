@@ -27,7 +27,8 @@ variables, or a cluster JAX detects).
 from absl import app
 from absl import flags
 
-from ttcjax import distributed
+from ttcjax import distributed, faults, preemption, workdir_lock
+from ttcjax.main import cli
 from ttcjax.main import gin_utils
 from ttcjax.training import roles
 
@@ -47,12 +48,12 @@ def main(argv):
     distributed.initialize_from_flags(_PROCESS_FLAGS)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  try:
+  preemption.install()
+  with (faults.guard("ttcjax.main.train"),
+        workdir_lock.hold_for_run(_WORKDIR.value)):
     roles.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
-                             _WORKDIR.value, _GIN_SEARCH_PATHS.value)
-  except gin_utils.GinConfigError as e:
-    raise SystemExit(f"ttcjax.main.train: {e}") from None
+                         _WORKDIR.value, _GIN_SEARCH_PATHS.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "ttcjax.main.train", output_flags=("workdir",))

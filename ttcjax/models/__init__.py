@@ -1,4 +1,5 @@
-"""Llama/Qwen2-shaped decoder models (policy, PRM, ORM, revision model)."""
+"""Llama / Mistral / Qwen2 / Qwen3-shaped decoder models (policy, PRM, ORM,
+revision model)."""
 
 from ttcjax.models.api import (abstract_params, apply, decode_step_fn,
                                init_params, lm_logits, param_shapes,

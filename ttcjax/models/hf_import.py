@@ -1,17 +1,24 @@
-"""Imports Hugging Face Llama / Qwen2 checkpoints into ttcjax's parameter tree.
+"""Imports Hugging Face checkpoints into ttcjax's parameter tree.
+
+Families and heads: see `ttcjax.models.hf_config` (Llama 2/3.x, Mistral,
+Qwen2/2.5, Qwen3; causal LMs, one-label reward models, Qwen2.5-Math-PRM,
+Qwen2.5-Math-RM and Skywork-o1-Open-PRM heads).
 
 Only safetensors files are read: pickle-based weights (`pytorch_model.bin`,
 `*.pt`, ...) can run arbitrary code when loaded and are never opened (a
-directory holding only those is refused; one that also has safetensors is read
-from the safetensors). Neither torch
-nor transformers is imported; tensors are read with `safetensors`' numpy
+directory holding only those is refused, with the command that converts them
+safely; one that also has safetensors is read from the safetensors). Neither
+torch nor transformers is imported; tensors are read with `safetensors`' numpy
 backend (bfloat16 through `ml_dtypes`) and returned as host numpy arrays, so
 the caller decides where they go (`jax.device_put(params, shardings)`).
 
-Causal LMs (`LlamaForCausalLM`, `Qwen2ForCausalLM`) map one to one. One-label
-`*ForSequenceClassification` reward models put their `score` layer in the
-reward head (bias zero); having no LM head, they are imported with tied
-embeddings, so their LM logits mean nothing.
+Reward heads land in ttcjax's scalar reward head, whose sigmoid is the score:
+a one-label `score` layer (bias zero); Skywork's `v_head.summary` (its bias
+kept); Qwen2.5-Math-PRM's `score.0` (Linear(h, h)) -> ReLU -> `score.2`
+(Linear(h, 2)) with the two classes folded into one logit, `w = W[1] - W[0]`,
+`b = b[1] - b[0]`, so `sigmoid` of it is the model's P(class 1). A reward
+model without an `lm_head` is imported with tied embeddings: its LM logits
+mean nothing.
 
 Our RoPE uses the same rotate-half convention as Hugging Face, so q/k weights
 are only transposed and reshaped, never permuted.
@@ -30,26 +37,18 @@ import tokenizers
 
 from ttcjax import checkpoint
 from ttcjax.models.config import ModelConfig, as_dtype
+from ttcjax.models.hf_config import (ARCHITECTURES, HFImportError,
+                                     architecture, config_from_hf)
 
 Params = dict[str, Any]
+__all__ = ["ARCHITECTURES", "HFImportError", "config_from_hf", "convert",
+           "load_hf", "load_tokenizer", "step_delimiter_ids"]
 
 _SINGLE_FILE = "model.safetensors"
 _INDEX_FILE = "model.safetensors.index.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_CAUSAL_LM = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
-_SEQ_CLS = {"LlamaForSequenceClassification": "llama",
-            "Qwen2ForSequenceClassification": "qwen2"}
-_UNSUPPORTED = {
-    "Qwen2ForProcessRewardModel": "its score head is a two-layer MLP with two "
-                                  "outputs",
-    "Qwen2ForRewardModel": "its score head is a two-layer MLP",
-}
 # Buffers some older checkpoints saved next to the weights; recomputed here.
 _IGNORABLE = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
-
-
-class HFImportError(ValueError):
-  """A Hugging Face checkpoint that ttcjax cannot import, and why."""
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -60,121 +59,27 @@ def _read_json(path: str) -> dict[str, Any]:
     raise HFImportError(f"{path}: file not found") from None
   except json.JSONDecodeError as e:
     raise HFImportError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-
-
-def _architecture(hf: dict[str, Any], where: str) -> tuple[str, bool]:
-  """Returns (model family, is_reward_model) for a config.json dict."""
-  archs = hf.get("architectures") or []
-  if not archs:
-    family = hf.get("model_type")
-    if family in ("llama", "qwen2"):
-      return family, False
-    raise HFImportError(f"{where}: no 'architectures' and unsupported "
-                        f"model_type={family!r}; expected llama or qwen2")
-  if len(archs) != 1:
-    raise HFImportError(f"{where}: expected one architecture, got {archs}")
-  arch = archs[0]
-  if arch in _CAUSAL_LM:
-    return _CAUSAL_LM[arch], False
-  if arch in _SEQ_CLS:
-    num_labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 2)
-    if num_labels != 1:
-      raise HFImportError(f"{where}: {arch} with {num_labels} labels is not a "
-                          "reward model; ttcjax's reward head has one output")
-    return _SEQ_CLS[arch], True
-  why = _UNSUPPORTED.get(arch, "")
-  supported = sorted({**_CAUSAL_LM, **_SEQ_CLS})
-  raise HFImportError(
-      f"{where}: unsupported architecture {arch!r}"
-      + (f" ({why}; ttcjax's reward head is one linear layer)" if why else "")
-      + f"; supported: {supported}")
-
-
-def _rope_theta(hf: dict[str, Any], where: str) -> float:
-  """RoPE base from `rope_parameters` (transformers 5) or top-level keys."""
-  params = hf.get("rope_parameters") or {}
-  scaling = hf.get("rope_scaling") or {}
-  for source in (params, scaling):
-    rope_type = source.get("rope_type", source.get("type", "default"))
-    if rope_type not in (None, "default"):
-      raise HFImportError(f"{where}: rope scaling type {rope_type!r} is not "
-                          "supported; ttcjax implements plain RoPE only")
-  factor = params.get("partial_rotary_factor",
-                      hf.get("partial_rotary_factor", 1.0))
-  if factor != 1.0:
-    raise HFImportError(f"{where}: partial_rotary_factor={factor} is not "
-                        "supported")
-  return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
-
-
-def config_from_hf(hf: dict[str, Any], where: str = "config.json",
-                   param_dtype: str | None = None) -> ModelConfig:
-  """Maps a Hugging Face `config.json` dict to a `ModelConfig`.
-
-  Args:
-    hf: the parsed config.json.
-    where: where it came from, for error messages.
-    param_dtype: dtype to store parameters in; defaults to the checkpoint's
-      `dtype` / `torch_dtype`, else float32.
-
-  Returns:
-    The matching config; compute dtype equals the parameter dtype.
-
-  Raises:
-    HFImportError: naming the architecture or setting ttcjax cannot represent.
-  """
-  family, is_reward = _architecture(hf, where)
-  act = hf.get("hidden_act", "silu")
-  if act != "silu":
-    raise HFImportError(f"{where}: hidden_act={act!r}; only 'silu' is "
-                        "supported")
-  if hf.get("mlp_bias"):
-    raise HFImportError(f"{where}: mlp_bias=true is not supported")
-  if family == "llama" and hf.get("attention_bias"):
-    raise HFImportError(f"{where}: attention_bias=true also puts a bias on "
-                        "o_proj, which ttcjax's attention does not have")
-  if family == "qwen2" and hf.get("use_sliding_window"):
-    raise HFImportError(f"{where}: use_sliding_window=true is not supported")
-  dtype = param_dtype or hf.get("dtype") or hf.get("torch_dtype") or "float32"
-  try:
-    as_dtype(dtype)
-  except ValueError as e:
-    raise HFImportError(f"{where}: {e}") from None
-  try:
-    return ModelConfig(
-        vocab_size=hf["vocab_size"],
-        d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_heads=hf["num_attention_heads"],
-        n_kv_heads=hf.get("num_key_value_heads"),
-        head_dim=hf.get("head_dim"),
-        d_ff=hf["intermediate_size"],
-        rope_theta=_rope_theta(hf, where),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        qkv_bias=family == "qwen2",
-        # A reward model has no LM head; tying avoids inventing one. Its LM
-        # logits are therefore meaningless.
-        tie_embeddings=is_reward or bool(hf.get("tie_word_embeddings", False)),
-        param_dtype=dtype,
-        dtype=dtype,
-        max_len=hf.get("max_position_embeddings", 2048),
-        reward_head=is_reward,
-    )
-  except KeyError as e:
-    raise HFImportError(f"{where}: missing key {e.args[0]!r}") from None
-  except ValueError as e:
-    raise HFImportError(f"{where}: {e}") from None
+  except UnicodeDecodeError as e:
+    raise HFImportError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 def _no_weights_error(directory: str) -> HFImportError:
   pickles = sorted(f for f in os.listdir(directory)
                    if f.endswith(_PICKLE_SUFFIXES))
+  if not pickles:
+    return HFImportError(f"{directory}: no {_SINGLE_FILE} or {_INDEX_FILE}; "
+                         "point --hf_dir at a Hugging Face model directory")
+  first = pickles[0]
   return HFImportError(
-      f"{directory}: no {_SINGLE_FILE} or {_INDEX_FILE}"
-      + (f"; refusing pickle weight files {pickles}: unpickling can run "
-         "arbitrary code on load. Convert them in a trusted environment with "
-         "`model.save_pretrained(dir, safe_serialization=True)`"
-         if pickles else ""))
+      f"{directory}: no {_SINGLE_FILE} or {_INDEX_FILE}; refusing pickle "
+      f"weight files {pickles}: unpickling can run arbitrary code on load. "
+      "Convert each file with torch's restricted loader, which runs no code "
+      "from the file: python -c \"import torch, safetensors.torch as st; "
+      f"sd = torch.load('{first}', map_location='cpu', weights_only=True); "
+      "st.save_file({k: v.contiguous().clone() for k, v in sd.items()}, "
+      f"'{_SINGLE_FILE}', metadata={{'format': 'pt'}})\" (several shards: "
+      f"convert each, then list them in {_INDEX_FILE}); never "
+      "trust_remote_code")
 
 
 def _read_tensors(directory: str) -> dict[str, tuple[np.ndarray, str]]:
@@ -206,21 +111,52 @@ def _read_tensors(directory: str) -> dict[str, tuple[np.ndarray, str]]:
   return tensors
 
 
-def _to_params(config: ModelConfig, tensors: dict[str, tuple[np.ndarray, str]],
+def _reward_head(config: ModelConfig, head: str, take) -> Params:
+  """The reward head's params from the checkpoint's head tensors."""
+  d, f32 = config.d_model, np.float32
+  if head == "score":
+    kernel = take("score.weight", (1, d)).T
+    return {"reward_head": {"kernel": kernel, "bias": np.zeros((1,),
+                                                               kernel.dtype)}}
+  if head == "value_head":
+    return {"reward_head": {"kernel": take("v_head.summary.weight", (1, d)).T,
+                            "bias": take("v_head.summary.bias", (1,))}}
+  out = {"reward_hidden": {"kernel": take("score.0.weight", (d, d)).T,
+                           "bias": take("score.0.bias", (d,))}}
+  if head == "rm_mlp":
+    out["reward_head"] = {"kernel": take("score.2.weight", (1, d)).T,
+                          "bias": take("score.2.bias", (1,))}
+    return out
+  # prm_mlp: softmax over two classes; P(1) = sigmoid(z1 - z0). The fold is
+  # done in float32 from the stored weights, then cast.
+  weight = take("score.2.weight", (2, d), f32)
+  bias = take("score.2.bias", (2,), f32)
+  dtype = out["reward_hidden"]["kernel"].dtype
+  out["reward_head"] = {
+      "kernel": (weight[1] - weight[0])[:, None].astype(dtype),
+      "bias": (bias[1:] - bias[:1]).astype(dtype)}
+  return out
+
+
+def _to_params(config: ModelConfig, head: str,
+               tensors: dict[str, tuple[np.ndarray, str]],
                directory: str) -> Params:
   """Maps HF tensor names and layouts onto ttcjax's tree; consumes `tensors`."""
   dtype = np.dtype(as_dtype(config.param_dtype))
   d, h, kh, hd = (config.d_model, config.n_heads, config.n_kv_heads,
                   config.head_dim)
 
-  def take(name, shape):
+  def take(name, shape, as_type=dtype):
     if name not in tensors:
       raise HFImportError(f"{directory}: missing tensor {name!r}")
     array, file = tensors.pop(name)
     if array.shape != shape:
+      what = ("; the reward head is not the shape its architecture names: "
+              "convert this head yourself" if head != "lm" and not
+              name.startswith("model.") else "")
       raise HFImportError(f"{directory}/{file}: tensor {name!r} has shape "
-                          f"{array.shape}, expected {shape}")
-    return array.astype(dtype)
+                          f"{array.shape}, expected {shape}{what}")
+    return array.astype(as_type)
 
   def proj(name, heads):  # HF [heads * hd, d] -> [d, heads, hd]
     return take(name, (heads * hd, d)).T.reshape(d, heads, hd)
@@ -239,6 +175,9 @@ def _to_params(config: ModelConfig, tensors: dict[str, tuple[np.ndarray, str]],
       for name, heads in (("q_proj", h), ("k_proj", kh), ("v_proj", kh)):
         attn[name]["bias"] = take(f"{pre}self_attn.{name}.bias",
                                   (heads * hd,)).reshape(heads, hd)
+    if config.qk_norm:
+      for name in ("q_norm", "k_norm"):
+        attn[name] = {"scale": take(f"{pre}self_attn.{name}.weight", (hd,))}
     mlp = {name: {"kernel": take(f"{pre}mlp.{name}.weight", shape).T}
            for name, shape in (("gate_proj", (config.d_ff, d)),
                                ("up_proj", (config.d_ff, d)),
@@ -249,15 +188,14 @@ def _to_params(config: ModelConfig, tensors: dict[str, tuple[np.ndarray, str]],
         "mlp_norm": {"scale": take(pre + "post_attention_layernorm.weight",
                                    (d,))}}
   if config.reward_head:
-    params["reward_head"] = {"kernel": take("score.weight", (1, d)).T,
-                             "bias": np.zeros((1,), dtype)}
-  elif not config.tie_embeddings:
+    params.update(_reward_head(config, head, take))
+  if not config.tie_embeddings:
     params["lm_head"] = {"kernel": take("lm_head.weight",
                                         (config.vocab_size, d)).T}
   elif "lm_head.weight" in tensors:
     # Some tied checkpoints store the shared matrix twice; accept only a copy.
-    head = take("lm_head.weight", (config.vocab_size, d))
-    if not np.array_equal(head, params["embedding"]):
+    lm_head = take("lm_head.weight", (config.vocab_size, d))
+    if not np.array_equal(lm_head, params["embedding"]):
       raise HFImportError(f"{directory}: tie_word_embeddings is true but "
                           "lm_head.weight differs from model.embed_tokens")
   unused = sorted(k for k in tensors if not _IGNORABLE.search(k))
@@ -265,7 +203,8 @@ def _to_params(config: ModelConfig, tensors: dict[str, tuple[np.ndarray, str]],
     shown = ", ".join(repr(k) for k in unused[:8])
     more = f" and {len(unused) - 8} more" if len(unused) > 8 else ""
     raise HFImportError(f"{directory}: unexpected tensors the model does not "
-                        f"use: {shown}{more}")
+                        f"use: {shown}{more}; is config.json's architectures "
+                        "right?")
   return _contiguous(params)
 
 
@@ -277,7 +216,7 @@ def _contiguous(tree: Params) -> Params:
 
 def load_hf(path: str | os.PathLike,
             param_dtype: str | None = None) -> tuple[ModelConfig, Params]:
-  """Loads a Hugging Face Llama / Qwen2 model directory.
+  """Loads a Hugging Face model directory (see `hf_config.ARCHITECTURES`).
 
   Args:
     path: directory holding `config.json` and `model.safetensors` (or shards
@@ -297,8 +236,17 @@ def load_hf(path: str | os.PathLike,
   if not os.path.isdir(directory):
     raise HFImportError(f"{directory}: not a directory")
   config_path = os.path.join(directory, "config.json")
-  config = config_from_hf(_read_json(config_path), config_path, param_dtype)
-  return config, _to_params(config, _read_tensors(directory), directory)
+  hf = _read_json(config_path)
+  config = config_from_hf(hf, config_path, param_dtype)
+  _, head = architecture(hf, config_path)
+  tensors = _read_tensors(directory)
+  if config.reward_head and "lm_head.weight" in tensors and (
+      not np.array_equal(tensors["lm_head.weight"][0],
+                         tensors["model.embed_tokens.weight"][0])
+      if "model.embed_tokens.weight" in tensors else False):
+    # A reward model that kept its own LM head (Skywork's PRM does).
+    config = config.replace(tie_embeddings=False)
+  return config, _to_params(config, head, tensors, directory)
 
 
 def convert(hf_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
@@ -333,7 +281,12 @@ def load_tokenizer(path: str | os.PathLike) -> tokenizers.Tokenizer:
   if not os.path.exists(file):
     raise HFImportError(f"{file}: not found; ttcjax reads only the fast "
                         "tokenizer format (tokenizer.json)")
-  return tokenizers.Tokenizer.from_file(file)
+  try:
+    return tokenizers.Tokenizer.from_file(file)
+  except Exception as e:  # pylint: disable=broad-except
+    # The Rust library raises plain `Exception` for a malformed file.
+    raise HFImportError(f"{file}: not a tokenizer.json the tokenizers "
+                        f"library reads: {e}") from None
 
 
 def step_delimiter_ids(tokenizer: tokenizers.Tokenizer,

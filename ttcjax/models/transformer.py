@@ -1,8 +1,10 @@
-"""Llama/Qwen2-shaped decoder-only transformer in Flax linen.
+"""Llama / Qwen2 / Qwen3 / Mistral-shaped decoder-only transformer in Flax.
 
-RoPE (rotate-half convention, as in Hugging Face), RMSNorm, SwiGLU MLP,
-grouped-query attention with optional q/k/v bias, tied or untied embeddings,
-and an optional scalar reward head on the same backbone (PRM / ORM).
+RoPE (rotate-half convention, as in Hugging Face; plain, linear or Llama 3.1
+frequency scaling), RMSNorm, SwiGLU MLP, grouped-query attention with
+optional q/k/v bias, per-head q/k RMSNorm (Qwen3) and a sliding window
+(Mistral), tied or untied embeddings, and an optional scalar reward head
+(linear, or a two-layer MLP) on the same backbone (PRM / ORM).
 
 Every parameter carries logical axis names (`ttcjax.partitioning` maps them to
 the mesh); activations are constrained with logical names too, which is a
@@ -35,19 +37,47 @@ def _param(module, name, init, shape, axes, config):
                       as_dtype(config.param_dtype))
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_inv_freq(config: ModelConfig) -> jax.Array:
+  """RoPE's inverse frequencies, `[head_dim // 2] float32`.
+
+  Plain RoPE's `theta ** (-2i / head_dim)`, then the config's scaling, in
+  float32 and in the order Hugging Face computes it ('linear': all divided
+  by the factor; 'llama3': wavelengths above `original / low_freq_factor`
+  divided by it, those below `original / high_freq_factor` kept, a linear
+  ramp between).
+  """
+  half = config.head_dim // 2
+  inv_freq = 1.0 / (config.rope_theta**(jnp.arange(0, half, dtype=jnp.float32)
+                                        / half))
+  factor = jnp.float32(config.rope_factor)
+  if config.rope_type == "linear":
+    inv_freq = inv_freq / factor
+  elif config.rope_type == "llama3":
+    old_len = jnp.float32(config.rope_original_max_len)
+    low = jnp.float32(config.rope_low_freq_factor)
+    high = jnp.float32(config.rope_high_freq_factor)
+    wavelen = jnp.float32(2 * math.pi) / inv_freq
+    scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    inv_freq = jnp.where(medium, smoothed, scaled)
+  return inv_freq
+
+
+def rope(x: jax.Array, positions: jax.Array,
+         inv_freq: jax.Array) -> jax.Array:
   """Applies rotary embeddings.
 
   Args:
     x: `[batch, length, heads, head_dim]`.
     positions: `[batch, length] int32`.
-    theta: base frequency.
+    inv_freq: `[head_dim // 2]` inverse frequencies (`rope_inv_freq`).
 
   Returns:
     `x` rotated, same shape and dtype.
   """
   half = x.shape[-1] // 2
-  inv_freq = 1.0 / (theta**(jnp.arange(0, half, dtype=jnp.float32) / half))
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, half]
   cos = jnp.cos(angles)[:, :, None, :]
   sin = jnp.sin(angles)[:, :, None, :]
@@ -154,9 +184,12 @@ class Attention(nn.Module):
                    use_bias=cfg.qkv_bias, name="k_proj")(x)
     v = Projection(cfg, (d, kh, hd), ("embed", "kv_heads", "head_dim"),
                    use_bias=cfg.qkv_bias, name="v_proj")(x)
-    q = constrain(rope(q, positions, cfg.rope_theta),
-                                   (BATCH, LENGTH, HEADS, None))
-    k = rope(k, positions, cfg.rope_theta).transpose(0, 2, 1, 3)
+    if cfg.qk_norm:  # per head, before RoPE (Qwen3)
+      q = RMSNorm(cfg, name="q_norm")(q)
+      k = RMSNorm(cfg, name="k_norm")(k)
+    inv_freq = rope_inv_freq(cfg)
+    q = constrain(rope(q, positions, inv_freq), (BATCH, LENGTH, HEADS, None))
+    k = rope(k, positions, inv_freq).transpose(0, 2, 1, 3)
     v = v.transpose(0, 2, 1, 3)  # [b, kv_heads, t, head_dim]
     if kv is not None:
       k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype),
@@ -245,6 +278,12 @@ class Transformer(nn.Module):
       valid = jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, index))
     key_slots = jnp.arange(valid.shape[1])
     mask = valid[:, None, :] & (key_slots[None, None, :] <= slots[None, :, None])
+    if cfg.sliding_window is not None:
+      # Distance in real tokens of each row, as positions count them, so a
+      # row's window does not depend on its padding or its batch.
+      key_pos = jnp.cumsum(valid, axis=1) - 1  # [b, slots]
+      query_pos = jnp.take(key_pos, slots, axis=1)  # [b, t]
+      mask &= (query_pos[:, :, None] - key_pos[:, None, :]) < cfg.sliding_window
 
     embedding = _param(self, "embedding",
                        nn.initializers.normal(stddev=cfg.d_model**-0.5),
@@ -273,9 +312,14 @@ class Transformer(nn.Module):
       outputs["lm"] = constrain(
           logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
     if cfg.reward_head and ("reward" in heads or self.is_initializing()):
+      features = x
+      if cfg.reward_mlp:
+        features = jax.nn.relu(Projection(
+            cfg, (cfg.d_model, cfg.d_model), ("embed", "mlp"), use_bias=True,
+            name="reward_hidden")(x))
       reward = Projection(cfg, (cfg.d_model, 1), ("embed", None),
                           use_bias=True, out_dtype="float32",
-                          name="reward_head")(x)
+                          name="reward_head")(features)
       outputs["reward"] = reward[..., 0].astype(jnp.float32)
     elif "reward" in heads and not self.is_initializing():
       raise ValueError("heads=('reward',) needs ModelConfig.reward_head=True")

@@ -20,6 +20,7 @@ import json
 import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ttcjax import faults
 from ttcjax.search.base import SearchConfig, SearchResult
 
 RECORDS_FILE = "records.jsonl"
@@ -144,6 +145,10 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 
   A last line without its newline is what a killed write leaves: it is
   dropped. Any other unreadable line is an error naming `path:line`.
+
+  Raises:
+    faults.CorruptArtefactError: a line (not the last, unfinished one) is
+      not JSON or not a record; a `ValueError` naming `path:line`.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
@@ -160,8 +165,12 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     try:
       record = json.loads(line)
       record_key(record)
-    except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{path}:{number}: not a search record ({e})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      what = ("not JSON" if isinstance(e, ValueError) and
+              not isinstance(e, faults.CorruptArtefactError)
+              else "not a search record")
+      raise faults.CorruptArtefactError(
+          path, number, f"{what} ({type(e).__name__}: {e})") from None
     records.append(record)
   return records
 
@@ -192,10 +201,22 @@ class RecordWriter:
     lines = [json.dumps(dict(r), sort_keys=True) + "\n" for r in records]
     if not lines:
       return 0
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write("".join(lines))
-      f.flush()
-      os.fsync(f.fileno())
+    data = "".join(lines).encode("utf-8")
+    with faults.writing(self.path):
+      size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+      try:
+        with open(self.path, "ab") as f:
+          f.write(data)
+          f.flush()
+          os.fsync(f.fileno())
+      except OSError:
+        # A full disk may have taken part of the batch: cut it back, so the
+        # file holds whole batches only (the rerun redoes this one).
+        try:
+          os.truncate(self.path, size)
+        except OSError:
+          pass  # the next RecordWriter drops a cut-short last line
+        raise
     return len(lines)
 
 

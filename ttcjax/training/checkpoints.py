@@ -29,11 +29,15 @@ class Progress:
     best_step: step of `best_eval_loss`.
     evals_since_best: evals since the last improvement.
     stopped: early stopping has ended the run.
+    pending: per-step train metrics since the last metrics record (host
+      numbers), saved by a preemption checkpoint between two records so
+      that the resumed run's next record averages the same steps.
   """
   best_eval_loss: float | None = None
   best_step: int | None = None
   evals_since_best: int = 0
   stopped: bool = False
+  pending: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
   def update(self, step: int, eval_loss: float,
              patience: int | None) -> bool:
@@ -59,8 +63,9 @@ class TrainCheckpoints:
       directory: e.g. `workdir/checkpoints`.
       keep: how many of the latest steps to keep (older ones are deleted).
     """
+    self.directory = epath.Path(absolute(directory))
     self.manager = ocp.CheckpointManager(
-        absolute(directory),
+        self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
   def latest_step(self) -> int | None:

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ttcjax import checkpoint, models, partitioning
+from ttcjax import checkpoint, faults, models, partitioning, preemption
 from ttcjax.training import metrics as metrics_lib
 from ttcjax.training.checkpoints import Progress, TrainCheckpoints
 from ttcjax.training.config import TrainConfig
@@ -228,7 +228,8 @@ def train(model_config: models.ModelConfig, train_config: TrainConfig,
     state, progress = _loop(model_config, cfg, train_source, eval_source,
                             workdir, mesh, state, progress, ckpts, records,
                             writer, history)
-    ckpts.wait()
+    with faults.writing(ckpts.directory):
+      ckpts.wait()
     params, step = state.params, int(state.step)
     if (cfg.early_stopping_patience is not None and
         progress.best_step is not None):
@@ -236,8 +237,9 @@ def train(model_config: models.ModelConfig, train_config: TrainConfig,
           workdir / "best",
           shardings=jax.tree.map(lambda x: x.sharding, state.params))
       step = progress.best_step
-    checkpoint.save(workdir / "final", params, model_config, step=step,
-                    overwrite=True)
+    with faults.writing(workdir / "final"):
+      checkpoint.save(workdir / "final", params, model_config, step=step,
+                      overwrite=True)
   finally:
     ckpts.close()
     writer.close()
@@ -255,7 +257,10 @@ def _loop(model_config, cfg, train_source, eval_source, workdir, mesh, state,
   """
   step = int(state.step)
   throughput = metrics_lib.Throughput(step)
-  pending = []  # per-step device metrics since the last record
+  # Per-step metrics since the last record (a preemption checkpoint between
+  # two records carries them over).
+  pending = [_metrics_from_host(m) for m in progress.pending]
+  progress.pending = []
   step_fn = None
   while step < cfg.total_steps and not progress.stopped:
     batch = train_source.get(step)
@@ -280,8 +285,9 @@ def _loop(model_config, cfg, train_source, eval_source, workdir, mesh, state,
       improved = progress.update(step, evals["eval_loss"],
                                  cfg.early_stopping_patience)
       if improved and cfg.early_stopping_patience is not None:
-        checkpoint.save(workdir / "best", state.params, model_config,
-                        step=step, overwrite=True)
+        with faults.writing(workdir / "best"):
+          checkpoint.save(workdir / "best", state.params, model_config,
+                          step=step, overwrite=True)
     save = (step % cfg.checkpoint_every == 0 or step == cfg.total_steps or
             progress.stopped)
     if evals or save or step % cfg.log_every == 0:
@@ -292,12 +298,47 @@ def _loop(model_config, cfg, train_source, eval_source, workdir, mesh, state,
       record = {"step": step, **summary, "tokens_per_sec": tokens_per_sec,
                 **evals}
       history.append(record)
-      records.append(record)
+      with faults.writing(records.path):
+        records.append(record)
       writer.write_scalars(step, {k: v for k, v in record.items()
                                   if k != "step"})
       logging.info("%s", metrics_lib.log_line(record, cfg.total_steps,
                                               seconds_per_step))
     if save:
-      ckpts.save(step, state, progress)
+      # The checkpoint directory, not the step: orbax saves asynchronously,
+      # so a failed write of an earlier step may surface here.
+      with faults.writing(ckpts.directory):
+        ckpts.save(step, state, progress)
       writer.flush()
+    # Called at every step: with several processes it is JAX's preemption
+    # sync point, which every host must reach with the same steps.
+    if preemption.should_stop(step) and step < cfg.total_steps:
+      _save_for_preemption(step, state, progress, pending, ckpts, save)
+      writer.flush()
+      raise preemption.Preempted(
+          f"train state of step {step}/{cfg.total_steps} saved in "
+          f"{ckpts.directory / str(step)}")
   return state, progress
+
+
+def _metrics_from_host(m: dict[str, Any]) -> dict[str, Any]:
+  """A stored per-step metrics dict with the device dtypes back (float32
+  means stay bit-identical to an uninterrupted run's)."""
+  return {k: np.asarray(v, np.int32 if k == "tokens" else np.float32)
+          for k, v in m.items()}
+
+
+def _save_for_preemption(step, state, progress, pending, ckpts, saved):
+  """Saves `step` (unless its regular checkpoint just did) with the
+  pending metrics, and waits until it is on disk."""
+  if not saved:
+    progress.pending = [
+        {k: v.item() for k, v in m.items()}
+        for m in jax.device_get(pending)]
+    with faults.writing(ckpts.directory):
+      ckpts.save(step, state, progress)
+    progress.pending = []
+  with faults.writing(ckpts.directory):
+    ckpts.wait()
+  logging.warning("preempted: saved the train state of step %d in %s", step,
+                  ckpts.directory)
