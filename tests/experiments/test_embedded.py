@@ -159,7 +159,7 @@ def test_config_keeps_test_and_training_seeds_apart():
     embedded.micro().replace(label_seed=1000)
   for preset in embedded.PRESETS.values():
     config = preset()
+    task = config.make_task()
     assert config.prompt_len >= max(
-        len(embedded.prompt_ids(p)) for p in arithmetic.generate(
-            config.arithmetic, 200, 0))
+        len(embedded.prompt_ids(task, p)) for p in config.problems(200, 0))
     json.dumps(stages.jsonable(config))  # hashable as a stage config

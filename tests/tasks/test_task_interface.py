@@ -42,6 +42,19 @@ def test_arithmetic_task_round_trips_its_reference_solutions():
   assert task.is_equiv("057", "57") and not task.is_equiv(None, "57")
 
 
+@pytest.mark.parametrize("name", ["arithmetic", "countdown"])
+def test_grade_answer_of_the_extracted_answer_is_grade(name):
+  """Records and MC labels grade extracted answers: the verdict of the text."""
+  task = tasks.get(name)
+  for p in task.problems(30, seed=5):
+    wrong = p.solution.replace(f"#### {p.answer}", f"#### {int(p.answer) + 1}")
+    for text in (p.solution, wrong, p.solution[:-3], "", None):
+      assert task.grade_answer(task.extract_answer(text), p) is task.grade(text, p)
+  assert not task.grade_answer(None, p)
+  assert task.max_prompt_chars() >= max(len(task.prompt(q)) for q in
+                                        task.problems(300, seed=0))
+
+
 def test_math_task_has_no_step_checker_and_reads_boxed_answers(tmp_path):
   path = tmp_path / "m.jsonl"
   path.write_text('{"problem": "1+1?", "answer": "2", "level": 1}\n'

@@ -1,5 +1,12 @@
-"""The arithmetic study's training stages, from a byte-level policy to the
+"""The embedded study's training stages, from a byte-level policy to the
 PRM, the revision model and its ORM (Snell et al. 2024, Secs. 5-6).
+
+The study runs on any generated task of `ttcjax.tasks` (`ArithStudyConfig
+.task`: 'arithmetic' by default, 'countdown'): problems, prompts, answer
+extraction and grading all go through the `Task` interface, so nothing here
+knows which task it trains on. A task's answer is whatever its
+`extract_answer` returns (a number for arithmetic, a canonical derivation
+for Countdown) and is graded with `Task.grade_answer`.
 
   pretrain_policy  LM on reference solutions of `pretrain_problems`
   sample_train     N samples per problem of `label_problems` (paper: 16)
@@ -38,23 +45,23 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
-from ttcjax import checkpoint, decoding, models, training
+from ttcjax import checkpoint, decoding, models, tasks, training
 from ttcjax.data import examples, packing
 from ttcjax.keys import stable_hash
 from ttcjax.experiments import stages
-from ttcjax.search.base import PolicyFns
+from ttcjax.search.base import PolicyFns, TaskFns
 from ttcjax.analysis import flops
-from ttcjax.tasks import arithmetic
+from ttcjax.tasks import arithmetic, countdown
 from ttcjax.tokenizer import ByteTokenizer
 from ttcjax.verifiers import labeling, revision_data
 
 TOKENIZER = ByteTokenizer()
-NEWLINE_IDS = TOKENIZER.token_ids_ending_with(arithmetic.STEP_DELIMITER)
+NEWLINE_IDS = TOKENIZER.token_ids_ending_with("\n")
 MIN_TRAIN_SEED = 1000
 # ArithStudyConfig.prm_init -> the stage whose model the PRM starts from.
 PRM_INITS = {"policy": "pretrain_policy", "large": "pretrain_large"}
@@ -81,11 +88,15 @@ class RoleTraining:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ArithStudyConfig:
-  """Everything the arithmetic study's stages depend on.
+  """Everything the embedded study's stages depend on.
 
   Attributes:
     seed: base seed of every sampling key.
-    arithmetic: the problem distribution (difficulty knobs).
+    task: the registered task (`ttcjax.tasks.registered()`) the study runs
+      on: a generated one with a bounded prompt ('arithmetic', 'countdown').
+    task_config: its problem distribution (difficulty knobs), passed as
+      `tasks.get(task, config=task_config)`: an `ArithmeticConfig` or a
+      `CountdownConfig`.
     policy: the policy's shape; the PRM, revision model and ORM share it.
     temperature: sampling temperature of every sample and roll-out.
     max_new_tokens: cap on a solution's tokens, EOS included.
@@ -135,7 +146,8 @@ class ArithStudyConfig:
     revision_attempts: attempts per chain (sequential revisions).
   """
   seed: int = 0
-  arithmetic: arithmetic.ArithmeticConfig
+  task: str = "arithmetic"
+  task_config: Any = arithmetic.ArithmeticConfig()
   policy: models.ModelConfig
   temperature: float = 1.0
   max_new_tokens: int = 96
@@ -169,6 +181,13 @@ class ArithStudyConfig:
   revision_attempts: int = 4
 
   def __post_init__(self):
+    task = self.make_task()  # a wrong name or config fails here
+    if task.max_prompt_chars() is None:
+      raise ValueError(f"ArithStudyConfig.task={self.task!r}: the embedded "
+                       f"study needs a generated task with bounded prompts")
+    if len(task.step_delimiter.encode()) != 1:
+      raise ValueError(f"ArithStudyConfig.task={self.task!r}: its step "
+                       f"delimiter {task.step_delimiter!r} must be one byte")
     train_seeds = (self.pretrain_seed, self.label_seed, self.revision_seed)
     if min(train_seeds) < MIN_TRAIN_SEED or len(set(train_seeds)) < 3:
       raise ValueError(f"ArithStudyConfig: training seeds {train_seeds} must "
@@ -210,14 +229,37 @@ class ArithStudyConfig:
   def replace(self, **changes) -> "ArithStudyConfig":
     return dataclasses.replace(self, **changes)
 
+  def make_task(self) -> tasks.Task:
+    """The task, built from `task` and `task_config` (one per config)."""
+    return _make_task(self.task, self.task_config)
+
+  def problems(self, count: int, seed: int) -> list[Any]:
+    """`count` problems of the task drawn with `seed`."""
+    return self.make_task().problems(count, seed)
+
   @property
   def prompt_len(self) -> int:
-    """Fixed width of policy prompts: BOS, 'Compute: ', the longest
-    expression and the newline, rounded up to 8."""
-    a = self.arithmetic
-    longest = 1 + len(arithmetic.QUESTION_PREFIX) + (
-        (a.max_ops + 1) * a.max_digits + a.max_ops) + 1
-    return 8 * math.ceil(longest / 8)
+    """Fixed width of policy prompts: BOS and the task's longest prompt
+    (question and newline), rounded up to 8."""
+    return 8 * math.ceil((1 + self.make_task().max_prompt_chars()) / 8)
+
+
+@functools.lru_cache(maxsize=None)
+def _make_task(name: str, config: Any) -> tasks.Task:
+  try:
+    return tasks.get(name, config=config)
+  except TypeError as e:
+    raise ValueError(f"ArithStudyConfig.task_config={config!r} does not "
+                     f"configure task {name!r}: {e}") from None
+
+
+def task_fields(config: ArithStudyConfig) -> dict[str, Any]:
+  """What a stage's hash records of the task. The arithmetic task keeps
+  the field it had before tasks were pluggable, so finished arithmetic
+  studies keep their stage hashes."""
+  if config.task == "arithmetic":
+    return {"arithmetic": config.task_config}
+  return {"task": config.task, "task_config": config.task_config}
 
 
 def _train(objective: str, steps: int, lr: float, seed: int,
@@ -243,7 +285,7 @@ def arith_cpu() -> ArithStudyConfig:
   about 4-5 minutes; with the ~14x model and the sweep of
   `ttcjax.experiments.embedded_study.SWEEPS['arith_cpu']`, 1-2 hours)."""
   return ArithStudyConfig(
-      arithmetic=arithmetic.ArithmeticConfig(max_ops=3, max_digits=2),
+      task_config=arithmetic.ArithmeticConfig(max_ops=3, max_digits=2),
       policy=_model(96, 3, 256, 3),
       max_new_tokens=96,
       pretrain_problems=40_000,
@@ -267,7 +309,7 @@ def smoke() -> ArithStudyConfig:
   """Every stage at small counts: the whole pipeline in a few minutes on a
   2-core CPU. Checks the wiring, not the study's numbers."""
   return ArithStudyConfig(
-      arithmetic=arithmetic.ArithmeticConfig(max_ops=2, max_digits=2),
+      task_config=arithmetic.ArithmeticConfig(max_ops=2, max_digits=2),
       policy=_model(64, 2, 128, 2),
       max_new_tokens=64, decode_rows=128, chunk_problems=16,
       pretrain_problems=6_000,
@@ -295,7 +337,7 @@ def micro() -> ArithStudyConfig:
                                 checkpoint_every=1),
       batch_size=2, row_len=160)
   return ArithStudyConfig(
-      arithmetic=arithmetic.ArithmeticConfig(max_ops=1, max_digits=1),
+      task_config=arithmetic.ArithmeticConfig(max_ops=1, max_digits=1),
       policy=_model(32, 1, 64, 1),
       max_new_tokens=24, decode_rows=8, chunk_problems=2,
       include_reference=True,
@@ -308,7 +350,82 @@ def micro() -> ArithStudyConfig:
       revision_chains=1, revision_attempts=2)
 
 
-PRESETS = {"arith_cpu": arith_cpu, "smoke": smoke, "micro": micro}
+# Countdown (`ttcjax.tasks.countdown`): reach a target from 3-4 numbers, one
+# operation a step. A solution is at most ~75 bytes (3 lines of <= 23 and
+# '#### T') after a <= 26-byte prompt, so prompts pad to 32 and 80 new tokens
+# cover every reference; checking a step is one small operation, finding a
+# path is a search (a random policy solves ~4%), and the MC label of a step
+# estimates whether the numbers left can still reach the target (a value).
+COUNTDOWN_SMOKE = countdown.CountdownConfig(max_number=10, max_target=50,
+                                            max_value=200)
+
+
+def countdown_smoke() -> ArithStudyConfig:
+  """The Countdown study at `make study` size: every stage, small counts.
+
+  The policy needs its 1,600 steps: on 64 test problems x 8 samples, 800
+  steps gave pass@1 0.8% (29% of steps valid), 800 more (lr 1.5e-3) 7.0%
+  (55% valid; 3 numbers 12%, 4 numbers 2%; a random policy solves ~6% and
+  ~2%). 800 steps took 210 CPU-seconds."""
+  return ArithStudyConfig(
+      task="countdown", task_config=COUNTDOWN_SMOKE,
+      policy=_model(64, 2, 128, 2),
+      max_new_tokens=80, decode_rows=128, chunk_problems=16,
+      pretrain_problems=8_000,
+      pretrain=RoleTraining(train=_train("lm", 1600, 3e-3, 0, warmup=30),
+                            batch_size=16, row_len=256),
+      label_problems=48, samples_per_problem=8, rollouts=4,
+      prm=RoleTraining(train=_train("reward", 150, 1e-3, 1),
+                       batch_size=8, row_len=256),
+      revision_problems=16, revision_samples=8, revision_max_len=256,
+      revision_targets_per_problem=4, revision_reference_targets=2,
+      revision_context=1,
+      revision=RoleTraining(train=_train("lm", 60, 1e-3, 2),
+                            batch_size=4, row_len=256),
+      orm=RoleTraining(train=_train("reward", 60, 1e-3, 3),
+                       batch_size=4, row_len=256),
+      test_problems=32, eval_samples=8, revision_eval_problems=8,
+      revision_chains=2, revision_attempts=4)
+
+
+def countdown_cpu() -> ArithStudyConfig:
+  """The full Countdown study for a 2-core CPU (the successor of
+  `arith_cpu`; with the ~14x model and the sweep of
+  `ttcjax.experiments.embedded_study.SWEEPS['countdown_cpu']`, <= 2 hours
+  on 2 idle cores)."""
+  return ArithStudyConfig(
+      task="countdown", task_config=countdown.CountdownConfig(),
+      policy=_model(96, 3, 256, 3),
+      max_new_tokens=80,
+      pretrain_problems=40_000,
+      pretrain=RoleTraining(train=_train("lm", 1000, 3e-3, 0, warmup=50),
+                            batch_size=16, row_len=256),
+      label_problems=256, samples_per_problem=16, rollouts=8,
+      prm=RoleTraining(train=_train("reward", 400, 1e-3, 1),
+                       batch_size=16, row_len=256),
+      revision_problems=512, revision_samples=32,
+      revision_targets_per_problem=8, revision_reference_targets=8,
+      revision_context=1, revision_max_len=256,
+      revision=RoleTraining(train=_train("lm", 500, 1e-3, 2),
+                            batch_size=16, row_len=256),
+      orm=RoleTraining(train=_train("reward", 300, 5e-4, 3),
+                       batch_size=16, row_len=256),
+      test_problems=256, eval_samples=16, revision_eval_problems=128,
+      revision_chains=4, revision_attempts=4)
+
+
+def countdown_micro() -> ArithStudyConfig:
+  """`micro` on Countdown (2-3 numbers): wiring tests."""
+  return micro().replace(
+      task="countdown", task_config=countdown.CountdownConfig(
+          min_numbers=2, max_numbers=3, max_number=6, min_target=2,
+          max_target=20, max_value=60),
+      max_new_tokens=48)
+
+
+PRESETS = {"arith_cpu": arith_cpu, "smoke": smoke, "micro": micro,
+           "countdown_smoke": countdown_smoke, "countdown_cpu": countdown_cpu,
+           "countdown_micro": countdown_micro}
 
 
 # --- Shared pieces (also used by `evaluate`) ---------------------------------
@@ -319,30 +436,38 @@ def stage_key(config: ArithStudyConfig, name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(config.seed), stable_hash(name))
 
 
-def answers_equal(a: str, b: str) -> bool:
-  """Integer equality of two extracted answers."""
-  try:  # `extract_answer` bounds the length of model answers
-    return a == b or int(a) == int(b)
-  except ValueError:
-    return False
+def answer_fn(task: tasks.Task) -> Callable[[Sequence[int]], str | None]:
+  """Generated ids -> the task's extracted answer (None when there is none)."""
+  return lambda ids: task.extract_answer(TOKENIZER.decode(ids))
 
 
-def answer_of(ids: Sequence[int]) -> str | None:
-  """The final answer of generated ids, or None."""
-  return arithmetic.extract_answer(TOKENIZER.decode(ids))
+def task_fns(task: tasks.Task) -> TaskFns:
+  """The search callbacks of `task` over byte ids: answer extraction and
+  answer equivalence (what majority and weighted selection group by)."""
+  return TaskFns(answer_fn=answer_fn(task), equiv_fn=task.is_equiv)
 
 
-def prompt_ids(problem: arithmetic.Problem) -> list[int]:
-  return examples.prompt_ids(TOKENIZER, arithmetic.prompt(problem))
+def grade_fn(task: tasks.Task, problem: Any) -> Callable[[str | None], bool]:
+  """`answer -> correct` for `problem`, as search records grade."""
+  return lambda answer: task.grade_answer(answer, problem)
+
+
+def prompt_ids(task: tasks.Task, problem: Any) -> list[int]:
+  return examples.prompt_ids(TOKENIZER, task.prompt(problem))
+
+
+def step_ids(task: tasks.Task) -> tuple[int, ...]:
+  """Byte ids that end a step of `task` (its one-byte delimiter)."""
+  return tuple(TOKENIZER.token_ids_ending_with(task.step_delimiter))
 
 
 def policy_fns(model_config: models.ModelConfig, params: Any, *,
-               prompt_len: int, max_new_tokens: int, temperature: float
-               ) -> PolicyFns:
-  """A byte-level LM as `PolicyFns`; newlines end steps."""
+               prompt_len: int, max_new_tokens: int, temperature: float,
+               stop_ids: Sequence[int] = NEWLINE_IDS) -> PolicyFns:
+  """A byte-level LM as `PolicyFns`; `stop_ids` (newlines) end steps."""
   decoder = decoding.Decoder(
       models.decode_step_fn(model_config), eos_id=TOKENIZER.eos_id,
-      stop_ids=NEWLINE_IDS, max_gen=max_new_tokens)
+      stop_ids=tuple(stop_ids), max_gen=max_new_tokens)
   sampler = (decoding.Sampling(float(temperature)) if temperature > 0
              else decoding.Greedy())
   return PolicyFns(
@@ -358,14 +483,17 @@ def load_policy(config: ArithStudyConfig, model_dir) -> PolicyFns:
   model_config, params = checkpoint.restore(model_dir)
   return policy_fns(model_config, params, prompt_len=config.prompt_len,
                     max_new_tokens=config.max_new_tokens,
-                    temperature=config.temperature)
+                    temperature=config.temperature,
+                    stop_ids=step_ids(config.make_task()))
 
 
 def sample_rows(config: ArithStudyConfig, problems, policy: PolicyFns,
                 num_samples: int, key: jax.Array) -> list[dict]:
-  """`num_samples` graded samples per problem, one JSON-ready row each."""
-  label_problems = [labeling.LabelProblem(p.uid, prompt_ids(p), p.answer)
-                    for p in problems]
+  """`num_samples` graded samples per problem, one JSON-ready row each
+  (with the task's difficulty features of the problem)."""
+  task = config.make_task()
+  label_problems = [labeling.LabelProblem(p.uid, prompt_ids(task, p),
+                                          p.answer) for p in problems]
   per_call = max(1, min(config.decode_rows // num_samples,
                         config.chunk_problems))
   solutions, _ = labeling.sample_solutions(
@@ -374,17 +502,16 @@ def sample_rows(config: ArithStudyConfig, problems, policy: PolicyFns,
   rows = []
   for p, lp, samples in zip(problems, label_problems, solutions):
     rows.append({
-        "uid": p.uid, "question": arithmetic.prompt(p), "answer": p.answer,
-        "n_ops": p.n_ops, "digits": p.digits,
+        "uid": p.uid, "question": task.prompt(p), "answer": p.answer,
+        **task.difficulty_features(p),
         "prompt_ids": list(lp.prompt_ids),
         "samples": [list(s) for s in samples],
-        "correct": [arithmetic.grade(TOKENIZER.decode(s), p)
-                    for s in samples]})
+        "correct": [task.grade(TOKENIZER.decode(s), p) for s in samples]})
   return rows
 
 
 def _with_reference(config: ArithStudyConfig, row: dict,
-                    problem: arithmetic.Problem) -> dict:
+                    problem: Any) -> dict:
   if not config.include_reference:
     return row
   reference = TOKENIZER.encode(problem.solution) + [TOKENIZER.eos_id]
@@ -473,24 +600,24 @@ def load_rows(path) -> list[dict]:
 
 
 def _pretrain_policy(config: ArithStudyConfig, ctx: stages.StageContext):
-  problems = arithmetic.generate(config.arithmetic, config.pretrain_problems,
-                                 config.pretrain_seed)
-  exs = [examples.lm_example(TOKENIZER, arithmetic.prompt(p), p.solution)
+  task = config.make_task()
+  problems = config.problems(config.pretrain_problems, config.pretrain_seed)
+  exs = [examples.lm_example(TOKENIZER, task.prompt(p), p.solution)
          for p in problems]
   return train_role(ctx, config.policy, config.pretrain, exs, what="policy")
 
 
 def _sample_train(config: ArithStudyConfig, ctx: stages.StageContext):
-  problems = arithmetic.generate(config.arithmetic, config.label_problems,
-                                 config.label_seed)
+  problems = config.problems(config.label_problems, config.label_seed)
   rows = _sampling_stage(config, ctx, problems, config.samples_per_problem)
   save_rows(ctx.out / "samples.json", rows)
 
 
 def _mc_labels(config: ArithStudyConfig, ctx: stages.StageContext):
   rows = load_rows(ctx.input("sample_train") / "samples.json")
-  problems = {p.uid: p for p in arithmetic.generate(
-      config.arithmetic, config.label_problems, config.label_seed)}
+  problems = {p.uid: p for p in config.problems(config.label_problems,
+                                                 config.label_seed)}
+  task = config.make_task()
   rows = [_with_reference(config, r, problems[r["uid"]]) for r in rows]
   policy = load_policy(config, ctx.input("pretrain_policy") / "model")
   key = stage_key(config, ctx.name)
@@ -504,7 +631,7 @@ def _mc_labels(config: ArithStudyConfig, ctx: stages.StageContext):
   def label_chunk(chunk):
     lps = [labeling.LabelProblem(r["uid"], r["prompt_ids"], r["answer"])
            for r in chunk]
-    grader = labeling.make_grader(lps, answer_of, answers_equal)
+    grader = labeling.task_grader(task, problems, answer_fn(task))
     records, stats = labeling.label_solutions(
         lps, [r["samples"] for r in chunk], grader, policy, label_config, key)
     return [{"records": [dataclasses.asdict(r) for r in records],
@@ -513,6 +640,14 @@ def _mc_labels(config: ArithStudyConfig, ctx: stages.StageContext):
   chunks = ctx.map_chunks("labels", rows, config.chunk_problems, label_chunk)
   records = [r for c in chunks for r in c["records"]]
   stats = {k: sum(c["stats"][k] for c in chunks) for k in chunks[0]["stats"]}
+  values_fn = getattr(task, "reachable_after_steps", None)
+  if values_fn is not None:  # how value-like the MC labels are
+    # Imported here: `evaluate` imports this module.
+    from ttcjax.experiments import evaluate  # pylint: disable=g-import-not-at-top
+    values = [values_fn(problems[r["uid"]], TOKENIZER.decode(
+        [t for step in r["steps"] for t in step])) for r in records]
+    stats["value"] = evaluate.value_metrics(
+        values, [r["step_labels"] for r in records])
   save_rows(ctx.out / "labels.json", records)
   stages.atomic_write_json(ctx.out / "stats.json", stats)
 
@@ -533,8 +668,7 @@ def _train_prm(config: ArithStudyConfig, ctx: stages.StageContext):
 
 
 def _revision_data(config: ArithStudyConfig, ctx: stages.StageContext):
-  problems = arithmetic.generate(config.arithmetic, config.revision_problems,
-                                 config.revision_seed)
+  problems = config.problems(config.revision_problems, config.revision_seed)
   rows = _sampling_stage(config, ctx, problems, config.revision_samples)
   save_rows(ctx.out / "samples.json", rows)
 
@@ -543,8 +677,8 @@ def _revision_samples(config: ArithStudyConfig, ctx: stages.StageContext):
   """`(questions, uid -> [(text, correct)], uid -> reference text)` of the
   revision problems' samples (the reference added if `include_reference`)."""
   rows = load_rows(ctx.input("revision_data") / "samples.json")
-  problems = {p.uid: p for p in arithmetic.generate(
-      config.arithmetic, config.revision_problems, config.revision_seed)}
+  problems = {p.uid: p for p in config.problems(config.revision_problems,
+                                                 config.revision_seed)}
   rows = [_with_reference(config, r, problems[r["uid"]]) for r in rows]
   questions = {r["uid"]: r["question"] for r in rows}
   samples = {r["uid"]: [(TOKENIZER.decode(s), ok) for s, ok in
@@ -612,15 +746,15 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
   fn = lambda f: functools.partial(f, c)
   return [
       stages.Stage("pretrain_policy", fn(_pretrain_policy), dict(
-          arithmetic=c.arithmetic, policy=c.policy, seed=c.pretrain_seed,
+          **task_fields(c), policy=c.policy, seed=c.pretrain_seed,
           problems=c.pretrain_problems, training=c.pretrain,
           packing=packing.VERSION), cost=5),
       stages.Stage("sample_train", fn(_sample_train), dict(
-          sampling, arithmetic=c.arithmetic, seed=c.label_seed,
+          sampling, **task_fields(c), seed=c.label_seed,
           problems=c.label_problems, samples=c.samples_per_problem),
                    ("pretrain_policy",), cost=0.5),
       stages.Stage("mc_labels", fn(_mc_labels), dict(
-          sampling, arithmetic=c.arithmetic, seed=c.label_seed,
+          sampling, **task_fields(c), seed=c.label_seed,
           problems=c.label_problems, rollouts=c.rollouts,
           include_reference=c.include_reference),
                    ("pretrain_policy", "sample_train"), cost=5),
@@ -631,7 +765,7 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
                    (PRM_INITS[c.prm_init], "mc_labels"),
                    cost=2 if c.prm_init == "policy" else 20),
       stages.Stage("revision_data", fn(_revision_data), dict(
-          sampling, arithmetic=c.arithmetic, seed=c.revision_seed,
+          sampling, **task_fields(c), seed=c.revision_seed,
           problems=c.revision_problems, samples=c.revision_samples),
                    ("pretrain_policy",), cost=1),
       stages.Stage("train_revision", fn(_train_revision), dict(

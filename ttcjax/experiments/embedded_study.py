@@ -140,6 +140,17 @@ SWEEPS = {
     "micro": SweepConfig(budgets=(2,), revision_lengths=(1, 2),
                          problems_per_batch=4, n_bins=2, n_bootstrap=20,
                          difficulty_samples=2, shows_direction=False),
+    "countdown_smoke": SweepConfig(budgets=(2, 4, 8),
+                                   revision_lengths=(1, 2, 4),
+                                   difficulty_samples=16,
+                                   shows_direction=False),
+    "countdown_cpu": SweepConfig(budgets=(4, 16, 64), lookaheads=(1,),
+                                 revision_lengths=(1, 4, 16), problems=128,
+                                 n_bootstrap=1000, difficulty_samples=64),
+    "countdown_micro": SweepConfig(budgets=(2,), revision_lengths=(1, 2),
+                                   problems_per_batch=4, n_bins=2,
+                                   n_bootstrap=20, difficulty_samples=2,
+                                   shows_direction=False),
 }
 
 
@@ -187,8 +198,7 @@ def large_model_config(policy: models.ModelConfig,
 
 
 def _test_problems(config: embedded.ArithStudyConfig):
-  return embedded.arithmetic.generate(config.arithmetic, config.test_problems,
-                                   config.test_seed)
+  return config.problems(config.test_problems, config.test_seed)
 
 
 def _pretrain_large(config: embedded.ArithStudyConfig,
@@ -206,7 +216,8 @@ def _large_eval(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
   policy = embedded.policy_fns(model_config, params,
                             prompt_len=config.prompt_len,
                             max_new_tokens=config.max_new_tokens,
-                            temperature=0.0)
+                            temperature=0.0,
+                            stop_ids=embedded.step_ids(config.make_task()))
   key = embedded.stage_key(config, ctx.name)
   rows = ctx.map_chunks(
       "greedy", _test_problems(config), config.chunk_problems,
@@ -264,8 +275,8 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
   count = min(sweep.problems or config.test_problems, config.test_problems)
   return sweep_runner.SearchRun(
       problems=sweep_runner.ProblemSource(
-          task="arithmetic", num_problems=count,
-          seed=config.test_seed, arithmetic=config.arithmetic),
+          task=config.task, num_problems=count, seed=config.test_seed,
+          **{config.task: config.task_config}),
       checkpoints=ckpts, strategies=specs,
       max_new_tokens=config.max_new_tokens, temperature=config.temperature,
       problems_per_batch=min(sweep.problems_per_batch, count),
@@ -465,7 +476,7 @@ def full_study_stages(config: embedded.ArithStudyConfig,
   large = large_model_config(c.policy)
   sampling = embedded._sampling_config(c)  # pylint: disable=protected-access
   large_stage = stages.Stage("pretrain_large", fn(_pretrain_large), dict(
-      arithmetic=c.arithmetic, policy=large, seed=c.pretrain_seed,
+      **embedded.task_fields(c), policy=large, seed=c.pretrain_seed,
       problems=c.pretrain_problems, training=c.pretrain,
       packing=packing.VERSION), cost=20)
   head = embedded.training_stages(c) + evaluate.eval_stages(c)
@@ -473,11 +484,12 @@ def full_study_stages(config: embedded.ArithStudyConfig,
     head.insert(1, large_stage)
   todo = head + ([] if c.prm_init == "large" else [large_stage]) + [
       stages.Stage("large_eval", fn(_large_eval), dict(
-          sampling, arithmetic=c.arithmetic, test_seed=c.test_seed,
+          sampling, **embedded.task_fields(c), test_seed=c.test_seed,
           test_problems=c.test_problems, prompt_len=c.prompt_len),
                    ("pretrain_large",), cost=1),
       stages.Stage("search_sweep", fn(_search_sweep, sw), dict(
-          sampling, sweep=sw, arithmetic=c.arithmetic, test_seed=c.test_seed,
+          sampling, sweep=sw, **embedded.task_fields(c),
+          test_seed=c.test_seed,
           test_problems=c.test_problems,
           revision_attempts=c.revision_attempts,
           revision_context=c.revision_context),
@@ -485,11 +497,11 @@ def full_study_stages(config: embedded.ArithStudyConfig,
                     "train_orm"), cost=10),
       stages.Stage(DIFFICULTY_STAGE, fn(_difficulty_samples, sw), dict(
           sampling, problems=sw.problems, samples=sw.difficulty_samples,
-          arithmetic=c.arithmetic, test_seed=c.test_seed,
+          **embedded.task_fields(c), test_seed=c.test_seed,
           test_problems=c.test_problems),
                    ("pretrain_policy", "train_prm"), cost=1),
       stages.Stage("oracle_sweep", fn(_oracle_sweep, sw), dict(
-          sampling, sweep=sw, arithmetic=c.arithmetic, test_seed=c.test_seed,
+          sampling, sweep=sw, **embedded.task_fields(c), test_seed=c.test_seed,
           test_problems=c.test_problems, strategies=ORACLE_STRATEGIES),
                    ("pretrain_policy",), cost=5),
   ]

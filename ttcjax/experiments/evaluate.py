@@ -1,12 +1,17 @@
-"""Measurements of the arithmetic study's models on held-out problems.
+"""Measurements of the embedded study's models on held-out problems.
 
   eval_policy    S samples per test problem: pass@1 overall, per difficulty
-                 bucket (n_ops x digits) and per quantile bin of estimated
-                 pass@1 (5 bins, bin 1 the easiest)
+                 bucket (the task's integer difficulty features: n_ops x
+                 digits for arithmetic, n_numbers x n_solutions for
+                 Countdown) and per quantile bin of estimated pass@1 (5
+                 bins, bin 1 the easiest)
   eval_prm       PRM scores of those samples: ROC AUC separating correct
                  from incorrect solutions, with the final step's score
                  ('last', the paper's aggregation) and the lowest ('min');
-                 pooled over all samples, and averaged within problems
+                 pooled over all samples, and averaged within problems;
+                 where the task has an ideal value function (Countdown's
+                 `reachable_after_steps`), the AUC of the step scores
+                 against it (`value_metrics`)
   eval_revision  sequential revision chains (`ttcjax.search.revisions`) of
                  the revision model, judged by its ORM: pass@1 at attempt
                  1..L, the share of chains right by attempt j, and the
@@ -31,7 +36,6 @@ from ttcjax import checkpoint, models, verifiers
 from ttcjax.data import examples
 from ttcjax.experiments import embedded, stages
 from ttcjax.search import base, batching, records, revisions
-from ttcjax.tasks import arithmetic
 
 NUM_QUANTILE_BINS = 5
 AGGREGATIONS = ("last", "min")
@@ -70,11 +74,14 @@ def _mean(values) -> float:
   return float(np.mean(values)) if values else float("nan")
 
 
-def policy_metrics(rows: Sequence[dict]) -> dict[str, Any]:
-  """pass@1 overall, by (n_ops, digits) and by quantile bin of pass@1.
+def policy_metrics(rows: Sequence[dict],
+                   features: Sequence[str] = ("n_ops", "digits")
+                   ) -> dict[str, Any]:
+  """pass@1 overall, by difficulty features and by quantile bin of pass@1.
 
   Args:
-    rows: per problem, `n_ops`, `digits` and `correct` (one bool a sample).
+    rows: per problem, its `features` and `correct` (one bool a sample).
+    features: the row fields whose value tuples are the difficulty buckets.
 
   Returns:
     JSON-ready metrics. Quantile bins sort problems by estimated pass@1,
@@ -84,7 +91,7 @@ def policy_metrics(rows: Sequence[dict]) -> dict[str, Any]:
   rates = np.array([_mean(r["correct"]) for r in rows])
   buckets = collections.defaultdict(list)
   for r, rate in zip(rows, rates):
-    buckets[(r["n_ops"], r["digits"])].append(rate)
+    buckets[tuple(r[f] for f in features)].append(rate)
   order = np.argsort(-rates, kind="stable")
   bins = np.array_split(order, NUM_QUANTILE_BINS)
   return {
@@ -92,8 +99,8 @@ def policy_metrics(rows: Sequence[dict]) -> dict[str, Any]:
       "samples_per_problem": len(rows[0]["correct"]) if rows else 0,
       "pass_at_1": _mean(rates),
       "by_difficulty": [
-          {"n_ops": o, "digits": d, "problems": len(v), "pass_at_1": _mean(v)}
-          for (o, d), v in sorted(buckets.items())],
+          {**dict(zip(features, k)), "problems": len(v), "pass_at_1": _mean(v)}
+          for k, v in sorted(buckets.items())],
       "by_quantile": [
           {"bin": i + 1, "problems": len(b), "pass_at_1": _mean(rates[b]),
            "min": float(rates[b].min()) if len(b) else float("nan"),
@@ -118,7 +125,14 @@ def _write_metrics(ctx: stages.StageContext, metrics: dict) -> None:
 
 
 def _test_problems(config: embedded.ArithStudyConfig, count: int):
-  return arithmetic.generate(config.arithmetic, count, config.test_seed)
+  return config.problems(count, config.test_seed)
+
+
+def bucket_features(task, problem) -> tuple[str, ...]:
+  """The task's integer difficulty features (the policy metrics' buckets;
+  rates such as Countdown's random solve rate are left out)."""
+  return tuple(k for k, v in task.difficulty_features(problem).items()
+               if isinstance(v, int) and not isinstance(v, bool))
 
 
 def _eval_policy(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
@@ -130,7 +144,10 @@ def _eval_policy(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
       lambda chunk: embedded.sample_rows(config, chunk, policy,
                                       config.eval_samples, key))
   embedded.save_rows(ctx.out / "samples.json", rows)
-  _write_metrics(ctx, policy_metrics(rows))
+  task = config.make_task()
+  features = (bucket_features(task, _test_problems(config, 1)[0])
+              if rows else ())
+  _write_metrics(ctx, policy_metrics(rows, features))
 
 
 @functools.cache
@@ -159,19 +176,22 @@ def _strip_eos(ids: Sequence[int]) -> list[int]:
 
 def score_samples(verifier: base.VerifierFns, prompts: Sequence[Sequence[int]],
                   solutions: Sequence[Sequence[int]],
-                  rows_per_call: int) -> list[list[float]]:
+                  rows_per_call: int,
+                  stop_ids: Sequence[int] = embedded.NEWLINE_IDS
+                  ) -> list[list[float]]:
   """Per solution, the verifier's score at the end of every step.
 
   Solutions are read as at search time (`batching.score_rows`: prompt ids,
   then the solution without EOS; a step ends at each newline, and the last
-  step at the last token). Calls have a fixed row count, so one compile.
+  step at the last token; `stop_ids` end steps). Calls have a fixed row
+  count, so one compile.
   """
   out = []
   for start in range(0, len(solutions), rows_per_call):
     sols = [_strip_eos(s) for s in solutions[start:start + rows_per_call]]
     sols = [s or None for s in sols]  # an empty solution is not read
     pad = rows_per_call - len(sols)
-    ends = [batching.step_ends_of(s, 0, len(s), embedded.NEWLINE_IDS) if s
+    ends = [batching.step_ends_of(s, 0, len(s), stop_ids) if s
             else [] for s in sols]
     scores, _ = batching.score_rows(
         verifier, list(prompts[start:start + rows_per_call]) + [[0]] * pad,
@@ -212,19 +232,68 @@ def prm_metrics(rows: Sequence[dict],
   return out
 
 
+def ideal_values(task) -> Any:
+  """The task's ideal value function `(problem, text) -> [bool] a step`
+  (can the target still be reached after the step?), or None when it has
+  none (arithmetic, MATH)."""
+  return getattr(task, "reachable_after_steps", None)
+
+
+def value_metrics(values: Sequence[Sequence[bool]],
+                  step_scores: Sequence[Sequence[float]]) -> dict:
+  """How well per-step scores rank the ideal step values.
+
+  Args:
+    values: per solution, the ideal value of each step (`ideal_values`).
+    step_scores: per solution, a score per step (PRM scores or MC labels).
+
+  Returns:
+    `value_auc` over the steps before the last (where a value differs from
+    the solution's correctness), `value_auc_all` over every step, the step
+    counts, and `misaligned`: solutions whose step counts differ (left out).
+    An AUC without both classes is None.
+  """
+  inner, every, misaligned = ([], []), ([], []), 0
+  for v, sc in zip(values, step_scores):
+    if len(v) != len(sc):
+      misaligned += 1
+      continue
+    for i, (ok, x) in enumerate(zip(v, sc)):
+      every[0].append(x)
+      every[1].append(ok)
+      if i < len(v) - 1:
+        inner[0].append(x)
+        inner[1].append(ok)
+  auc = lambda xy: _finite(roc_auc(*xy)) if xy[0] else None
+  return {"value_auc": auc(inner), "value_auc_all": auc(every),
+          "value_steps": len(inner[0]),
+          "value_steps_reachable": int(sum(inner[1])),
+          "misaligned": misaligned}
+
+
 def _eval_prm(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
   rows = embedded.load_rows(ctx.input("eval_policy") / "samples.json")
   _, verifier = verifier_fns(ctx.input("train_prm") / "model",
                              config.prompt_len + config.max_new_tokens)
   flat = [(r["prompt_ids"], s) for r in rows for s in r["samples"]]
   scores = score_samples(verifier, [p for p, _ in flat], [s for _, s in flat],
-                         config.decode_rows)
+                         config.decode_rows,
+                         embedded.step_ids(config.make_task()))
   per_problem, at = [], 0
   for r in rows:
     per_problem.append(scores[at:at + len(r["samples"])])
     at += len(r["samples"])
   embedded.save_rows(ctx.out / "scores.json", per_problem)
-  _write_metrics(ctx, prm_metrics(rows, per_problem))
+  metrics = prm_metrics(rows, per_problem)
+  values_fn = ideal_values(config.make_task())
+  if values_fn is not None:
+    problems = {p.uid: p for p in _test_problems(config, config.test_problems)}
+    values = [values_fn(problems[r["uid"]],
+                        embedded.TOKENIZER.decode(_strip_eos(s)))
+              for r in rows for s in r["samples"]]
+    metrics["value"] = value_metrics(
+        values, [sc for p in per_problem for sc in p])
+  _write_metrics(ctx, metrics)
 
 
 def revision_prompt_len(config: embedded.ArithStudyConfig,
@@ -265,13 +334,15 @@ def revision_metrics(recs: Sequence[dict], chains: int,
 def _eval_revision(config: embedded.ArithStudyConfig,
                    ctx: stages.StageContext):
   problems = _test_problems(config, config.revision_eval_problems)
-  questions = {p.uid: arithmetic.prompt(p) for p in problems}
+  task_ = config.make_task()
+  questions = {p.uid: task_.prompt(p) for p in problems}
   width = revision_prompt_len(config, list(questions.values()))
   rev_config, params = checkpoint.restore(ctx.input("train_revision") /
                                           "model")
   plain = embedded.policy_fns(rev_config, params, prompt_len=width,
-                           max_new_tokens=config.max_new_tokens,
-                           temperature=config.temperature)
+                              max_new_tokens=config.max_new_tokens,
+                              temperature=config.temperature,
+                              stop_ids=embedded.step_ids(task_))
 
   def prompt_fn(problem: base.SearchProblem, attempts):
     return examples.revision_prompt_ids(
@@ -286,8 +357,7 @@ def _eval_revision(config: embedded.ArithStudyConfig,
       prompt_fn=prompt_fn)
   orm_config, verifier = verifier_fns(ctx.input("train_orm") / "model",
                                       width + config.max_new_tokens)
-  task = base.TaskFns(answer_fn=embedded.answer_of,
-                      equiv_fn=embedded.answers_equal)
+  task = embedded.task_fns(task_)
   per_call = max(1, min(config.decode_rows // config.revision_chains,
                         config.chunk_problems))
   search_config = base.SearchConfig(
@@ -300,14 +370,15 @@ def _eval_revision(config: embedded.ArithStudyConfig,
 
   def run_chunk(chunk):
     results = revisions.revisions(
-        [base.SearchProblem(p.uid, embedded.prompt_ids(p)) for p in chunk],
+        [base.SearchProblem(p.uid, embedded.prompt_ids(task_, p))
+         for p in chunk],
         budget, policy, verifier, task, search_config, key)
     return [records.make_record(
         result, hparams=hparams,
-        grade_fn=functools.partial(embedded.answers_equal, p.answer),
+        grade_fn=embedded.grade_fn(task_, p),
         policy_config=rev_config, verifier_config=orm_config,
         policy_context=policy.max_len, verifier_context=verifier.max_len,
-        extra={"reference": p.answer, "n_ops": p.n_ops, "digits": p.digits})
+        extra={"reference": p.answer, **task_.difficulty_features(p)})
             for p, result in zip(chunk, results)]
 
   recs = ctx.map_chunks("chains", problems, config.chunk_problems, run_chunk)
@@ -321,7 +392,7 @@ def eval_stages(config: embedded.ArithStudyConfig) -> list[stages.Stage]:
   c = config
   sampling = dict(seed=c.seed, temperature=c.temperature,
                   max_new_tokens=c.max_new_tokens, decode_rows=c.decode_rows,
-                  chunk_problems=c.chunk_problems, arithmetic=c.arithmetic,
+                  chunk_problems=c.chunk_problems, **embedded.task_fields(c),
                   test_seed=c.test_seed)
   fn = lambda f: functools.partial(f, c)
   return [

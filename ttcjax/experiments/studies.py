@@ -3,8 +3,9 @@
 Two kinds of study, both a list of `ttcjax.experiments.stages` run into one
 workdir (atomic, resumable, skipped when done):
 
-  ArithStudy    the whole micro-scale study on the embedded arithmetic task
-                (`ttcjax.experiments.embedded_study.full_study_stages`): train the
+  ArithStudy    the whole micro-scale study on an embedded task, arithmetic
+                or Countdown (`ArithStudyConfig.task`;
+                `ttcjax.experiments.embedded_study.full_study_stages`): train the
                 policy, PRM, revision model, ORM and a ~14x model, evaluate,
                 sweep every strategy, analyse, report. A preset by name, with
                 optional overrides of top-level `ArithStudyConfig` and
@@ -41,7 +42,7 @@ from ttcjax.experiments import embedded, stages
 from ttcjax.experiments import embedded_study, preflight
 from ttcjax.search import records as records_lib
 from ttcjax.analysis import results as analysis_lib
-from ttcjax.tasks import arithmetic
+from ttcjax.tasks import arithmetic, countdown
 
 def _replace_checked(obj, overrides: Mapping[str, Any], what: str):
   names = {f.name for f in dataclasses.fields(obj)}
@@ -57,10 +58,13 @@ class ArithStudy:
   """The embedded arithmetic study (`ttcjax.experiments.embedded_study`).
 
   Attributes:
-    preset: 'smoke', 'arith_cpu' or 'micro' (`ttcjax.experiments.embedded.PRESETS`
-      with `ttcjax.experiments.embedded_study.SWEEPS`).
+    preset: 'smoke', 'arith_cpu', 'micro' (arithmetic) or
+      'countdown_smoke', 'countdown_cpu', 'countdown_micro'
+      (`ttcjax.experiments.embedded.PRESETS` with
+      `ttcjax.experiments.embedded_study.SWEEPS`).
     overrides: top-level `ArithStudyConfig` fields to replace (e.g.
-      `{'seed': 1, 'test_problems': 128}`).
+      `{'seed': 1, 'test_problems': 128}`; 'arithmetic' still names the
+      task_config of an arithmetic preset).
     sweep: `SweepConfig` fields to replace (e.g. `{'budgets': (4, 16)}`).
   """
   preset: str = "smoke"
@@ -82,7 +86,14 @@ class ArithStudy:
     base = embedded.PRESETS[self.preset]()
     if not self.overrides:
       return base
-    return _replace_checked(base, self.overrides, "ArithStudy.overrides")
+    overrides = dict(self.overrides)
+    if "arithmetic" in overrides:  # its name before tasks were pluggable
+      if "task_config" in overrides or base.task != "arithmetic":
+        raise ValueError(f"ArithStudy.overrides: 'arithmetic' replaces the "
+                         f"task_config of an arithmetic preset; preset "
+                         f"{self.preset!r} runs {base.task!r}")
+      overrides["task_config"] = overrides.pop("arithmetic")
+    return _replace_checked(base, overrides, "ArithStudy.overrides")
 
   def sweep_config(self) -> embedded_study.SweepConfig:
     return _replace_checked(embedded_study.SWEEPS[self.preset], self.sweep,
@@ -246,7 +257,8 @@ def register() -> None:
 
   Names: `study.experiment`, `study.ArithStudy`, `study.SearchStudy`,
   `study.AnalysisConfig`, and `search.SearchRun`, `search.ProblemSource`,
-  `search.Checkpoints`, `search.StrategySpec`, `search.ArithmeticConfig`;
+  `search.Checkpoints`, `search.StrategySpec`, `search.ArithmeticConfig`,
+  `search.CountdownConfig`;
   `SearchRun.mesh` takes the core `ttcjax.MeshConfig`.
   """
   import gin  # pylint: disable=g-import-not-at-top
@@ -255,7 +267,7 @@ def register() -> None:
   for module, fns in (
       ("search", (sweep_runner.SearchRun, sweep_runner.ProblemSource,
                   sweep_runner.Checkpoints, sweep_runner.StrategySpec,
-                  arithmetic.ArithmeticConfig)),
+                  arithmetic.ArithmeticConfig, countdown.CountdownConfig)),
       ("study", (experiment, ArithStudy, SearchStudy,
                  analysis_lib.AnalysisConfig))):
     for fn in fns:

@@ -1,8 +1,8 @@
 """The search/eval stage: checkpoints + problems -> records.jsonl.
 
 `run(config, workdir)` restores the policy and PRM (or the revision model
-and its ORM) from ttcjax checkpoints, draws the problems (the arithmetic
-task by seed and count, or a MATH jsonl), plugs the real models into the
+and its ORM) from ttcjax checkpoints, draws the problems (the arithmetic or
+Countdown task by seed and count, or a MATH jsonl), plugs the real models into the
 search callbacks, runs every strategy x hyper-parameters x budget of
 `config.strategies`, and appends one record per (problem, strategy,
 hyper-parameters, budget) to `<workdir>/records.jsonl`
@@ -52,12 +52,11 @@ from ttcjax.search.revisions import (RevisionPromptFn, chain_count,
                                      select_revisions, with_prompt_fn)
 from ttcjax.search.run import run_search
 from ttcjax.verifiers import hf_prms
-from ttcjax.tasks import arithmetic
-from ttcjax.tasks import math as math_task
+from ttcjax.tasks import arithmetic, countdown
 from ttcjax.tokenizer import ByteTokenizer
 from ttcjax.verifiers import oracle
 
-TASKS = ("arithmetic", "math")
+TASKS = ("arithmetic", "countdown", "math")
 VERIFIERS = ("prm", "oracle")
 _PRM_STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts")
 _ATTEMPT_OVERHEAD = 16  # "Attempt 4:\n" plus a newline, rounded up
@@ -76,12 +75,16 @@ class ProblemSource:
   """Where the problems come from.
 
   Attributes:
-    task: 'arithmetic' (`ttcjax.tasks.arithmetic`, drawn by seed and count)
-      or 'math' (a MATH-style jsonl, `ttcjax.tasks.math.load_jsonl`).
+    task: 'arithmetic' (`ttcjax.tasks.arithmetic`) or 'countdown'
+      (`ttcjax.tasks.countdown`), drawn by seed and count, or 'math' (a
+      MATH-style jsonl, `ttcjax.tasks.math.load_jsonl`). Answers are
+      extracted, compared and graded by the task (`Task.grade_answer`).
     num_problems: problems to use (the first ones of a jsonl; None: all).
-    seed: arithmetic seed (uids `arith-<seed>-<i>`).
+    seed: seed of a generated task (uids `arith-<seed>-<i>`,
+      `countdown-<seed>-<i>`).
     path: the jsonl ('math').
     arithmetic: the arithmetic difficulty distribution.
+    countdown: the Countdown difficulty distribution.
     prompt_template: the policy prompt, with `{problem}` replaced by the
       question or problem text (a plain replacement: other braces, as in
       `\\boxed{}`, stay); None: the text and a newline, as in training
@@ -98,6 +101,7 @@ class ProblemSource:
   seed: int = 0
   path: str | None = None
   arithmetic: arithmetic.ArithmeticConfig = arithmetic.ArithmeticConfig()
+  countdown: countdown.CountdownConfig = countdown.CountdownConfig()
   prompt_template: str | None = None
   chat_template: bool = False
   system_prompt: str | None = None
@@ -119,6 +123,12 @@ class ProblemSource:
         "{problem}" not in self.prompt_template):
       raise ValueError(f"ProblemSource.prompt_template has no '{{problem}}':"
                        f" {self.prompt_template!r}")
+
+  def make_task(self) -> tasks.Task:
+    """The `ttcjax.tasks.Task` the problems come from."""
+    if self.task == "math":
+      return tasks.get("math", path=self.path)
+    return tasks.get(self.task, config=getattr(self, self.task))
 
   def prompt(self, text: str) -> str:
     """The policy prompt of a question / problem text."""
@@ -310,7 +320,7 @@ class SearchRun:
                        f"{self.verifier!r}")
     oracle_run = self.verifier == "oracle"
     if oracle_run and ("revisions" in names or
-                       not task_of(self.problems).has_step_checker):
+                       not self.problems.make_task().has_step_checker):
       raise ValueError(f"SearchRun.verifier='oracle' needs a task with an "
                        f"exact step checker (task {self.problems.task!r}) "
                        f"and no 'revisions' strategy (strategies "
@@ -333,6 +343,7 @@ class _Problem:
   prompt: str  # the policy prompt
   reference: str
   extra: dict
+  problem: Any  # the task's own problem (`Task.grade_answer` reads it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,8 +368,9 @@ class Tokenizer:
 
 def load_problems(source: ProblemSource,
                   tok: Tokenizer | None = None) -> list[_Problem]:
-  """The problems of `source`, with their reference answers; `tok` renders
-  `source.chat_template` prompts."""
+  """The problems of `source`, with their reference answers and the
+  task's difficulty features; `tok` renders `source.chat_template`
+  prompts."""
   prompt = source.prompt
   if source.chat_template:
     if tok is None or tok.files is None:
@@ -368,33 +380,27 @@ def load_problems(source: ProblemSource,
               if source.system_prompt is not None else [])
     prompt = lambda text: tok.files.render_chat(
         system + [{"role": "user", "content": text}], True)
-  if source.task == "arithmetic":
-    drawn = arithmetic.generate(source.arithmetic, source.num_problems or 0,
-                                source.seed)
-    return [_Problem(p.uid, p.question, prompt(p.question), p.answer,
-                     {"reference": p.answer, "n_ops": p.n_ops,
-                      "digits": p.digits}) for p in drawn]
-  loaded = math_task.load_jsonl(source.path)[:source.num_problems]
-  return [_Problem(p.uid, p.problem, prompt(p.problem), p.answer,
-                   {"reference": p.answer, "level": p.level,
-                    "subject": p.subject}) for p in loaded]
-
-
-def task_of(source: ProblemSource) -> tasks.Task:
-  """The `ttcjax.tasks.Task` of `source`."""
-  if source.task == "arithmetic":
-    return tasks.get("arithmetic", config=source.arithmetic)
-  return tasks.get("math", path=source.path)
+  task = source.make_task()
+  if source.task == "math":
+    drawn = task.problems(source.num_problems, source.seed)
+  else:
+    drawn = task.problems(source.num_problems or 0, source.seed)
+  out = []
+  for p in drawn:
+    text = p.problem if source.task == "math" else p.question
+    out.append(_Problem(p.uid, text, prompt(text), p.answer,
+                        {"reference": p.answer,
+                         **task.difficulty_features(p)}, p))
+  return out
 
 
 def oracle_verifier(source: ProblemSource, problems: Sequence[_Problem],
                     tok: Tokenizer, max_len: int) -> base.VerifierFns:
   """The task's exact step checker as the verifier of `problems`
   (`ttcjax.verifiers.oracle`), keyed by their prompt ids."""
-  task = task_of(source)
-  drawn = {p.uid: p for p in task.problems(source.num_problems, source.seed)}
+  task = source.make_task()
   by_prompt = {tuple(examples.prompt_ids(tok.encode_text, p.prompt)):
-               drawn[p.uid] for p in problems}
+               p.problem for p in problems}
   return oracle.verifier_fns(task.check_steps, by_prompt,
                              decode=tok.decode, stop_ids=tok.stop_ids,
                              max_len=max_len, pad_id=tok.pad_id)
@@ -420,22 +426,12 @@ def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
   return Tokenizer(tok, tok.decode, eos, tok.pad_id, stops, files)
 
 
-def _int_equiv(a: str, b: str) -> bool:
-  try:  # extract_answer bounds the length of model answers
-    return a == b or int(a) == int(b)
-  except ValueError:
-    return False
-
-
 def task_fns(source: ProblemSource, tok: Tokenizer) -> base.TaskFns:
-  """Answer extraction over decoded ids, and answer equivalence."""
-  if source.task == "arithmetic":
-    return base.TaskFns(
-        answer_fn=lambda ids: arithmetic.extract_answer(tok.decode(ids)),
-        equiv_fn=_int_equiv)
+  """The task's answer extraction over decoded ids, and answer equivalence."""
+  task = source.make_task()
   return base.TaskFns(
-      answer_fn=lambda ids: math_task.extract_boxed(tok.decode(ids)),
-      equiv_fn=math_task.is_equiv)
+      answer_fn=lambda ids: task.extract_answer(tok.decode(ids)),
+      equiv_fn=task.is_equiv)
 
 
 # --- Models as callbacks -----------------------------------------------------
@@ -758,6 +754,7 @@ def run(run_config: SearchRun, workdir: str,
   tok = make_tokenizer(run_config.checkpoints)
   problems = load_problems(run_config.problems, tok)
   task = task_fns(run_config.problems, tok)
+  grader = run_config.problems.make_task()
   by_uid = {p.uid: p for p in problems}
   search_problems = [base.SearchProblem(
       p.uid, examples.prompt_ids(tok.encode_text, p.prompt))
@@ -825,7 +822,7 @@ def run(run_config: SearchRun, workdir: str,
                                  models_.verifier, task, key)
           for result, row in zip(results, fresh[host]):
             problem = by_uid[result.uid]
-            grade = lambda a, ref=problem.reference: task.equiv_fn(a, ref)
+            grade = lambda a, p=problem.problem: grader.grade_answer(a, p)
             for how, hp, new in zip(spec.selections, hparams, row):
               if not new:
                 continue

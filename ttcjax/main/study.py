@@ -1,13 +1,14 @@
-r"""Runs a study: the arithmetic study end to end, or a study over checkpoints.
+r"""Runs a study: the embedded study end to end, or a study over checkpoints.
 
   python -m ttcjax.main.study --gin_file=experiments/smoke.gin --workdir=DIR
   python -m ttcjax.main.study --preset=arith_cpu --workdir=DIR   # shortcut
+  python -m ttcjax.main.study --preset=countdown_smoke --workdir=DIR
   python -m ttcjax.main.study --gin_file=experiments/math500_tpu.gin \
       --gin_bindings="POLICY_CKPT = '...'" ... --workdir=DIR
 
 A gin experiment selects the study (`ttcjax.experiments.studies`):
 `study.experiment.spec = @study.ArithStudy()` (a preset of the embedded
-arithmetic study, with overrides) or `@study.SearchStudy()` (sweep given
+study, on arithmetic or Countdown, with overrides) or `@study.SearchStudy()` (sweep given
 checkpoints, analyse, report). `--preset=NAME` is
 `experiments/NAME.gin` without a file. The operative config goes to
 `<workdir>/config.gin`. Finished stages are skipped, killed ones resume.
@@ -34,7 +35,8 @@ _PRESETS = sorted(set(embedded.PRESETS) & set(embedded_study.SWEEPS))
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _PRESET = flags.DEFINE_enum(
     "preset", None, _PRESETS,
-    "An arithmetic study preset, instead of --gin_file (e.g. smoke).")
+    "An embedded study preset, instead of --gin_file (e.g. smoke, "
+    "countdown_smoke).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.",
                                required=True)
 _ONLY = flags.DEFINE_list("only", None, "Run these stages (and their inputs).")

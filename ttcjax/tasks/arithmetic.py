@@ -366,6 +366,8 @@ class ArithmeticTask(_task_base.Task):
     step_delimiter = STEP_DELIMITER
 
     def __init__(self, config: ArithmeticConfig = ArithmeticConfig()):
+        if not isinstance(config, ArithmeticConfig):
+            raise TypeError(f"ArithmeticTask takes a ArithmeticConfig, got {type(config).__name__}")
         self.config = config
 
     def problems(self, num: Optional[int], seed: int) -> list[Problem]:
@@ -387,6 +389,10 @@ class ArithmeticTask(_task_base.Task):
 
     def split_steps(self, text: str) -> list[str]:
         return split_steps(text)
+
+    def max_prompt_chars(self) -> int:
+        c = self.config  # the prefix, (max_ops + 1) operands, the operators, "\n"
+        return len(QUESTION_PREFIX) + (c.max_ops + 1) * c.max_digits + c.max_ops + 1
 
     def check_steps(self, problem: Problem, text: str) -> list[bool]:
         return check_solution_steps(problem, text)

@@ -70,6 +70,24 @@ class Task(abc.ABC):
     """Whether a whole model output reaches ``problem``'s answer."""
     return self.is_equiv(self.extract_answer(text), problem.answer)
 
+  def grade_answer(self, answer: Optional[str], problem: Any) -> bool:
+    """Whether an extracted answer solves ``problem``.
+
+    Search records and Monte-Carlo labels grade what `extract_answer`
+    returned, not the whole text; for every text,
+    ``grade_answer(extract_answer(text), problem) == grade(text, problem)``.
+    The default compares with the reference answer (`is_equiv`); a task whose
+    answer is a derivation (Countdown) checks it against the problem.
+    """
+    return answer is not None and self.is_equiv(answer, problem.answer)
+
+  def max_prompt_chars(self) -> Optional[int]:
+    """The longest `prompt` a generated task can return, or None (unbounded).
+
+    The embedded study pads prompts to one width derived from it.
+    """
+    return None
+
   def split_steps(self, text: str) -> list[str]:
     """Splits a solution into steps, each keeping its trailing delimiter.
 

@@ -31,7 +31,7 @@ grader) and never imports a model class.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -166,6 +166,28 @@ def make_grader(problems: Sequence[LabelProblem],
     reference = references[uid]
     return reference is not None and (answer == reference or
                                       equiv_fn(answer, reference))
+
+  return correct_fn
+
+
+def task_grader(task: Any, problems: Mapping[str, Any],
+                answer_fn: Callable[[Sequence[int]], str | None]) -> Grader:
+  """A grader asking the task: `task.grade_answer(answer_fn(ids), problem)`.
+
+  Args:
+    task: a `ttcjax.tasks.Task` (only `grade_answer` is used).
+    problems: uid -> the task's problem.
+    answer_fn: generated ids -> the task's extracted answer, or None.
+
+  Returns:
+    A `Grader`: None when there is no answer, else the task's verdict.
+  """
+
+  def correct_fn(uid: str, token_ids: Sequence[int]) -> bool | None:
+    answer = answer_fn(token_ids)
+    if answer is None:
+      return None
+    return bool(task.grade_answer(answer, problems[uid]))
 
   return correct_fn
 
