@@ -17,7 +17,7 @@ from ttcjax.search.beam import beam_search, lookahead_search
 from ttcjax.search.best_of_n import (AccuracyEstimate, best_of_n,
                                      bootstrap_accuracy, subsample)
 from ttcjax.search.dvts import dvts
-from ttcjax.search.lookahead import rollout_and_rollback
+from ttcjax.search.stepping import rollout_and_rollback
 # Not the `revisions` function: it would hide the module (reach it through
 # `run_search`, or import it from `ttcjax.search.revisions`).
 from ttcjax.search.revisions import (RevisionPolicyFns, select_revisions,

@@ -5,9 +5,9 @@ row `p * N + j` is slot `j` of problem `p`. Each round
 
 1. every live row decodes one step (one `decode_step` for the batch; it
    grows the cache as it fills and finishes the last few rows' steps in a
-   smaller batch, see `lookahead.decode_step`);
+   smaller batch, see `stepping.decode_step`);
 2. lookahead only: live rows that continue roll out k greedy steps, and
-   the cache is rolled back (see `lookahead.rollout_and_rollback`);
+   the cache is rolled back (see `stepping.rollout_and_rollback`);
 3. every row with a new step is scored in ONE verifier call; the step's
    value is the score at its end (or at its roll-out's end);
 4. per group of rows, rows that completed (EOS, or a final-answer step)
@@ -35,8 +35,8 @@ from ttcjax.search import base, batching
 from ttcjax.search.base import (PolicyFns, RoundTrace, SearchConfig,
                                 SearchProblem, SearchResult, TaskFns,
                                 VerifierFns)
-from ttcjax.search.lookahead import (cache_slots, decode_step,
-                                     rollout_and_rollback, step_ended)
+from ttcjax.search.stepping import (cache_slots, decode_step,
+                                    rollout_and_rollback, step_ended)
 from ttcjax.search.selection import select
 from ttcjax.verifiers.scoring import aggregate
 

@@ -1,4 +1,4 @@
-"""Step decoding for tree searches, and lookahead roll-outs with rollback.
+"""Step decoding for tree searches, and roll-outs with rollback.
 
 Lookahead search (Snell et al. 2024, Sec. 5) values a candidate step by
 rolling it out k further steps at temperature 0 and reading the PRM at the
