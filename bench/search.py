@@ -233,8 +233,7 @@ def bench_search(args, params, prm_params, scenarios):
     full_policy = dataclasses.replace(policy, grow_cache=False,
                                       straggler_fraction=0.0)
     plain = decoding.Decoder(step_fn, eos_id=-1, max_gen=args.max_gen)
-    config = search.SearchConfig(strategy=strategy, max_rounds=40,
-                                 trace=True, **kw)
+    config = search.make_config(strategy, max_rounds=40, trace=True, **kw)
     run = lambda i, policy, config=config, verifier=verifier: (
         search.run_search(config, problems, args.budget, policy, verifier,
                           task, jax.random.key(100 + i)))

@@ -279,19 +279,15 @@ def _eval_revision(config: embedded.ArithStudyConfig,
         [embedded.TOKENIZER.decode(a) for a in attempts], max_prompt_len=width,
         max_context=config.revision_context)
 
-  policy = revisions.RevisionPolicyFns(
-      **{f: getattr(plain, f) for f in ("decoder", "params", "init_cache",
-                                        "max_len", "sampler", "pad_id",
-                                        "prompt_len", "detokenize")},
-      prompt_fn=prompt_fn)
+  policy = revisions.with_prompt_fn(plain, prompt_fn)
   orm_config, verifier = verifier_fns(ctx.input("train_orm") / "model",
                                       width + config.max_new_tokens)
   task = base.TaskFns(answer_fn=embedded.answer_of,
                       equiv_fn=embedded.answers_equal)
   per_call = max(1, min(config.decode_rows // config.revision_chains,
                         config.chunk_problems))
-  search_config = base.SearchConfig(
-      strategy="revisions", selection="weighted", aggregation="last",
+  search_config = revisions.RevisionsConfig(
+      selection="weighted", aggregation="last",
       revision_length=config.revision_attempts,
       revision_context=config.revision_context, problems_per_batch=per_call)
   budget = config.revision_chains * config.revision_attempts

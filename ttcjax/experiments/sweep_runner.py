@@ -47,16 +47,15 @@ import jax
 from ttcjax import (checkpoint, decoding, distributed, memory, models,
                     partitioning, verifiers)
 from ttcjax.data import examples
-from ttcjax.search import base, records, selection
-from ttcjax.search.revisions import (RevisionPromptFn, chain_count,
-                                     select_revisions, with_prompt_fn)
+from ttcjax.search import base, records, strategy
+from ttcjax.search.revisions import RevisionPromptFn, with_prompt_fn
 from ttcjax.search.run import run_search
+from ttcjax.search.tree import TreeConfig
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks import math as math_task
 from ttcjax.tokenizer import ByteTokenizer
 
 TASKS = ("arithmetic", "math")
-_PRM_STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts")
 _ATTEMPT_OVERHEAD = 16  # "Attempt 4:\n" plus a newline, rounded up
 
 
@@ -147,15 +146,15 @@ class Checkpoints:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StrategySpec:
-  """One strategy's sweep: a grid of `SearchConfig` fields x budgets.
+  """One strategy's sweep: a grid of its config's fields x budgets.
 
   Attributes:
-    strategy: a `SearchConfig.strategy`.
+    strategy: a registered strategy name (`ttcjax.search.strategy_names`).
     budgets: N values (generations). Grid points that do not fit a budget
       (a beam width or revision length that does not divide N) are skipped.
-    grid: `SearchConfig` field -> values; every combination is run.
+    grid: config field -> values; every combination is run.
     selections: answer selections recorded from each search.
-    base: other `SearchConfig` fields, fixed.
+    base: other config fields, fixed.
   """
   strategy: str
   budgets: Sequence[int]
@@ -176,24 +175,30 @@ class StrategySpec:
     if not self.budgets or min(self.budgets) < 1:
       raise ValueError(f"StrategySpec({self.strategy!r}).budgets must be "
                        f"positive, got {self.budgets}")
+    strategy.get(self.strategy)  # an unknown name lists the registered
     for how in self.selections:
-      base.SearchConfig(selection=how)  # validates
+      strategy.make_config(self.strategy, selection=how)  # validates
     self.configs(None)  # validates every grid point
 
   def configs(self, problems_per_batch: int | None
-              ) -> list[base.SearchConfig]:
-    """The `SearchConfig` of every grid point."""
+              ) -> list[strategy.SearchConfig]:
+    """The config of every grid point."""
     names = sorted(self.grid)
     out = []
     for values in itertools.product(*(self.grid[n] for n in names)):
       fields = dict(self.base, **dict(zip(names, values)))
       try:
-        out.append(base.SearchConfig(
-            strategy=self.strategy, selection=self.selections[0],
+        out.append(strategy.make_config(
+            self.strategy, selection=self.selections[0],
             problems_per_batch=problems_per_batch, **fields))
-      except TypeError as e:
+      except (TypeError, ValueError) as e:
         raise ValueError(f"StrategySpec({self.strategy!r}): {e}") from None
     return out
+
+  @property
+  def role(self) -> str:
+    """The models it needs: 'prm' (policy + PRM) or 'revision'."""
+    return strategy.get(self.strategy).role
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -263,11 +268,11 @@ class SearchRun:
       if value is not None and (not isinstance(value, int) or value < 1):
         raise ValueError(f"SearchRun.{name} must be a positive int or None, "
                          f"got {value!r}")
-    names = {s.strategy for s in self.strategies}
-    if names & set(_PRM_STRATEGIES):
+    roles = {s.role for s in self.strategies}
+    if "prm" in roles:
       _check_path(self.checkpoints.policy, "Checkpoints.policy", True)
       _check_path(self.checkpoints.prm, "Checkpoints.prm", True)
-    if "revisions" in names:
+    if "revision" in roles:
       _check_path(self.checkpoints.revision, "Checkpoints.revision", True)
       _check_path(self.checkpoints.orm, "Checkpoints.orm", True)
 
@@ -484,25 +489,27 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
            ) -> dict[str, _Models]:
   """`{'prm': ..., 'revision': ...}` bundles for the strategies run, with
   params restored into `placement`."""
-  names = {s.strategy for s in run_config.strategies}
+  roles = {s.role for s in run_config.strategies}
+  trees = any(issubclass(strategy.get(s.strategy), TreeConfig)
+              for s in run_config.strategies if s.role == "prm")
   ckpts, gen = run_config.checkpoints, run_config.max_new_tokens
   shard, rows = placement.shard, run_config.verifier_rows
   prompts = [examples.prompt_ids(tok.encode_text, p.prompt)
              for p in problems] or [[0]]
   out = {}
-  if names & set(_PRM_STRATEGIES):
+  if "prm" in roles:
     width = run_config.prompt_len or _round_up(max(map(len, prompts)))
     tree = run_config.tree_cache_tokens or 4 * gen
     cfg, params = _restore(ckpts.policy, "policy", False, placement)
     prm_cfg, prm_params = _restore(ckpts.prm, "PRM", True, placement)
-    cache = width + (tree if names & {"beam", "lookahead", "dvts"} else gen)
+    cache = width + (tree if trees else gen)
     out["prm"] = _Models(
         policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
                    cache_len=cache, temperature=run_config.temperature,
                    shard=shard),
         verifier_fns(prm_cfg, prm_params, tok, width + gen, rows=rows,
                      shard=shard), cfg, prm_cfg)
-  if "revisions" in names:
+  if "revision" in roles:
     zero = max(len(examples.revision_prompt_ids(tok.encode_text, p.question,
                                                 []))
                for p in problems) if problems else 1
@@ -524,24 +531,18 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
 # --- The run -----------------------------------------------------------------
 
 
-def chosen_for(result: base.SearchResult, config: base.SearchConfig,
+def chosen_for(result: base.SearchResult, config: strategy.SearchConfig,
                how: str, equiv_fn: Callable[[str, str], bool]) -> int:
   """The candidate `how` selects from a finished search's candidates."""
   if how == config.selection:
     return result.chosen
-  if config.strategy == "revisions":
-    return select_revisions(result.candidates, config.revision_length, how,
-                            equiv_fn)
-  return selection.select(result.candidates, how, equiv_fn)
+  return config.reselect(result.candidates, how, equiv_fn)
 
 
-def _fits(config: base.SearchConfig, budget: int) -> str | None:
+def _fits(config: strategy.SearchConfig, budget: int) -> str | None:
   """Why `config` cannot run at `budget`, or None."""
   try:
-    if config.strategy == "revisions":
-      chain_count(budget, config.revision_length)
-    elif config.strategy != "best_of_n":
-      config.width(budget)
+    config.rows(budget)
   except ValueError as e:
     return str(e)
   return None
@@ -573,14 +574,12 @@ def _claim(done: set[records.Key], uid: str, strategy: str,
   return fresh
 
 
-def batch_problems(size: int, config: base.SearchConfig, budget: int,
+def batch_problems(size: int, config: strategy.SearchConfig, budget: int,
                    max_rows: int | None) -> int:
   """Problems per batch: `size`, fewer when their rows exceed `max_rows`."""
   if max_rows is None:
     return size
-  rows = (chain_count(budget, config.revision_length)
-          if config.strategy == "revisions" else budget)
-  return max(1, min(size, max_rows // rows))
+  return max(1, min(size, max_rows // config.rows(budget)))
 
 
 def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
@@ -654,8 +653,7 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
         continue
       if bundles is None:
         bundles = _setup(run_config, problems, tok, placement)
-      models_ = bundles["revision" if config.strategy == "revisions"
-                        else "prm"]
+      models_ = bundles[config.role]
       batches = [todo[start:start + per_batch]
                  for start in range(0, len(todo), per_batch)]
       mine_total = sum(map(len, batches[host::hosts]))

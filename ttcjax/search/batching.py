@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttcjax.search.base import (Candidate, PolicyFns, SearchConfig,
-                                SearchProblem, TaskFns, VerifierFns)
+from ttcjax.search.base import (Candidate, PolicyFns, SearchProblem,
+                                TaskFns, VerifierFns)
+from ttcjax.search.strategy import SearchConfig
 from ttcjax.verifiers.scoring import aggregate, step_scores
 
 

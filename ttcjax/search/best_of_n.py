@@ -10,15 +10,30 @@ mean and spread of accuracy per budget, as in Snell et al.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
 from ttcjax.search import base, batching
-from ttcjax.search.base import (PolicyFns, SearchConfig, SearchProblem,
-                                SearchResult, TaskFns, VerifierFns)
+from ttcjax.search.base import (PolicyFns, SearchProblem, SearchResult,
+                                TaskFns, VerifierFns)
 from ttcjax.search.selection import choose, group_answers, select
+from ttcjax.search.strategy import SearchConfig, register
+
+
+@register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BestOfNConfig(SearchConfig):
+  """Best-of-N: no hyper-parameters beyond `SearchConfig`'s."""
+  strategy = "best_of_n"
+
+  def run(self, problems, budget, policy, verifier, task, key):
+    return best_of_n(problems, budget, policy, verifier, task, self, key)
+
+  def identity(self, budget: int) -> dict[str, Any]:
+    del budget
+    return {"aggregation": self.aggregation}
 
 
 def best_of_n(problems: Sequence[SearchProblem], budget: int,
