@@ -2,7 +2,7 @@
 
 Each strategy is one module with a frozen config class registered by name
 (`ttcjax.search.strategy`): best-of-N, PRM beam search, lookahead search,
-DVTS and sequential revisions (a policy with a `prompt_fn`; see
+DVTS, REBASE and sequential revisions (a policy with a `prompt_fn`; see
 `search.revisions`). `make_config(name, **fields)` builds one;
 `run_search(config, problems, budget, policy, verifier, task, key)` runs it
 on callbacks (`PolicyFns`, `VerifierFns`, `TaskFns`) and returns a
@@ -24,6 +24,7 @@ from ttcjax.search.best_of_n import (AccuracyEstimate, BestOfNConfig,
 from ttcjax.search.beam import BeamConfig
 from ttcjax.search.lookahead import LookaheadConfig
 from ttcjax.search.dvts import DvtsConfig
+from ttcjax.search.rebase import RebaseConfig
 # Not the `revisions` function: it would hide the module (reach it through
 # `run_search`, or import it from `ttcjax.search.revisions`).
 from ttcjax.search.revisions import (RevisionsConfig, select_revisions,
@@ -36,10 +37,11 @@ from ttcjax.search.tree import Group, Pruned, TreeConfig, WidthConfig
 __all__ = [
     "AccuracyEstimate", "BeamConfig", "BestOfNConfig", "Candidate",
     "DvtsConfig", "Group", "LookaheadConfig", "PolicyFns", "Pruned",
-    "RevisionsConfig", "RoundTrace", "SearchConfig", "SearchProblem",
-    "SearchResult", "StepTagInput", "TaskFns", "TreeConfig", "VerifierFns",
-    "WidthConfig", "bootstrap_accuracy", "choose", "concat_input",
-    "group_answers", "make_config", "register", "rollout_and_rollback",
-    "run_search", "search_key", "select", "select_revisions", "strategy_class",
-    "strategy_names", "subsample", "with_prompt_fn",
+    "RebaseConfig", "RevisionsConfig", "RoundTrace", "SearchConfig",
+    "SearchProblem", "SearchResult", "StepTagInput", "TaskFns", "TreeConfig",
+    "VerifierFns", "WidthConfig", "bootstrap_accuracy", "choose",
+    "concat_input", "group_answers", "make_config", "register",
+    "rollout_and_rollback", "run_search", "search_key", "select",
+    "select_revisions", "strategy_class", "strategy_names", "subsample",
+    "with_prompt_fn",
 ]
