@@ -99,9 +99,9 @@ class PolicyFns:
     decoder: drives the policy's `step_fn`; gives `eos_id`, the step
       delimiters `stop_ids` and `max_gen` (tokens per candidate).
     params: passed to the decoder's `step_fn`.
-    init_cache: `(batch, max_len) -> empty cache` (a `KVCache` or any
-      object with `take`, `index`, `max_len`, `valid`, `next_pos`,
-      `rollback` and, unless `grow_cache` is False, `grow`).
+    init_cache: `(batch, max_len) -> empty cache`: a `KVCache` or any
+      `ttcjax.decoding.cache.Cache` (the written protocol of what search
+      calls on a cache; `grow` only with `grow_cache`).
     max_len: cache slots per row. Every decode iteration of a search takes
       one slot for all rows, so tree searches need more than prompt width +
       `max_gen`; rows still going when the cache is full end unfinished.
