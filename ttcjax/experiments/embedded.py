@@ -304,11 +304,8 @@ def stage_key(config: ArithStudyConfig, name: str) -> jax.Array:
 
 
 def answers_equal(a: str, b: str) -> bool:
-  """Integer equality of two extracted answers."""
-  try:  # `extract_answer` bounds the length of model answers
-    return a == b or int(a) == int(b)
-  except ValueError:
-    return False
+  """Integer equality of two extracted answers (the arithmetic `Task`'s)."""
+  return arithmetic.ArithmeticTask().is_equiv(a, b)
 
 
 def answer_of(ids: Sequence[int]) -> str | None:

@@ -45,17 +45,15 @@ from absl import logging
 import jax
 
 from ttcjax import (checkpoint, decoding, distributed, memory, models,
-                    partitioning, verifiers)
+                    partitioning, tasks, verifiers)
 from ttcjax.data import examples
 from ttcjax.search import base, records, strategy
 from ttcjax.search.revisions import RevisionPromptFn, with_prompt_fn
 from ttcjax.search.run import run_search
 from ttcjax.search.tree import TreeConfig
 from ttcjax.tasks import arithmetic
-from ttcjax.tasks import math as math_task
 from ttcjax.tokenizer import ByteTokenizer
 
-TASKS = ("arithmetic", "math")
 _ATTEMPT_OVERHEAD = 16  # "Attempt 4:\n" plus a newline, rounded up
 
 
@@ -72,12 +70,13 @@ class ProblemSource:
   """Where the problems come from.
 
   Attributes:
-    task: 'arithmetic' (`ttcjax.tasks.arithmetic`, drawn by seed and count)
-      or 'math' (a MATH-style jsonl, `ttcjax.tasks.math.load_jsonl`).
+    task: a registered task (`ttcjax.tasks.registered()`): e.g.
+      'arithmetic' (drawn by seed and count) or 'math' (a MATH-style jsonl).
     num_problems: problems to use (the first ones of a jsonl; None: all).
-    seed: arithmetic seed (uids `arith-<seed>-<i>`).
-    path: the jsonl ('math').
-    arithmetic: the arithmetic difficulty distribution.
+    seed: seed of generated tasks (arithmetic uids `arith-<seed>-<i>`).
+    path: the file of a file-backed task (passed as its `path`).
+    arithmetic: the arithmetic difficulty distribution (the arithmetic
+      task's `config`).
     prompt_template: the policy prompt, with `{problem}` replaced by the
       question or problem text (a plain replacement: other braces, as in
       `\\boxed{}`, stay); None: the text and a newline, as in training
@@ -92,10 +91,15 @@ class ProblemSource:
   prompt_template: str | None = None
 
   def __post_init__(self):
-    if self.task not in TASKS:
-      raise ValueError(f"ProblemSource.task must be one of {TASKS}, got "
-                       f"{self.task!r}")
-    _check_path(self.path, "ProblemSource.path", self.task == "math")
+    if self.task not in tasks.registered():
+      raise ValueError(f"ProblemSource.task must be one of "
+                       f"{tasks.registered()}, got {self.task!r}")
+    _check_path(self.path, "ProblemSource.path", False)
+    try:
+      self.make_task()
+    except TypeError as e:  # e.g. a file-backed task without its path
+      raise ValueError(f"ProblemSource(task={self.task!r}): {e}; bind "
+                       f"ProblemSource.path (a file-backed task)") from None
     if self.num_problems is not None and self.num_problems < 0:
       raise ValueError(f"ProblemSource.num_problems must be >= 0, got "
                        f"{self.num_problems}")
@@ -109,6 +113,18 @@ class ProblemSource:
     if self.prompt_template is None:
       return text + "\n"
     return self.prompt_template.replace("{problem}", text)
+
+  def make_task(self) -> tasks.Task:
+    """The task, built from the registry with `path` (when set) and, for
+    'arithmetic', `arithmetic` as its `config`. (No field is added here for
+    other tasks' options: this config is hashed into finished studies'
+    stage hashes.)"""
+    kwargs = {}
+    if self.path is not None:
+      kwargs["path"] = self.path
+    if self.task == "arithmetic":  # the gin-facing field of its config
+      kwargs["config"] = self.arithmetic
+    return tasks.get(self.task, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -308,17 +324,16 @@ class Tokenizer:
 
 
 def load_problems(source: ProblemSource) -> list[_Problem]:
-  """The problems of `source`, with their reference answers."""
-  if source.task == "arithmetic":
-    drawn = arithmetic.generate(source.arithmetic, source.num_problems or 0,
-                                source.seed)
-    return [_Problem(p.uid, p.question, source.prompt(p.question), p.answer,
-                     {"reference": p.answer, "n_ops": p.n_ops,
-                      "digits": p.digits}) for p in drawn]
-  loaded = math_task.load_jsonl(source.path)[:source.num_problems]
-  return [_Problem(p.uid, p.problem, source.prompt(p.problem), p.answer,
-                   {"reference": p.answer, "level": p.level,
-                    "subject": p.subject}) for p in loaded]
+  """The problems of `source`, with their reference answers and the
+  task's difficulty features (`Task.difficulty_features`)."""
+  task = source.make_task()
+  out = []
+  for p in task.problems(source.num_problems, source.seed):
+    question = task.question(p)
+    out.append(_Problem(p.uid, question, source.prompt(question), p.answer,
+                        {"reference": p.answer,
+                         **task.difficulty_features(p)}))
+  return out
 
 
 def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
@@ -339,22 +354,13 @@ def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
   return Tokenizer(tok, tok.decode, eos, tok.pad_id, stops)
 
 
-def _int_equiv(a: str, b: str) -> bool:
-  try:  # extract_answer bounds the length of model answers
-    return a == b or int(a) == int(b)
-  except ValueError:
-    return False
-
-
 def task_fns(source: ProblemSource, tok: Tokenizer) -> base.TaskFns:
-  """Answer extraction over decoded ids, and answer equivalence."""
-  if source.task == "arithmetic":
-    return base.TaskFns(
-        answer_fn=lambda ids: arithmetic.extract_answer(tok.decode(ids)),
-        equiv_fn=_int_equiv)
+  """The task's answer extraction over decoded ids, and its answer
+  equivalence."""
+  task = source.make_task()
   return base.TaskFns(
-      answer_fn=lambda ids: math_task.extract_boxed(tok.decode(ids)),
-      equiv_fn=math_task.is_equiv)
+      answer_fn=lambda ids: task.extract_answer(tok.decode(ids)),
+      equiv_fn=task.is_equiv)
 
 
 # --- Models as callbacks -----------------------------------------------------
