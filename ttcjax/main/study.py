@@ -23,7 +23,7 @@ import os
 from absl import app, flags, logging
 
 from ttcjax.experiments import studies
-from ttcjax.main import gin_utils
+from ttcjax.main import configure, gin_utils
 from ttcjax.experiments import embedded
 from ttcjax.experiments import embedded_study
 
@@ -55,7 +55,7 @@ def experiment(gin_files, gin_bindings, preset, search_paths=()
   if bool(gin_files) == bool(preset):
     raise app.UsageError("give --gin_file=experiments/<name>.gin or "
                          f"--preset (one of {_PRESETS}), not both")
-  studies.register()
+  configure.register()
   if preset:
     gin_files = [f"experiments/{preset}.gin"]
   gin_utils.parse(gin_files, gin_bindings, search_paths)

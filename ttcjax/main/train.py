@@ -28,8 +28,7 @@ from absl import app
 from absl import flags
 
 from ttcjax import distributed
-from ttcjax.main import gin_utils
-from ttcjax.training import roles
+from ttcjax.main import configure, gin_utils
 
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.",
@@ -48,7 +47,7 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   try:
-    roles.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
+    configure.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
                              _WORKDIR.value, _GIN_SEARCH_PATHS.value)
   except gin_utils.GinConfigError as e:
     raise SystemExit(f"ttcjax.main.train: {e}") from None

@@ -20,8 +20,8 @@ See `record_example` for the exact formats.
 `ttcjax.data.examples` by default; `DataConfig.source='seqio'` goes through
 the seqio tasks of `ttcjax.data.seqio_tasks`, which need TensorFlow), loads
 `init_checkpoint` (adding a fresh reward head for prm/orm), and calls
-`ttcjax.training.train`. `train_from_gin` does the same from gin files, after
-writing the operative config into the workdir.
+`ttcjax.training.train`. `ttcjax.main.configure.train_from_gin` does the
+same from gin files, after writing the operative config into the workdir.
 
 Nothing here imports gin or TensorFlow at module level.
 """
@@ -492,21 +492,3 @@ def train(run: TrainRun, workdir: str | os.PathLike
 
 
 GIN_CONFIGURABLES = {"DataConfig": DataConfig, "TrainRun": TrainRun}
-
-
-def train_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
-                   workdir: str | os.PathLike,
-                   gin_search_paths: Sequence[str] = ()
-                   ) -> tuple[Any, list[dict[str, Any]]]:
-  """Parses gin, builds the `TrainRun`, writes `workdir/config.gin`, trains.
-
-  Every gin error (missing file, unknown binding, unbound REQUIRED macro,
-  invalid value) is raised as `gin_utils.GinConfigError` before any data is
-  built or any file written.
-  """
-  from ttcjax.main import gin_utils  # pylint: disable=g-import-not-at-top
-  gin_utils.register(gin_utils.core_configurables() | GIN_CONFIGURABLES)
-  gin_utils.parse(gin_files, gin_bindings, gin_search_paths)
-  run = gin_utils.build(TrainRun)
-  gin_utils.write_operative_config(workdir)
-  return train(run, workdir)
