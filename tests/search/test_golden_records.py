@@ -13,31 +13,30 @@ import itertools
 import json
 import os
 
-from ttcjax.experiments import sweep_runner
-from ttcjax.search import records
+from ttcjax.search import records, sweep
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "testdata",
                       "golden_records.jsonl")
 _ALL = ("weighted", "majority", "plain")
 
 SPECS = (
-    sweep_runner.StrategySpec(
+    sweep.StrategySpec(
         strategy="best_of_n", budgets=(1, 4, 16), selections=_ALL,
         grid={"aggregation": ["last", "min", "prod", "mean"]}),
-    sweep_runner.StrategySpec(
+    sweep.StrategySpec(
         strategy="beam", budgets=(4, 16, 64), selections=("weighted",
                                                           "majority"),
         grid={"beam_width": [1, 2, 4, "sqrt"], "max_rounds": [3, 40],
               "stop_at_answer": [True, False]}, base={"aggregation": "min"}),
-    sweep_runner.StrategySpec(
+    sweep.StrategySpec(
         strategy="lookahead", budgets=(4, 16), selections=_ALL,
         grid={"lookahead": [1, 3], "beam_width": [4, "sqrt"]},
         base={"aggregation": "last", "max_rounds": 40}),
-    sweep_runner.StrategySpec(
+    sweep.StrategySpec(
         strategy="dvts", budgets=(4, 16, 64), selections=("weighted",),
         grid={"beam_width": [2, 4, "sqrt"]},
         base={"aggregation": "prod", "max_rounds": 40}),
-    sweep_runner.StrategySpec(
+    sweep.StrategySpec(
         strategy="revisions", budgets=(4, 16, 64), selections=_ALL,
         grid={"revision_length": [1, 2, 4, 16, 64],
               "revision_context": [0, 4]}),
@@ -52,7 +51,7 @@ def _swept_keys():
     seen = set()
     for config, budget in itertools.product(spec.configs(None),
                                             spec.budgets):
-      if sweep_runner._fits(config, budget):  # pylint: disable=protected-access
+      if sweep._fits(config, budget):  # pylint: disable=protected-access
         continue
       hparams = [records.hparams_of(config, budget, how)
                  for how in spec.selections]

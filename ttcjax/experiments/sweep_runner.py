@@ -3,15 +3,12 @@
 `run(config, workdir)` restores the policy and PRM (or the revision model
 and its ORM) from ttcjax checkpoints, draws the problems (the arithmetic
 task by seed and count, or a MATH jsonl), plugs the real models into the
-search callbacks, runs every strategy x hyper-parameters x budget of
-`config.strategies`, and appends one record per (problem, strategy,
-hyper-parameters, budget) to `<workdir>/records.jsonl`
+search callbacks (`sweep.Bundle`s), and runs the model-agnostic sweep loop
+(`ttcjax.search.sweep.run_sweep`): every strategy x hyper-parameters x
+budget of `config.strategies`, one record per (problem, strategy,
+hyper-parameters, budget) appended to `<workdir>/records.jsonl`
 (`ttcjax.search.records`). Records already there are skipped, so a killed
 run resumes where it stopped, and a finished one reruns as a no-op.
-
-Selection never changes what a strategy samples (keys fold problem,
-strategy and budget only), so each `StrategySpec.selections` entry is a
-record re-selected from the same search, not a second search.
 
 On several processes (`jax.distributed`, started by the entry point), the
 problem batches are dealt across processes and process 0 writes every
@@ -35,21 +32,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 import math
 import os
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 import jax
 
-from ttcjax import (checkpoint, decoding, distributed, memory, models,
+from ttcjax import (checkpoint, decoding, memory, models,
                     partitioning, tasks, verifiers)
 from ttcjax.data import examples
-from ttcjax.search import base, records, strategy
+from ttcjax.search import base, records, strategy, sweep
 from ttcjax.search.revisions import RevisionPromptFn, with_prompt_fn
-from ttcjax.search.run import run_search
+from ttcjax.search.sweep import (StrategySpec, batch_problems,  # re-exported
+                                 chosen_for)
 from ttcjax.search.tree import TreeConfig
 from ttcjax.tasks import arithmetic
 from ttcjax.tokenizer import ByteTokenizer
@@ -158,63 +154,6 @@ class Checkpoints:
       raise ValueError(f"Checkpoints.step_delimiter={self.step_delimiter!r}"
                        f" must be non-empty, and one byte for the byte "
                        f"tokenizer (tokenizer_dir=None)")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class StrategySpec:
-  """One strategy's sweep: a grid of its config's fields x budgets.
-
-  Attributes:
-    strategy: a registered strategy name (`ttcjax.search.strategy_names`).
-    budgets: N values (generations). Grid points that do not fit a budget
-      (a beam width or revision length that does not divide N) are skipped.
-    grid: config field -> values; every combination is run.
-    selections: answer selections recorded from each search.
-    base: other config fields, fixed.
-  """
-  strategy: str
-  budgets: Sequence[int]
-  grid: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
-  selections: Sequence[str] = ("weighted",)
-  base: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-  def __post_init__(self):
-    object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
-    object.__setattr__(self, "selections", tuple(self.selections))
-    object.__setattr__(self, "grid", {k: tuple(v) if isinstance(
-        v, (list, tuple)) else (v,) for k, v in dict(self.grid).items()})
-    object.__setattr__(self, "base", dict(self.base))
-    for name in ("strategy", "selection", "problems_per_batch"):
-      if name in self.grid or name in self.base:
-        raise ValueError(f"StrategySpec({self.strategy!r}): {name!r} is set "
-                         f"by the spec or the run, not in grid/base")
-    if not self.budgets or min(self.budgets) < 1:
-      raise ValueError(f"StrategySpec({self.strategy!r}).budgets must be "
-                       f"positive, got {self.budgets}")
-    strategy.get(self.strategy)  # an unknown name lists the registered
-    for how in self.selections:
-      strategy.make_config(self.strategy, selection=how)  # validates
-    self.configs(None)  # validates every grid point
-
-  def configs(self, problems_per_batch: int | None
-              ) -> list[strategy.SearchConfig]:
-    """The config of every grid point."""
-    names = sorted(self.grid)
-    out = []
-    for values in itertools.product(*(self.grid[n] for n in names)):
-      fields = dict(self.base, **dict(zip(names, values)))
-      try:
-        out.append(strategy.make_config(
-            self.strategy, selection=self.selections[0],
-            problems_per_batch=problems_per_batch, **fields))
-      except (TypeError, ValueError) as e:
-        raise ValueError(f"StrategySpec({self.strategy!r}): {e}") from None
-    return out
-
-  @property
-  def role(self) -> str:
-    """The models it needs: 'prm' (policy + PRM) or 'revision'."""
-    return strategy.get(self.strategy).role
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -482,17 +421,9 @@ def revision_prompt_fn(questions: Mapping[str, str], tok: Tokenizer,
   return prompt_fn
 
 
-@dataclasses.dataclass(frozen=True)
-class _Models:
-  policy: base.PolicyFns
-  verifier: base.VerifierFns
-  policy_config: models.ModelConfig
-  verifier_config: models.ModelConfig
-
-
 def _setup(run_config: SearchRun, problems: Sequence[_Problem],
            tok: Tokenizer, placement: Placement = Placement()
-           ) -> dict[str, _Models]:
+           ) -> dict[str, sweep.Bundle]:
   """`{'prm': ..., 'revision': ...}` bundles for the strategies run, with
   params restored into `placement`."""
   roles = {s.role for s in run_config.strategies}
@@ -509,7 +440,7 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
     cfg, params = _restore(ckpts.policy, "policy", False, placement)
     prm_cfg, prm_params = _restore(ckpts.prm, "PRM", True, placement)
     cache = width + (tree if trees else gen)
-    out["prm"] = _Models(
+    out["prm"] = sweep.Bundle(
         policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
                    cache_len=cache, temperature=run_config.temperature,
                    shard=shard),
@@ -528,7 +459,7 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
                        temperature=run_config.temperature, shard=shard)
     policy = with_prompt_fn(plain, revision_prompt_fn(
         {p.uid: p.question for p in problems}, tok, width))
-    out["revision"] = _Models(
+    out["revision"] = sweep.Bundle(
         policy, verifier_fns(orm_cfg, orm_params, tok, width + gen,
                              rows=rows, shard=shard), cfg, orm_cfg)
   return out
@@ -537,69 +468,10 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
 # --- The run -----------------------------------------------------------------
 
 
-def chosen_for(result: base.SearchResult, config: strategy.SearchConfig,
-               how: str, equiv_fn: Callable[[str, str], bool]) -> int:
-  """The candidate `how` selects from a finished search's candidates."""
-  if how == config.selection:
-    return result.chosen
-  return config.reselect(result.candidates, how, equiv_fn)
-
-
-def _fits(config: strategy.SearchConfig, budget: int) -> str | None:
-  """Why `config` cannot run at `budget`, or None."""
-  try:
-    config.rows(budget)
-  except ValueError as e:
-    return str(e)
-  return None
-
-
-def _existing_keys(path: str) -> set[records.Key]:
-  """Keys already in `path`, the same set on every process.
-
-  Process 0 reads the file and broadcasts the keys, so the workdir need not
-  be visible to the other hosts, and every process skips the same records
-  (the loops below must agree, for their collectives to pair up).
-  """
-  if jax.process_count() == 1:
-    return records.existing_keys(path)
-  keys = distributed.broadcast_from_primary(
-      sorted(records.existing_keys(path)) if distributed.is_primary()
-      else None)
-  return {tuple(k) for k in keys}
-
-
-def _claim(done: set[records.Key], uid: str, strategy: str,
-           hparams: Sequence[Mapping[str, Any]], budget: int) -> list[bool]:
-  """Per hparams, whether its record of `uid` is new; marks those done."""
-  fresh = []
-  for hp in hparams:
-    ident = records.key_of(uid, strategy, hp, budget)
-    fresh.append(ident not in done)
-    done.add(ident)
-  return fresh
-
-
-def batch_problems(size: int, config: strategy.SearchConfig, budget: int,
-                   max_rows: int | None) -> int:
-  """Problems per batch: `size`, fewer when their rows exceed `max_rows`."""
-  if max_rows is None:
-    return size
-  return max(1, min(size, max_rows // config.rows(budget)))
-
-
 def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
-  """Runs every sweep of `run_config`, appending to `<workdir>/records.jsonl`.
-
-  On several processes (`jax.distributed`, see `ttcjax.distributed`), each
-  strategy x hyper-parameters x budget's problem batches (contiguous blocks
-  of `problems_per_batch` problems, the same batches one process would run)
-  are dealt round-robin: in round r, process p runs batch
-  `r * process_count + p`. Each round's records are gathered to process 0,
-  which alone writes files, in batch order, so the file is the one a single
-  process would write. Keys fold the problem uid, so a record does not
-  depend on which process ran it. Every process must call `run` with the
-  same config.
+  """Runs every sweep of `run_config`, appending to `<workdir>/records.jsonl`
+  (`ttcjax.search.sweep.run_sweep`, which says how several processes share
+  the work). Every process must call `run` with the same config.
 
   Args:
     run_config: what to run.
@@ -609,104 +481,22 @@ def run(run_config: SearchRun, workdir: str) -> dict[str, int]:
     `{"written": records appended, "skipped": records already there}` (the
     whole run's, on every process).
   """
-  path = os.path.join(workdir, records.RECORDS_FILE)
-  hosts, host = jax.process_count(), jax.process_index()
-  primary = host == 0
-  if primary:
-    os.makedirs(workdir, exist_ok=True)
-  done = _existing_keys(path)
-  writer = records.RecordWriter(path) if primary else None
   problems = load_problems(run_config.problems)
   tok = make_tokenizer(run_config.checkpoints)
   task = task_fns(run_config.problems, tok)
-  by_uid = {p.uid: p for p in problems}
-  search_problems = [base.SearchProblem(
-      p.uid, examples.prompt_ids(tok.encode_text, p.prompt))
-                     for p in problems]
+  sweep_problems = [sweep.Problem(
+      base.SearchProblem(p.uid, examples.prompt_ids(tok.encode_text,
+                                                    p.prompt)),
+      p.reference, dict(p.extra, task=run_config.problems.task))
+                    for p in problems]
   placement = Placement.of(run_config.mesh)
   if placement.mesh is not None:
     logging.info("mesh %s over %d devices", dict(placement.mesh.shape),
                  placement.mesh.size)
-  bundles = None  # restored on first need: a finished rerun loads nothing
-  key = jax.random.key(run_config.seed)
-  counts = {"written": 0, "skipped": 0}
-  # Fewer problems than a batch: no padding problems to decode.
-  size = min(run_config.problems_per_batch or len(problems),
-             max(len(problems), 1))
-  for spec in run_config.strategies:
-    seen = set()
-    for config, budget in itertools.product(spec.configs(size),
-                                            spec.budgets):
-      why = _fits(config, budget)
-      if why:
-        logging.info("skipping %s at N=%d: %s", config.strategy, budget, why)
-        continue
-      hparams = [records.hparams_of(config, budget, how)
-                 for how in spec.selections]
-      ident = records.key_of("", config.strategy, hparams[0], budget)
-      if ident in seen:  # e.g. beam_width 4 and 'sqrt' at N=16
-        continue
-      seen.add(ident)
-      per_batch = batch_problems(size, config, budget, run_config.max_rows)
-      if per_batch != size:
-        config = dataclasses.replace(config, problems_per_batch=per_batch)
-      counts["skipped"] += sum(
-          records.key_of(p.uid, config.strategy, hp, budget) in done
-          for p in search_problems for hp in hparams)
-      todo = records.missing([p.uid for p in search_problems],
-                             config.strategy, hparams, budget, done)
-      if not todo:
-        continue
-      if bundles is None:
-        bundles = _setup(run_config, problems, tok, placement)
-      models_ = bundles[config.role]
-      batches = [todo[start:start + per_batch]
-                 for start in range(0, len(todo), per_batch)]
-      mine_total = sum(map(len, batches[host::hosts]))
-      mine_done = 0
-      for first in range(0, len(batches), hosts):
-        began = time.perf_counter()
-        # Every process claims the round's new records in batch order, as
-        # one process would, so `done` and the counts agree everywhere.
-        fresh = [[_claim(done, search_problems[i].uid, config.strategy,
-                         hparams, budget) for i in batch]
-                 for batch in batches[first:first + hosts]]
-        written = sum(f for batch in fresh for row in batch for f in row)
-        out = []
-        if host < len(fresh):
-          batch = [search_problems[i] for i in batches[first + host]]
-          with placement.active():
-            results = run_search(config, batch, budget, models_.policy,
-                                 models_.verifier, task, key)
-          for result, row in zip(results, fresh[host]):
-            problem = by_uid[result.uid]
-            grade = lambda a, ref=problem.reference: task.equiv_fn(a, ref)
-            for how, hp, new in zip(spec.selections, hparams, row):
-              if not new:
-                continue
-              out.append(records.make_record(
-                  result, hparams=hp,
-                  chosen=chosen_for(result, config, how, task.equiv_fn),
-                  grade_fn=grade, policy_config=models_.policy_config,
-                  verifier_config=models_.verifier_config,
-                  policy_context=models_.policy.max_len,
-                  verifier_context=models_.verifier.max_len,
-                  extra=dict(problem.extra, task=run_config.problems.task)))
-          mine_done += len(batch)
-        if hosts > 1:
-          logging.info("host %d/%d: %d/%d problems of %s N=%d %s, %d records"
-                       " in %.1f s", host, hosts, mine_done, mine_total,
-                       config.strategy, budget, hparams[0], len(out),
-                       time.perf_counter() - began)
-          out = distributed.gather_items(out)
-        if primary:
-          if len(out) != written:  # the processes' loops disagree
-            raise RuntimeError(f"{path}: gathered {len(out)} records of "
-                               f"{config.strategy} N={budget}, expected "
-                               f"{written}")
-          writer.write(out)
-          logging.info("%s N=%d %s: %d records in %.1f s", config.strategy,
-                       budget, hparams[0], written,
-                       time.perf_counter() - began)
-        counts["written"] += written
-  return counts
+  return sweep.run_sweep(
+      run_config.strategies, sweep_problems, task,
+      lambda: _setup(run_config, problems, tok, placement),
+      jax.random.key(run_config.seed),
+      os.path.join(workdir, records.RECORDS_FILE),
+      problems_per_batch=run_config.problems_per_batch,
+      max_rows=run_config.max_rows, active=placement.active)
