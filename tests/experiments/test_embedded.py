@@ -82,7 +82,7 @@ def test_killed_sampling_resumes_to_the_same_artefacts(study, tmp_path,
       raise KeyboardInterrupt()
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(arith, "sample_rows", dies_on_second_chunk)
+  monkeypatch.setattr(embedded, "sample_rows", dies_on_second_chunk)
   with pytest.raises(KeyboardInterrupt):
     experiments.run_arith_study(config, str(tmp_path), only=["sample_train"],
                              log=lambda _: None)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ttcjax import checkpoint, models, verifiers
 from ttcjax.data import examples
-from ttcjax.experiments import embedded, stages
+from ttcjax.experiments import callbacks, embedded, stages
 from ttcjax.search import base, batching, records, revisions
 from ttcjax.tasks import arithmetic
 
@@ -133,22 +133,14 @@ def _eval_policy(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
   _write_metrics(ctx, policy_metrics(rows))
 
 
-@functools.cache
-def _reward_score_fn(model_config: models.ModelConfig) -> verifiers.ScoreFn:
-  # One object per config: `step_scores` takes it as a static argument.
-  return verifiers.reward_head_score_fn(
-      functools.partial(models.reward_scores, model_config))
-
-
 def verifier_fns(model_dir, max_len: int) -> tuple[models.ModelConfig,
                                                    base.VerifierFns]:
   """A reward-head checkpoint as `VerifierFns` (prompt + solution input)."""
   model_config, params = checkpoint.restore(model_dir)
   if not model_config.reward_head:
     raise ValueError(f"{model_dir}: not a reward model (reward_head=False)")
-  return model_config, base.VerifierFns(
-      score_fn=_reward_score_fn(model_config), params=params,
-      max_len=max_len, pad_id=embedded.TOKENIZER.pad_id)
+  return model_config, callbacks.verifier_fns(
+      model_config, params, max_len=max_len, pad_id=embedded.TOKENIZER.pad_id)
 
 
 def _strip_eos(ids: Sequence[int]) -> list[int]:

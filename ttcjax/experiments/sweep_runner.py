@@ -39,9 +39,9 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import logging
 import jax
 
-from ttcjax import (checkpoint, decoding, memory, models,
-                    partitioning, tasks, verifiers)
+from ttcjax import checkpoint, memory, models, partitioning, tasks
 from ttcjax.data import examples
+from ttcjax.experiments import callbacks
 from ttcjax.search import base, records, strategy, sweep
 from ttcjax.search.revisions import RevisionPromptFn, with_prompt_fn
 from ttcjax.search.sweep import (StrategySpec, batch_problems,  # re-exported
@@ -371,41 +371,22 @@ def policy_fns(config: models.ModelConfig, params: Any, tok: Tokenizer, *,
                max_gen: int, prompt_len: int, cache_len: int,
                temperature: float,
                shard: Callable[[Any], Any] | None = None) -> base.PolicyFns:
-  """A model checkpoint as `PolicyFns` (newline-ending ids end a step);
-  `shard` places decode rows and caches (`Placement.shard`)."""
-  decoder = decoding.Decoder(models.decode_step_fn(config), eos_id=tok.eos_id,
-                             stop_ids=tok.stop_ids, max_gen=max_gen)
-  sampler = (decoding.Greedy() if temperature == 0 else
-             decoding.Sampling(float(temperature)))
-  return base.PolicyFns(
-      decoder=decoder, params=params,
-      init_cache=lambda batch, length: models.init_cache(config, batch,
-                                                         length),
-      max_len=cache_len, sampler=sampler, pad_id=tok.pad_id,
-      prompt_len=prompt_len, detokenize=tok.decode, shard=shard)
-
-
-@functools.cache
-def reward_score_fn(config: models.ModelConfig,
-                    rows: int | None = None) -> verifiers.ScoreFn:
-  """`sigmoid(reward head)` as a score_fn, reading at most `rows` rows per
-  forward pass (None: all); one object per (config, rows), so the scorer
-  compiles once."""
-  score_fn = verifiers.reward_head_score_fn(
-      functools.partial(models.reward_scores, config))
-  return score_fn if rows is None else verifiers.chunked_score_fn(score_fn,
-                                                                  rows)
+  """A model checkpoint as `PolicyFns` with `tok`'s ids (newline-ending ids
+  end a step); `shard` places decode rows and caches (`Placement.shard`)."""
+  return callbacks.policy_fns(
+      config, params, eos_id=tok.eos_id, stop_ids=tok.stop_ids,
+      pad_id=tok.pad_id, detokenize=tok.decode, max_gen=max_gen,
+      prompt_len=prompt_len, cache_len=cache_len, temperature=temperature,
+      shard=shard)
 
 
 def verifier_fns(config: models.ModelConfig, params: Any, tok: Tokenizer,
                  max_len: int, *, rows: int | None = None,
                  shard: Callable[[Any], Any] | None = None
                  ) -> base.VerifierFns:
-  """A reward-head checkpoint as `VerifierFns` (prompt + solution input),
-  scoring `rows` rows per forward pass (None: all); `shard` places them."""
-  return base.VerifierFns(score_fn=reward_score_fn(config, rows),
-                          params=params, max_len=max_len, pad_id=tok.pad_id,
-                          shard=shard)
+  """A reward-head checkpoint as `VerifierFns` with `tok`'s padding."""
+  return callbacks.verifier_fns(config, params, max_len=max_len,
+                                pad_id=tok.pad_id, rows=rows, shard=shard)
 
 
 def revision_prompt_fn(questions: Mapping[str, str], tok: Tokenizer,
