@@ -90,11 +90,9 @@ def generate(config: models.ModelConfig, params: Any,
   cache = models.init_cache(config, len(prompts),
                             tokens.shape[1] + max_new_tokens)
   start = time.perf_counter()
-  state = decoder.prefill(params, tokens, mask, cache, sampler, rngs,
-                          num_samples)
-  if max_new_tokens > 1:
-    state = decoder.decode(params, state, sampler, max_new_tokens - 1,
-                           "step" if stop_ids else "eos")
+  state = decoder.sample(params, tokens, mask, cache, sampler, rngs,
+                         num_samples, max_new_tokens - 1,
+                         until="step" if stop_ids else "eos")
   out_tokens, out_logp, num = jax.device_get(
       (state.tokens, state.logprobs, state.num_generated))
   seconds = time.perf_counter() - start

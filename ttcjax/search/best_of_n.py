@@ -69,16 +69,12 @@ def _best_of_n_batch(real, padded, budget, policy, verifier, task, config,
                                        policy.prompt_len)
   problem_keys = jax.numpy.stack([
       base.search_key(key, p.uid, "best_of_n", budget) for p in padded])
-  rngs = batching.row_keys(problem_keys, n, 0)
-  cache = policy.init_cache(len(padded), policy.max_len)
-  inputs = (prompts, mask, cache, rngs)
-  if policy.shard is not None:
-    inputs = policy.shard(inputs)
-  state = dec.prefill(policy.params, *inputs[:3], policy.sampler, inputs[3], n)
   # Padding problems are frozen at once: they only fill the batch shape.
-  frozen = np.repeat(np.arange(len(padded)) >= len(real), n)
-  state = state.replace(finished=state.finished | frozen)
-  state = dec.decode(policy.params, state, policy.sampler, dec.max_gen, "eos")
+  state = dec.sample(policy.params, prompts, mask,
+                     policy.init_cache(len(padded), policy.max_len),
+                     policy.sampler, batching.row_keys(problem_keys, n, 0), n,
+                     dec.max_gen, shard=policy.shard,
+                     frozen=np.repeat(np.arange(len(padded)) >= len(real), n))
   tokens, num = jax.device_get((state.tokens, state.num_generated))
 
   rows = range(len(real) * n)

@@ -188,16 +188,12 @@ class _Chains:
                    for i, ids in enumerate(prompts)]
     ids, mask = batching.pad_prompts(as_problems, policy.pad_id,
                                      policy.prompt_len)
-    cache = policy.init_cache(len(prompts), policy.max_len)
-    rngs = batching.row_keys(self.problem_keys, self.p, rnd)
-    inputs = (ids, mask, cache, rngs)
-    if policy.shard is not None:
-      inputs = policy.shard(inputs)
-    state = dec.prefill(policy.params, *inputs[:3], policy.sampler,
-                        inputs[3], fan_out)
-    state = state.replace(finished=state.finished | self.frozen)
-    state = dec.decode(policy.params, state, policy.sampler, dec.max_gen,
-                       "eos")
+    state = dec.sample(policy.params, ids, mask,
+                       policy.init_cache(len(prompts), policy.max_len),
+                       policy.sampler,
+                       batching.row_keys(self.problem_keys, self.p, rnd),
+                       fan_out, dec.max_gen, frozen=self.frozen,
+                       shard=policy.shard)
     return jax.device_get((state.tokens, state.num_generated))
 
   def run(self) -> list[SearchResult]:

@@ -225,17 +225,11 @@ def sample_solutions(problems: Sequence[LabelProblem], policy: Any,
     rngs = _fold_rows(key, np.stack([
         np.repeat([stable_hash(p.uid) for p in padded], num_samples),
         np.tile(np.arange(num_samples), size)], 1).astype(np.uint32))
-    inputs = (prompts, mask, policy.init_cache(size, width + dec.max_gen),
-              rngs)
-    if getattr(policy, "shard", None) is not None:
-      inputs = policy.shard(inputs)
-    state = dec.prefill(policy.params, *inputs[:3], sampler, inputs[3],
-                        num_samples)
-    frozen = np.repeat(np.arange(size) >= len(real), num_samples)
-    state = state.replace(finished=state.finished | frozen)
-    if dec.max_gen > 1:
-      state = dec.decode(policy.params, state, sampler, dec.max_gen - 1,
-                         "eos")
+    state = dec.sample(
+        policy.params, prompts, mask,
+        policy.init_cache(size, width + dec.max_gen), sampler, rngs,
+        num_samples, dec.max_gen - 1, shard=getattr(policy, "shard", None),
+        frozen=np.repeat(np.arange(size) >= len(real), num_samples))
     tokens, num = jax.device_get((state.tokens, state.num_generated))
     for p, problem in enumerate(real):
       rows = range(p * num_samples, (p + 1) * num_samples)
