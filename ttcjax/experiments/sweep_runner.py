@@ -48,7 +48,6 @@ from ttcjax.search.sweep import (StrategySpec, batch_problems,  # re-exported
                                  chosen_for)
 from ttcjax.search.tree import TreeConfig
 from ttcjax.tasks import arithmetic
-from ttcjax.tokenizer import ByteTokenizer
 
 _ATTEMPT_OVERHEAD = 16  # "Attempt 4:\n" plus a newline, rounded up
 
@@ -277,20 +276,15 @@ def load_problems(source: ProblemSource) -> list[_Problem]:
 
 def make_tokenizer(ckpts: Checkpoints) -> Tokenizer:
   """The byte tokenizer, or `ckpts.tokenizer_dir`'s Hugging Face one."""
+  tok = examples.load_text_tokenizer(ckpts.tokenizer_dir, ckpts.eos_token,
+                                     where="Checkpoints.eos_token")
   if ckpts.tokenizer_dir is None:
-    tok = ByteTokenizer()
-    return Tokenizer(tok, tok.decode, tok.eos_id, tok.pad_id,
-                     tok.token_ids_ending_with(ckpts.step_delimiter))
-  from ttcjax.models import hf_import  # pylint: disable=g-import-not-at-top
-  raw = hf_import.load_tokenizer(ckpts.tokenizer_dir)
-  eos = raw.token_to_id(ckpts.eos_token)
-  if eos is None:
-    raise ValueError(f"Checkpoints.eos_token={ckpts.eos_token!r} is not in "
-                     f"{ckpts.tokenizer_dir}/tokenizer.json")
-  tok = examples.HFTokenizer(raw, eos_id=eos)
-  stops = tuple(int(i) for i in hf_import.step_delimiter_ids(
-      raw, ckpts.step_delimiter))
-  return Tokenizer(tok, tok.decode, eos, tok.pad_id, stops)
+    stops = tok.token_ids_ending_with(ckpts.step_delimiter)
+  else:
+    from ttcjax.models import hf_import  # pylint: disable=g-import-not-at-top
+    stops = tuple(int(i) for i in hf_import.step_delimiter_ids(
+        tok.tokenizer, ckpts.step_delimiter))
+  return Tokenizer(tok, tok.decode, tok.eos_id, tok.pad_id, stops)
 
 
 def task_fns(source: ProblemSource, tok: Tokenizer) -> base.TaskFns:

@@ -172,15 +172,8 @@ def _fail(cls: str, name: str, obj: Any, want: str):
 
 def make_tokenizer(data: DataConfig) -> examples.TextTokenizer:
   """The byte tokenizer, or the HF tokenizer of `data.tokenizer_dir`."""
-  if data.tokenizer_dir is None:
-    return tokenizer.ByteTokenizer()
-  from ttcjax.models import hf_import  # pylint: disable=g-import-not-at-top
-  tok = hf_import.load_tokenizer(data.tokenizer_dir)
-  eos_id = tok.token_to_id(data.eos_token)
-  if eos_id is None:
-    raise ValueError(f"DataConfig.eos_token={data.eos_token!r} is not in "
-                     f"{data.tokenizer_dir}/tokenizer.json")
-  return examples.HFTokenizer(tok, eos_id=eos_id)
+  return examples.load_text_tokenizer(data.tokenizer_dir, data.eos_token,
+                                      where="DataConfig.eos_token")
 
 
 # ------------------------------------------------------------------ records
