@@ -23,13 +23,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]],
   """Left-pads token lists into `([n, max_len] int32, [n, max_len] bool)`."""
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("every prompt needs at least one token")
-  width = max(len(p) for p in prompts)
-  tokens = np.full((len(prompts), width), pad_id, np.int32)
-  mask = np.zeros((len(prompts), width), bool)
-  for i, p in enumerate(prompts):
-    tokens[i, width - len(p):] = p
-    mask[i, width - len(p):] = True
-  return tokens, mask
+  return decoding.left_pad(prompts, pad_id)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from ttcjax.decoding.samplers import Sampler
@@ -90,6 +91,25 @@ class DecodeState:
 
   def with_rngs(self, rngs: jax.Array) -> "DecodeState":
     return self.replace(rngs=rngs)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int,
+             width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists into `([n, width] int32 ids, [n, width] bool
+  mask)`; `width` defaults to the longest row, and a longer row is a
+  ValueError."""
+  longest = max((len(r) for r in rows), default=0)
+  width = longest if width is None else width
+  if longest > width:
+    raise ValueError(f"a prompt of {longest} tokens exceeds the width "
+                     f"{width}")
+  ids = np.full((len(rows), width), pad_id, np.int32)
+  mask = np.zeros((len(rows), width), bool)
+  for i, row in enumerate(rows):
+    if len(row):
+      ids[i, width - len(row):] = row
+      mask[i, width - len(row):] = True
+  return ids, mask
 
 
 def _sample(sampler: Sampler, logits: jax.Array, rngs: jax.Array,

@@ -39,7 +39,7 @@ import numpy as np
 from ttcjax.keys import stable_hash
 from ttcjax.data.examples import (DTYPES, Example, ExampleTooLongError,
                                   collate)
-from ttcjax.decoding import Sampler, Sampling
+from ttcjax.decoding import Sampler, Sampling, left_pad
 
 # `correct_fn(uid, token_ids) -> True / False / None (unparsable answer)`.
 Grader = Callable[[str, Sequence[int]], "bool | None"]
@@ -172,12 +172,7 @@ def make_grader(problems: Sequence[LabelProblem],
 
 def _left_pad(rows: Sequence[Sequence[int]], width: int,
               pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  ids = np.full((len(rows), width), pad_id, np.int32)
-  mask = np.zeros((len(rows), width), bool)
-  for r, row in enumerate(rows):
-    ids[r, width - len(row):] = row
-    mask[r, width - len(row):] = True
-  return ids, mask
+  return left_pad(rows, pad_id, width)
 
 
 def sample_solutions(problems: Sequence[LabelProblem], policy: Any,
