@@ -17,8 +17,9 @@ and the searches; they only ever use what `Cache` lists, with these rules:
   shorter than the cache (saved before a `grow`);
 * `grow(max_len)` returns the same cache with more, empty, slots.
 
-`ttcjax.models.KVCache` implements it (`tests/decoding/test_cache.py` runs
-the contract against it).
+`ttcjax.models.KVCache` and the toy LM's `ttcjax.testing.ToyCache`
+implement it (`tests/decoding/test_cache.py` runs the contract against
+both).
 """
 
 from __future__ import annotations
@@ -40,10 +41,6 @@ class Cache(Protocol):
   valid: jax.Array
   index: jax.Array
   next_pos: jax.Array
-
-  @property
-  def batch_size(self) -> int:
-    """Rows."""
 
   @property
   def max_len(self) -> int:
