@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ttcjax import decoding, models, search, testing, verifiers
-from ttcjax.search import batching, lookahead, tree
+from ttcjax.search import batching, stepping, tree
 from ttcjax.tasks import arithmetic
 from ttcjax.tokenizer import ByteTokenizer
 
@@ -153,11 +153,11 @@ class Split:
       self.score += time.perf_counter() - start
       return out
 
-    # Roll-outs call lookahead.decode_step, the tree's rounds tree's.
-    tree.decode_step = lookahead.decode_step = timed_decode
+    # Roll-outs call stepping.decode_step, the tree's rounds tree's.
+    tree.decode_step = stepping.decode_step = timed_decode
     batching.score_rows = timed_score
     return lambda: (setattr(tree, "decode_step", decode),
-                    setattr(lookahead, "decode_step", decode),
+                    setattr(stepping, "decode_step", decode),
                     setattr(batching, "score_rows", score))
 
 
@@ -233,8 +233,7 @@ def bench_search(args, params, prm_params, scenarios):
     full_policy = dataclasses.replace(policy, grow_cache=False,
                                       straggler_fraction=0.0)
     plain = decoding.Decoder(step_fn, eos_id=-1, max_gen=args.max_gen)
-    config = search.SearchConfig(strategy=strategy, max_rounds=40,
-                                 trace=True, **kw)
+    config = search.make_config(strategy, max_rounds=40, trace=True, **kw)
     run = lambda i, policy, config=config, verifier=verifier: (
         search.run_search(config, problems, args.budget, policy, verifier,
                           task, jax.random.key(100 + i)))

@@ -35,6 +35,7 @@ import signal
 import pytest
 
 from ttcjax import faults
+from ttcjax.main import configure
 from ttcjax.search import records
 from ttcjax.tasks import math as math_task
 
@@ -202,7 +203,7 @@ def test_gin_files(tmp_path, name):
   gin_utils = pytest.importorskip("ttcjax.main.gin_utils")
   from ttcjax.experiments import studies  # pylint: disable=g-import-not-at-top
   from ttcjax.training import roles  # pylint: disable=g-import-not-at-top
-  studies.register()
+  configure.register()
   gin_utils.register(gin_utils.core_configurables() | roles.GIN_CONFIGURABLES)
   data = (REPO / "gin_configs" / name).read_bytes()
   includes = ["models/tiny.gin"] if name.startswith("runs/") else []
@@ -220,7 +221,7 @@ def test_gin_files(tmp_path, name):
 def test_gin_bindings():
   gin_utils = pytest.importorskip("ttcjax.main.gin_utils")
   from ttcjax.experiments import studies  # pylint: disable=g-import-not-at-top
-  studies.register()
+  configure.register()
   gin_utils.register(gin_utils.core_configurables())
   bindings = ["study.ArithStudy.preset = 'micro'",
               "study.experiment.spec = @study.ArithStudy()",

@@ -23,13 +23,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]],
   """Left-pads token lists into `([n, max_len] int32, [n, max_len] bool)`."""
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("every prompt needs at least one token")
-  width = max(len(p) for p in prompts)
-  tokens = np.full((len(prompts), width), pad_id, np.int32)
-  mask = np.zeros((len(prompts), width), bool)
-  for i, p in enumerate(prompts):
-    tokens[i, width - len(p):] = p
-    mask[i, width - len(p):] = True
-  return tokens, mask
+  return decoding.left_pad(prompts, pad_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +84,9 @@ def generate(config: models.ModelConfig, params: Any,
   cache = models.init_cache(config, len(prompts),
                             tokens.shape[1] + max_new_tokens)
   start = time.perf_counter()
-  state = decoder.prefill(params, tokens, mask, cache, sampler, rngs,
-                          num_samples)
-  if max_new_tokens > 1:
-    state = decoder.decode(params, state, sampler, max_new_tokens - 1,
-                           "step" if stop_ids else "eos")
+  state = decoder.sample(params, tokens, mask, cache, sampler, rngs,
+                         num_samples, max_new_tokens - 1,
+                         until="step" if stop_ids else "eos")
   out_tokens, out_logp, num = jax.device_get(
       (state.tokens, state.logprobs, state.num_generated))
   seconds = time.perf_counter() - start

@@ -10,7 +10,7 @@ import pytest
 from ttcjax import tasks
 from ttcjax.experiments import embedded, embedded_study, evaluate, stages
 from ttcjax.experiments import studies, sweep_runner
-from ttcjax.main import gin_utils
+from ttcjax.main import configure, gin_utils
 from ttcjax.search import base, records
 from ttcjax.tasks import arithmetic, countdown
 from ttcjax.verifiers import labeling
@@ -42,7 +42,7 @@ def test_countdown_presets_build_their_task_and_fit_prompts_and_solutions(
 
 @pytest.mark.parametrize("preset", COUNTDOWN_PRESETS)
 def test_countdown_gin_experiments_select_their_preset(preset):
-  studies.register()
+  configure.register()
   gin_utils.parse([f"experiments/{preset}.gin"], [])
   spec = gin_utils.build(studies.experiment)
   assert spec == studies.ArithStudy(preset=preset)

@@ -9,7 +9,7 @@ import pytest
 
 from ttcjax import checkpoint, models, testing
 from ttcjax.experiments import studies, sweep_runner
-from ttcjax.main import gin_utils
+from ttcjax.main import configure, gin_utils
 from ttcjax.experiments import stages
 from ttcjax.experiments import embedded_study
 from ttcjax.analysis import results as analysis_lib
@@ -21,7 +21,7 @@ TINY = models.ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4,
 
 @pytest.fixture(autouse=True)
 def _registered():
-  studies.register()
+  configure.register()
   yield
   gin.clear_config()  # unlocks it for the next module's registrations
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ttcjax.main import gin_utils
+from ttcjax.main import configure, gin_utils
 from ttcjax.training import roles
 from ttcjax.models import ModelConfig
 
@@ -36,7 +36,7 @@ def _registered():
   gin_utils.register(gin_utils.core_configurables() |
                      roles.GIN_CONFIGURABLES)
   if studies is not None:
-    studies.register()
+    configure.register()
 
 
 def _text(path):

@@ -12,7 +12,7 @@ import pytest
 from ttcjax import checkpoint, memory, models, partitioning, testing, verifiers
 from ttcjax.experiments import sweep_runner
 from ttcjax.partitioning import MeshConfig
-from ttcjax.search import records
+from ttcjax.search import records, sweep
 
 TINY = models.ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4,
                           n_kv_heads=2, d_ff=64, max_len=256)
@@ -87,8 +87,8 @@ def _search(run_config, workdir, monkeypatch):
         placed=(policy.shard is not None, verifier.shard is not None)))
     return results
 
-  run_search = sweep_runner.run_search
-  monkeypatch.setattr(sweep_runner, "run_search", spy)
+  run_search = sweep.run_search
+  monkeypatch.setattr(sweep, "run_search", spy)
   sweep_runner.run(run_config, str(workdir))
   with open(os.path.join(workdir, records.RECORDS_FILE)) as f:
     return [json.loads(line) for line in f], calls

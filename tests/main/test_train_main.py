@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ttcjax import checkpoint, models, training
-from ttcjax.main import gin_utils
+from ttcjax.main import configure, gin_utils
 from ttcjax.training import roles
 from ttcjax.models import ModelConfig
 from ttcjax.partitioning import MeshConfig
@@ -66,7 +66,7 @@ def test_policy_run_from_gin(tmp_path):
   bindings = FAST + ["TRAIN_STEPS = 3", "DataConfig.train_examples = 32",
                      "DataConfig.eval_examples = 8"]
   files = ["models/tiny.gin", "runs/train_policy.gin"]
-  _, history = roles.train_from_gin(files, bindings, workdir)
+  _, history = configure.train_from_gin(files, bindings, workdir)
   assert history[-1]["step"] == 3 and "eval_loss" in history[-1]
   config, params = checkpoint.restore(workdir / "final")
   assert config == TINY and "reward_head" not in params
@@ -83,7 +83,7 @@ def test_prm_run_from_a_policy_checkpoint(tmp_path):
   _save_policy(tmp_path / "policy")
   data = _write_jsonl(tmp_path / "prm.jsonl", _prm_rows(16))
   workdir = tmp_path / "prm"
-  _, history = roles.train_from_gin(
+  _, history = configure.train_from_gin(
       ["models/tiny.gin", "runs/train_prm.gin"],
       FAST + ["TRAIN_STEPS = 2", f"INIT_CHECKPOINT = '{tmp_path}/policy'",
               f"TRAIN_FILE = '{data}'"], workdir)
@@ -185,7 +185,7 @@ def test_bad_jsonl_names_path_and_line(tmp_path):
 
 def test_config_gin_is_written_before_data_is_read(tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-    roles.train_from_gin(
+    configure.train_from_gin(
         ["models/tiny.gin", "runs/train_orm.gin"],
         ["TRAIN_STEPS = 20", "INIT_CHECKPOINT = None",
          f"TRAIN_FILE = '{tmp_path}/missing.jsonl'"], tmp_path / "orm")
@@ -194,7 +194,7 @@ def test_config_gin_is_written_before_data_is_read(tmp_path):
 
 def test_gin_errors_come_before_any_work(tmp_path):
   with pytest.raises(gin_utils.GinConfigError, match="d_modle"):
-    roles.train_from_gin(["models/tiny.gin", "runs/train_policy.gin"],
+    configure.train_from_gin(["models/tiny.gin", "runs/train_policy.gin"],
                              ["TRAIN_STEPS = 5", "ModelConfig.d_modle = 3"],
                              tmp_path / "w")
   assert not (tmp_path / "w").exists()

@@ -13,7 +13,7 @@ from ttcjax import checkpoint, models, search, testing
 from ttcjax.main import search as entry
 from ttcjax.experiments import sweep_runner
 from ttcjax.search import records
-from ttcjax.search.base import Candidate, SearchConfig, SearchResult
+from ttcjax.search.base import Candidate, SearchResult
 from ttcjax.analysis import flops
 
 
@@ -28,24 +28,24 @@ def _result(uid="p0", strategy="best_of_n", budget=2, answers=("3", "4")):
 
 
 def _record(uid="p0", **kw):
-  config = search.SearchConfig(strategy="best_of_n")
+  config = search.make_config("best_of_n")
   return records.make_record(_result(uid, **kw),
                              hparams=records.hparams_of(config, 2),
                              grade_fn=lambda a: a == "4")
 
 
 def test_hparams_keep_what_the_strategy_uses_resolved_for_the_budget():
-  beam = search.SearchConfig(strategy="beam", beam_width="sqrt")
+  beam = search.make_config("beam", beam_width="sqrt")
   assert records.hparams_of(beam, 16) == {
       "selection": "weighted", "aggregation": "last", "beam_width": 4,
       "max_rounds": 40, "stop_at_answer": True}
-  four = search.SearchConfig(strategy="beam", beam_width=4)
+  four = search.make_config("beam", beam_width=4)
   assert records.key_of("u", "beam", records.hparams_of(four, 16), 16) == (
       records.key_of("u", "beam", records.hparams_of(beam, 16), 16))
-  look = search.SearchConfig(strategy="lookahead", lookahead=2)
+  look = search.make_config("lookahead", lookahead=2)
   assert records.hparams_of(look, 8, "majority")["lookahead"] == 2
   assert records.hparams_of(look, 8, "majority")["selection"] == "majority"
-  rev = search.SearchConfig(strategy="revisions", revision_length=4)
+  rev = search.make_config("revisions", revision_length=4)
   assert records.hparams_of(rev, 16) == {
       "selection": "weighted", "revision_length": 4, "chains": 4,
       "ratio": "4:4", "revision_context": 4}
@@ -116,7 +116,7 @@ GIN_FILES = sorted(glob.glob(os.path.join(GIN_DIR, "*.gin")))
 
 def test_there_is_a_gin_file_per_strategy():
   assert sorted(os.path.basename(f)[:-4] for f in GIN_FILES) == sorted(
-      search.base.STRATEGIES)
+      search.strategy_names())
 
 
 @pytest.mark.parametrize("path", GIN_FILES, ids=os.path.basename)
@@ -227,11 +227,11 @@ def _canonical(recs):
 
 def test_max_rows_shrinks_batches_not_records(checkpoints, tmp_path):
   config = _run_config(checkpoints)
-  base_config = SearchConfig(strategy="best_of_n")
+  base_config = search.make_config("best_of_n")
   assert sweep_runner.batch_problems(2, base_config, 4, None) == 2
   assert sweep_runner.batch_problems(2, base_config, 4, 4) == 1
   assert sweep_runner.batch_problems(2, base_config, 4, 3) == 1  # at least 1
-  revisions = SearchConfig(strategy="revisions", revision_length=2)
+  revisions = search.make_config("revisions", revision_length=2)
   assert sweep_runner.batch_problems(8, revisions, 8, 8) == 2  # 4 chains each
   with pytest.raises(ValueError, match="SearchRun.max_rows"):
     dataclasses.replace(config, max_rows=0)

@@ -12,8 +12,8 @@ from ttcjax import decoding, search, testing
 from ttcjax.data import examples
 from ttcjax.search import batching
 from ttcjax.search.base import Candidate
-from ttcjax.search.revisions import (RevisionPolicyFns, chain_count,
-                                     select_revisions, with_prompt_fn)
+from ttcjax.search.revisions import (chain_count, select_revisions,
+                                     with_prompt_fn)
 from ttcjax.tokenizer import ByteTokenizer
 
 KEY = jax.random.key(0)
@@ -37,8 +37,7 @@ def _policy(prompt_fn):
   plain = testing.policy_fns(testing.lm_params({1: 0.6, 7: 0.4}),
                              prompt_len=8)
   policy = with_prompt_fn(plain, prompt_fn)
-  assert isinstance(policy, RevisionPolicyFns) and policy.decoder is (
-      plain.decoder)
+  assert policy.prompt_fn is prompt_fn and policy.decoder is plain.decoder
   return policy
 
 
@@ -49,8 +48,7 @@ def _problems(count, start=0):
 
 def _run(problems, budget=8, length=4, prompt_fn=None, key=KEY, **kw):
   kw.setdefault("problems_per_batch", 2)
-  config = search.SearchConfig(strategy="revisions", revision_length=length,
-                               **kw)
+  config = search.make_config("revisions", revision_length=length, **kw)
   return search.run_search(config, problems, budget,
                            _policy(prompt_fn or Recorder()), ORM, TASK, key)
 
@@ -138,9 +136,9 @@ def test_budgets_must_split_into_chains():
   with pytest.raises(ValueError, match="revision_length"):
     _run(_problems(1), budget=6, length=4)
   with pytest.raises(ValueError, match="revisions"):
-    search.SearchConfig(strategy="beam", revision_length=2)
-  with pytest.raises(TypeError, match="RevisionPolicyFns"):
-    search.run_search(search.SearchConfig(strategy="revisions"), _problems(1),
+    search.make_config("beam", revision_length=2)
+  with pytest.raises(TypeError, match="prompt_fn"):
+    search.run_search(search.make_config("revisions"), _problems(1),
                       2, testing.policy_fns(testing.lm_params({1: 1.0})),
                       ORM, TASK, KEY)
 

@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ttcjax import decoding, models, partitioning, search, testing, verifiers
-from ttcjax.search import base, batching, lookahead as la, tree
+from ttcjax.search import base, batching, stepping as la, tree
 from ttcjax.tasks import math as math_task
 
 N = 8
@@ -38,7 +38,7 @@ def _problems(count, start=0):
 
 def _config(strategy, **kw):
   kw.setdefault("problems_per_batch", 2)
-  return search.SearchConfig(strategy=strategy, **kw)
+  return search.make_config(strategy, **kw)
 
 
 def _run(strategy, problems, policy=None, budget=N, verifier=VERIFIER, **kw):
@@ -346,7 +346,7 @@ def test_growing_cache_and_stragglers_give_the_plain_results(monkeypatch,
       lambda p, t, m: models.reward_scores(REAL, p, t, m))
   verifier = search.VerifierFns(score_fn=score_fn, params=_real_params(1),
                                 max_len=32)
-  config = search.SearchConfig(strategy=strategy, trace=True, **kw)
+  config = search.make_config(strategy, trace=True, **kw)
 
   def run(policy):
     return search.run_search(config, _problems(2), 4, policy, verifier, TASK,
@@ -429,7 +429,7 @@ def test_sharded_beam_search_equals_unsharded(monkeypatch):
     prm = replicate(_real_params(1)) if sharded else _real_params(1)
     verifier = search.VerifierFns(score_fn=score_fn, params=prm, max_len=32,
                                   shard=shard if sharded else None)
-    config = search.SearchConfig(strategy="beam", beam_width=2, max_rounds=3)
+    config = search.make_config("beam", beam_width=2, max_rounds=3)
     return search.run_search(config, _problems(2), 4, policy, verifier, TASK,
                              KEY)
 
@@ -553,17 +553,18 @@ def test_best_of_n_subsampled_budgets_come_from_the_largest():
 
 
 def test_search_config_validates_and_picks_widths():
-  cfg = search.SearchConfig(strategy="beam", beam_width="sqrt")
+  cfg = search.make_config("beam", beam_width="sqrt")
   assert [cfg.width(n) for n in (1, 4, 8, 16, 32, 64)] == [1, 2, 2, 4, 4, 8]
-  assert search.SearchConfig(strategy="beam", beam_width=4).width(2) == 2
+  assert search.make_config("beam", beam_width=4).width(2) == 2
   with pytest.raises(ValueError, match="multiple"):
-    search.SearchConfig(strategy="beam", beam_width=4).width(6)
+    search.make_config("beam", beam_width=4).width(6)
   for bad in ({"strategy": "mcts"}, {"selection": "best"},
               {"aggregation": "max"}, {"beam_width": 0},
               {"strategy": "beam", "lookahead": 2}, {"max_rounds": 0}):
+    bad = dict({"strategy": "beam"}, **bad)
     with pytest.raises(ValueError):
-      search.SearchConfig(**bad)
-  look = search.SearchConfig(strategy="lookahead", lookahead=3)
+      search.make_config(bad.pop("strategy"), **bad)
+  look = search.make_config("lookahead", lookahead=3)
   assert look.generations(8) == 32
 
 

@@ -103,6 +103,33 @@ class HFTokenizer:
     return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def load_text_tokenizer(tokenizer_dir: Optional[str], eos_token: str, *,
+                        where: str) -> Any:
+  """The one tokenizer loader: the byte tokenizer when `tokenizer_dir` is
+  None, else its Hugging Face tokenizer.json as an `HFTokenizer` whose end
+  id is `eos_token`'s.
+
+  Args:
+    tokenizer_dir: a directory with tokenizer.json, or None.
+    eos_token: the end token's text.
+    where: the config field that holds `eos_token`, for errors (e.g.
+      'DataConfig.eos_token').
+
+  Raises:
+    ValueError: `eos_token` is not in the tokenizer.
+  """
+  if tokenizer_dir is None:
+    from ttcjax.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
+    return ByteTokenizer()
+  from ttcjax.models import hf_import  # pylint: disable=g-import-not-at-top
+  raw = hf_import.load_tokenizer(tokenizer_dir)
+  eos_id = raw.token_to_id(eos_token)
+  if eos_id is None:
+    raise ValueError(f"{where}={eos_token!r} is not in "
+                     f"{tokenizer_dir}/tokenizer.json")
+  return HFTokenizer(raw, eos_id=eos_id)
+
+
 class ExampleTooLongError(ValueError):
   """The part of an example that carries the loss does not fit in max_len."""
 

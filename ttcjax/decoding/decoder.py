@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from ttcjax.decoding.samplers import Sampler
@@ -90,6 +91,25 @@ class DecodeState:
 
   def with_rngs(self, rngs: jax.Array) -> "DecodeState":
     return self.replace(rngs=rngs)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int,
+             width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists into `([n, width] int32 ids, [n, width] bool
+  mask)`; `width` defaults to the longest row, and a longer row is a
+  ValueError."""
+  longest = max((len(r) for r in rows), default=0)
+  width = longest if width is None else width
+  if longest > width:
+    raise ValueError(f"a prompt of {longest} tokens exceeds the width "
+                     f"{width}")
+  ids = np.full((len(rows), width), pad_id, np.int32)
+  mask = np.zeros((len(rows), width), bool)
+  for i, row in enumerate(rows):
+    if len(row):
+      ids[i, width - len(row):] = row
+      mask[i, width - len(row):] = True
+  return ids, mask
 
 
 def _sample(sampler: Sampler, logits: jax.Array, rngs: jax.Array,
@@ -234,5 +254,44 @@ class Decoder:
       return self._record(s.replace(cache=cache), tokens, logp, active), i + 1
 
     state, _ = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
+    return state
+
+  def sample(self, params, prompts: jax.Array, prompt_mask: jax.Array,
+             cache: Any, sampler: Sampler, rngs: jax.Array, fan_out: int,
+             max_steps: int, *, frozen: Any = None,
+             until: Literal["eos", "step"] = "eos",
+             shard: Callable[[Any], Any] | None = None) -> DecodeState:
+    """Prefill, fan out, decode: the one "sample continuations" helper.
+
+    Each prompt is prefilled once and its cache fanned out to `fan_out`
+    consecutive rows (`prefill`); `frozen` rows are marked finished (padding
+    that only fills a batch shape); then at most `max_steps` more tokens are
+    decoded per row (none when 0) until EOS (or, with until='step', a step
+    delimiter).
+
+    Args:
+      params: model parameters passed to `step_fn`.
+      prompts: `[n, width] int32` left-padded prompt ids.
+      prompt_mask: `[n, width] bool`.
+      cache: an empty cache for `n` rows.
+      sampler: a `Greedy` or `Sampling` instance.
+      rngs: `[n * fan_out]` per-row keys.
+      fan_out: rows per prompt.
+      max_steps: decode iterations after the prefill's first token.
+      frozen: optional `[n * fan_out] bool` rows that do not decode.
+      until: see `decode`.
+      shard: optional placement of `(prompts, prompt_mask, cache, rngs)`.
+
+    Returns:
+      The final state.
+    """
+    inputs = (prompts, prompt_mask, cache, rngs)
+    if shard is not None:
+      inputs = shard(inputs)
+    state = self.prefill(params, *inputs[:3], sampler, inputs[3], fan_out)
+    if frozen is not None:
+      state = state.replace(finished=state.finished | frozen)
+    if max_steps > 0:
+      state = self.decode(params, state, sampler, max_steps, until)
     return state
 

@@ -53,7 +53,7 @@ import numpy as np
 from ttcjax import checkpoint, decoding, models, tasks, training
 from ttcjax.data import examples, packing
 from ttcjax.keys import stable_hash
-from ttcjax.experiments import stages
+from ttcjax.experiments import callbacks, stages
 from ttcjax.search.base import PolicyFns, TaskFns
 from ttcjax.analysis import flops
 from ttcjax.tasks import arithmetic, countdown
@@ -465,17 +465,11 @@ def policy_fns(model_config: models.ModelConfig, params: Any, *,
                prompt_len: int, max_new_tokens: int, temperature: float,
                stop_ids: Sequence[int] = NEWLINE_IDS) -> PolicyFns:
   """A byte-level LM as `PolicyFns`; `stop_ids` (newlines) end steps."""
-  decoder = decoding.Decoder(
-      models.decode_step_fn(model_config), eos_id=TOKENIZER.eos_id,
-      stop_ids=tuple(stop_ids), max_gen=max_new_tokens)
-  sampler = (decoding.Sampling(float(temperature)) if temperature > 0
-             else decoding.Greedy())
-  return PolicyFns(
-      decoder=decoder, params=params,
-      init_cache=functools.partial(models.init_cache, model_config),
-      max_len=prompt_len + max_new_tokens, sampler=sampler,
-      pad_id=TOKENIZER.pad_id, prompt_len=prompt_len,
-      detokenize=TOKENIZER.decode)
+  return callbacks.policy_fns(
+      model_config, params, eos_id=TOKENIZER.eos_id, stop_ids=tuple(stop_ids),
+      pad_id=TOKENIZER.pad_id, detokenize=TOKENIZER.decode,
+      max_gen=max_new_tokens, prompt_len=prompt_len,
+      cache_len=prompt_len + max_new_tokens, temperature=temperature)
 
 
 def load_policy(config: ArithStudyConfig, model_dir) -> PolicyFns:

@@ -34,7 +34,7 @@ import numpy as np
 
 from ttcjax import checkpoint, models, verifiers
 from ttcjax.data import examples
-from ttcjax.experiments import embedded, stages
+from ttcjax.experiments import callbacks, embedded, stages
 from ttcjax.search import base, batching, records, revisions
 
 NUM_QUANTILE_BINS = 5
@@ -150,22 +150,14 @@ def _eval_policy(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
   _write_metrics(ctx, policy_metrics(rows, features))
 
 
-@functools.cache
-def _reward_score_fn(model_config: models.ModelConfig) -> verifiers.ScoreFn:
-  # One object per config: `step_scores` takes it as a static argument.
-  return verifiers.reward_head_score_fn(
-      functools.partial(models.reward_scores, model_config))
-
-
 def verifier_fns(model_dir, max_len: int) -> tuple[models.ModelConfig,
                                                    base.VerifierFns]:
   """A reward-head checkpoint as `VerifierFns` (prompt + solution input)."""
   model_config, params = checkpoint.restore(model_dir)
   if not model_config.reward_head:
     raise ValueError(f"{model_dir}: not a reward model (reward_head=False)")
-  return model_config, base.VerifierFns(
-      score_fn=_reward_score_fn(model_config), params=params,
-      max_len=max_len, pad_id=embedded.TOKENIZER.pad_id)
+  return model_config, callbacks.verifier_fns(
+      model_config, params, max_len=max_len, pad_id=embedded.TOKENIZER.pad_id)
 
 
 def _strip_eos(ids: Sequence[int]) -> list[int]:
@@ -350,18 +342,14 @@ def _eval_revision(config: embedded.ArithStudyConfig,
         [embedded.TOKENIZER.decode(a) for a in attempts], max_prompt_len=width,
         max_context=config.revision_context)
 
-  policy = revisions.RevisionPolicyFns(
-      **{f: getattr(plain, f) for f in ("decoder", "params", "init_cache",
-                                        "max_len", "sampler", "pad_id",
-                                        "prompt_len", "detokenize")},
-      prompt_fn=prompt_fn)
+  policy = revisions.with_prompt_fn(plain, prompt_fn)
   orm_config, verifier = verifier_fns(ctx.input("train_orm") / "model",
                                       width + config.max_new_tokens)
   task = embedded.task_fns(task_)
   per_call = max(1, min(config.decode_rows // config.revision_chains,
                         config.chunk_problems))
-  search_config = base.SearchConfig(
-      strategy="revisions", selection="weighted", aggregation="last",
+  search_config = revisions.RevisionsConfig(
+      selection="weighted", aggregation="last",
       revision_length=config.revision_attempts,
       revision_context=config.revision_context, problems_per_batch=per_call)
   budget = config.revision_chains * config.revision_attempts

@@ -24,8 +24,9 @@ A gin experiment binds one of them:
     study.experiment.spec = @study.ArithStudy()
     study.ArithStudy.preset = 'arith_cpu'
 
-The dataclasses stay gin-free; `register()` makes them and the search
-classes configurable (modules `study` and `search`), for both entry points.
+The dataclasses stay gin-free; `ttcjax.main.configure.register()` makes
+them and the search classes configurable (modules `study` and `search`),
+for both entry points.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
-from ttcjax import checkpoint, partitioning
+from ttcjax import checkpoint
 from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, stages
 from ttcjax.experiments import embedded_study, preflight
@@ -250,28 +251,3 @@ def run(spec: Study, workdir: os.PathLike, *,
   spec.preflight()
   return embedded_study.run_study(spec.stages(), workdir, only=only,
                                on_change=on_change, log=log)
-
-
-def register() -> None:
-  """Makes the study and search classes gin-configurable; idempotent.
-
-  Names: `study.experiment`, `study.ArithStudy`, `study.SearchStudy`,
-  `study.AnalysisConfig`, and `search.SearchRun`, `search.ProblemSource`,
-  `search.Checkpoints`, `search.StrategySpec`, `search.ArithmeticConfig`,
-  `search.CountdownConfig`;
-  `SearchRun.mesh` takes the core `ttcjax.MeshConfig`.
-  """
-  import gin  # pylint: disable=g-import-not-at-top
-  from ttcjax.main import gin_utils  # pylint: disable=g-import-not-at-top
-  gin_utils.register({"MeshConfig": partitioning.MeshConfig})
-  for module, fns in (
-      ("search", (sweep_runner.SearchRun, sweep_runner.ProblemSource,
-                  sweep_runner.Checkpoints, sweep_runner.StrategySpec,
-                  arithmetic.ArithmeticConfig, countdown.CountdownConfig)),
-      ("study", (experiment, ArithStudy, SearchStudy,
-                 analysis_lib.AnalysisConfig))):
-    for fn in fns:
-      try:
-        gin.get_configurable(f"{module}.{fn.__name__}")
-      except ValueError:
-        gin.external_configurable(fn, module=module)

@@ -1,17 +1,14 @@
 """The search/eval stage: checkpoints + problems -> records.jsonl.
 
 `run(config, workdir)` restores the policy and PRM (or the revision model
-and its ORM) from ttcjax checkpoints, draws the problems (the arithmetic or
-Countdown task by seed and count, or a MATH jsonl), plugs the real models into the
-search callbacks, runs every strategy x hyper-parameters x budget of
-`config.strategies`, and appends one record per (problem, strategy,
-hyper-parameters, budget) to `<workdir>/records.jsonl`
+and its ORM) from ttcjax checkpoints, draws the problems (the arithmetic
+task by seed and count, or a MATH jsonl), plugs the real models into the
+search callbacks (`sweep.Bundle`s), and runs the model-agnostic sweep loop
+(`ttcjax.search.sweep.run_sweep`): every strategy x hyper-parameters x
+budget of `config.strategies`, one record per (problem, strategy,
+hyper-parameters, budget) appended to `<workdir>/records.jsonl`
 (`ttcjax.search.records`). Records already there are skipped, so a killed
 run resumes where it stopped, and a finished one reruns as a no-op.
-
-Selection never changes what a strategy samples (keys fold problem,
-strategy and budget only), so each `StrategySpec.selections` entry is a
-record re-selected from the same search, not a second search.
 
 On several processes (`jax.distributed`, started by the entry point), the
 problem batches are dealt across processes and process 0 writes every
@@ -35,30 +32,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 import math
 import os
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 import jax
 
-from ttcjax import (checkpoint, decoding, distributed, memory, models,
-                    partitioning, preemption, tasks, verifiers)
+from ttcjax import checkpoint, memory, models, partitioning, tasks
 from ttcjax.data import examples
-from ttcjax.search import base, records, selection
-from ttcjax.search.revisions import (RevisionPromptFn, chain_count,
-                                     select_revisions, with_prompt_fn)
-from ttcjax.search.run import run_search
-from ttcjax.verifiers import hf_prms
+from ttcjax.experiments import callbacks
+from ttcjax.search import base, records, strategy, sweep
+from ttcjax.search.revisions import RevisionPromptFn, with_prompt_fn
+from ttcjax.search.sweep import (StrategySpec, batch_problems,  # re-exported
+                                 chosen_for)
+from ttcjax.search.tree import TreeConfig
 from ttcjax.tasks import arithmetic, countdown
 from ttcjax.tokenizer import ByteTokenizer
-from ttcjax.verifiers import oracle
+from ttcjax.verifiers import hf_prms, oracle
 
-TASKS = ("arithmetic", "countdown", "math")
 VERIFIERS = ("prm", "oracle")
-_PRM_STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts")
 _ATTEMPT_OVERHEAD = 16  # "Attempt 4:\n" plus a newline, rounded up
 
 
@@ -112,10 +105,15 @@ class ProblemSource:
                        "not both")
     if self.system_prompt is not None and not self.chat_template:
       raise ValueError("ProblemSource.system_prompt needs chat_template=True")
-    if self.task not in TASKS:
-      raise ValueError(f"ProblemSource.task must be one of {TASKS}, got "
-                       f"{self.task!r}")
-    _check_path(self.path, "ProblemSource.path", self.task == "math")
+    if self.task not in tasks.registered():
+      raise ValueError(f"ProblemSource.task must be one of "
+                       f"{tasks.registered()}, got {self.task!r}")
+    _check_path(self.path, "ProblemSource.path", False)
+    try:
+      self.make_task()
+    except TypeError as e:  # e.g. a file-backed task without its path
+      raise ValueError(f"ProblemSource(task={self.task!r}): {e}; bind "
+                       f"ProblemSource.path (a file-backed task)") from None
     if self.num_problems is not None and self.num_problems < 0:
       raise ValueError(f"ProblemSource.num_problems must be >= 0, got "
                        f"{self.num_problems}")
@@ -124,17 +122,23 @@ class ProblemSource:
       raise ValueError(f"ProblemSource.prompt_template has no '{{problem}}':"
                        f" {self.prompt_template!r}")
 
-  def make_task(self) -> tasks.Task:
-    """The `ttcjax.tasks.Task` the problems come from."""
-    if self.task == "math":
-      return tasks.get("math", path=self.path)
-    return tasks.get(self.task, config=getattr(self, self.task))
-
   def prompt(self, text: str) -> str:
     """The policy prompt of a question / problem text."""
     if self.prompt_template is None:
       return text + "\n"
     return self.prompt_template.replace("{problem}", text)
+
+  def make_task(self) -> tasks.Task:
+    """The task, built from the registry with `path` (when set) and, for
+    'arithmetic' and 'countdown', the field of that name as its `config`. (No field is added here for
+    other tasks' options: this config is hashed into finished studies'
+    stage hashes.)"""
+    kwargs = {}
+    if self.path is not None:
+      kwargs["path"] = self.path
+    if self.task in ("arithmetic", "countdown"):  # gin-facing config fields
+      kwargs["config"] = getattr(self, self.task)
+    return tasks.get(self.task, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -184,57 +188,6 @@ class Checkpoints:
       raise ValueError(f"Checkpoints.step_delimiter={self.step_delimiter!r}"
                        f" must be non-empty, and one byte for the byte "
                        f"tokenizer (tokenizer_dir=None)")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class StrategySpec:
-  """One strategy's sweep: a grid of `SearchConfig` fields x budgets.
-
-  Attributes:
-    strategy: a `SearchConfig.strategy`.
-    budgets: N values (generations). Grid points that do not fit a budget
-      (a beam width or revision length that does not divide N) are skipped.
-    grid: `SearchConfig` field -> values; every combination is run.
-    selections: answer selections recorded from each search.
-    base: other `SearchConfig` fields, fixed.
-  """
-  strategy: str
-  budgets: Sequence[int]
-  grid: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
-  selections: Sequence[str] = ("weighted",)
-  base: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-  def __post_init__(self):
-    object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
-    object.__setattr__(self, "selections", tuple(self.selections))
-    object.__setattr__(self, "grid", {k: tuple(v) if isinstance(
-        v, (list, tuple)) else (v,) for k, v in dict(self.grid).items()})
-    object.__setattr__(self, "base", dict(self.base))
-    for name in ("strategy", "selection", "problems_per_batch"):
-      if name in self.grid or name in self.base:
-        raise ValueError(f"StrategySpec({self.strategy!r}): {name!r} is set "
-                         f"by the spec or the run, not in grid/base")
-    if not self.budgets or min(self.budgets) < 1:
-      raise ValueError(f"StrategySpec({self.strategy!r}).budgets must be "
-                       f"positive, got {self.budgets}")
-    for how in self.selections:
-      base.SearchConfig(selection=how)  # validates
-    self.configs(None)  # validates every grid point
-
-  def configs(self, problems_per_batch: int | None
-              ) -> list[base.SearchConfig]:
-    """The `SearchConfig` of every grid point."""
-    names = sorted(self.grid)
-    out = []
-    for values in itertools.product(*(self.grid[n] for n in names)):
-      fields = dict(self.base, **dict(zip(names, values)))
-      try:
-        out.append(base.SearchConfig(
-            strategy=self.strategy, selection=self.selections[0],
-            problems_per_batch=problems_per_batch, **fields))
-      except TypeError as e:
-        raise ValueError(f"StrategySpec({self.strategy!r}): {e}") from None
-    return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -314,21 +267,21 @@ class SearchRun:
       if value is not None and (not isinstance(value, int) or value < 1):
         raise ValueError(f"SearchRun.{name} must be a positive int or None, "
                          f"got {value!r}")
-    names = {s.strategy for s in self.strategies}
+    roles = {s.role for s in self.strategies}
     if self.verifier not in VERIFIERS:
       raise ValueError(f"SearchRun.verifier must be one of {VERIFIERS}, got "
                        f"{self.verifier!r}")
     oracle_run = self.verifier == "oracle"
-    if oracle_run and ("revisions" in names or
+    if oracle_run and ("revision" in roles or
                        not self.problems.make_task().has_step_checker):
       raise ValueError(f"SearchRun.verifier='oracle' needs a task with an "
                        f"exact step checker (task {self.problems.task!r}) "
                        f"and no 'revisions' strategy (strategies "
-                       f"{sorted(names)})")
-    if names & set(_PRM_STRATEGIES):
+                       f"{sorted(s.strategy for s in self.strategies)})")
+    if "prm" in roles:
       _check_path(self.checkpoints.policy, "Checkpoints.policy", True)
       _check_path(self.checkpoints.prm, "Checkpoints.prm", not oracle_run)
-    if "revisions" in names:
+    if "revision" in roles:
       _check_path(self.checkpoints.revision, "Checkpoints.revision", True)
       _check_path(self.checkpoints.orm, "Checkpoints.orm", True)
 
@@ -381,13 +334,9 @@ def load_problems(source: ProblemSource,
     prompt = lambda text: tok.files.render_chat(
         system + [{"role": "user", "content": text}], True)
   task = source.make_task()
-  if source.task == "math":
-    drawn = task.problems(source.num_problems, source.seed)
-  else:
-    drawn = task.problems(source.num_problems or 0, source.seed)
   out = []
-  for p in drawn:
-    text = p.problem if source.task == "math" else p.question
+  for p in task.problems(source.num_problems, source.seed):
+    text = task.question(p)
     out.append(_Problem(p.uid, text, prompt(text), p.answer,
                         {"reference": p.answer,
                          **task.difficulty_features(p)}, p))
@@ -503,35 +452,13 @@ def policy_fns(config: models.ModelConfig, params: Any, tok: Tokenizer, *,
                max_gen: int, prompt_len: int, cache_len: int,
                temperature: float,
                shard: Callable[[Any], Any] | None = None) -> base.PolicyFns:
-  """A model checkpoint as `PolicyFns` (newline-ending ids end a step);
-  `shard` places decode rows and caches (`Placement.shard`)."""
-  decoder = decoding.Decoder(models.decode_step_fn(config), eos_id=tok.eos_id,
-                             stop_ids=tok.stop_ids, max_gen=max_gen)
-  sampler = (decoding.Greedy() if temperature == 0 else
-             decoding.Sampling(float(temperature)))
-  return base.PolicyFns(
-      decoder=decoder, params=params,
-      init_cache=lambda batch, length: models.init_cache(config, batch,
-                                                         length),
-      max_len=cache_len, sampler=sampler, pad_id=tok.pad_id,
-      prompt_len=prompt_len, detokenize=tok.decode, shard=shard)
-
-
-@functools.cache
-def reward_score_fn(config: models.ModelConfig, rows: int | None = None,
-                    tags: tuple[int, int] | None = None) -> verifiers.ScoreFn:
-  """`sigmoid(reward head)` as a score_fn (with `tags`, P(good) over the
-  (good, bad) LM-head ids instead), reading at most `rows` rows per
-  forward pass (None: all); one object per (config, rows, tags), so the
-  scorer compiles once."""
-  if tags is None:
-    score_fn = verifiers.reward_head_score_fn(
-        functools.partial(models.reward_scores, config))
-  else:
-    score_fn = verifiers.step_tag_score_fn(
-        functools.partial(models.lm_logits, config), *tags)
-  return score_fn if rows is None else verifiers.chunked_score_fn(score_fn,
-                                                                  rows)
+  """A model checkpoint as `PolicyFns` with `tok`'s ids (newline-ending ids
+  end a step); `shard` places decode rows and caches (`Placement.shard`)."""
+  return callbacks.policy_fns(
+      config, params, eos_id=tok.eos_id, stop_ids=tok.stop_ids,
+      pad_id=tok.pad_id, detokenize=tok.decode, max_gen=max_gen,
+      prompt_len=prompt_len, cache_len=cache_len, temperature=temperature,
+      shard=shard)
 
 
 def verifier_fns(config: models.ModelConfig, params: Any, tok: Tokenizer,
@@ -542,7 +469,7 @@ def verifier_fns(config: models.ModelConfig, params: Any, tok: Tokenizer,
   """A reward-head checkpoint as `VerifierFns` (prompt + solution input,
   or `build_input`'s layout; with `tags`, scored from the LM head),
   scoring `rows` rows per forward pass (None: all); `shard` places them."""
-  return base.VerifierFns(score_fn=reward_score_fn(config, rows, tags),
+  return base.VerifierFns(score_fn=callbacks.reward_score_fn(config, rows, tags),
                           params=params, max_len=max_len, pad_id=tok.pad_id,
                           build_input=build_input or base.concat_input,
                           shard=shard)
@@ -578,26 +505,20 @@ def revision_prompt_fn(questions: Mapping[str, str], tok: Tokenizer,
   return prompt_fn
 
 
-@dataclasses.dataclass(frozen=True)
-class _Models:
-  policy: base.PolicyFns
-  verifier: base.VerifierFns
-  policy_config: models.ModelConfig
-  verifier_config: models.ModelConfig
-
-
 def _setup(run_config: SearchRun, problems: Sequence[_Problem],
            tok: Tokenizer, placement: Placement = Placement()
-           ) -> dict[str, _Models]:
+           ) -> dict[str, sweep.Bundle]:
   """`{'prm': ..., 'revision': ...}` bundles for the strategies run, with
   params restored into `placement`."""
-  names = {s.strategy for s in run_config.strategies}
+  roles = {s.role for s in run_config.strategies}
+  trees = any(issubclass(strategy.get(s.strategy), TreeConfig)
+              for s in run_config.strategies if s.role == "prm")
   ckpts, gen = run_config.checkpoints, run_config.max_new_tokens
   shard, rows = placement.shard, run_config.verifier_rows
   prompts = [examples.prompt_ids(tok.encode_text, p.prompt)
              for p in problems] or [[0]]
   out = {}
-  if names & set(_PRM_STRATEGIES):
+  if "prm" in roles:
     width = run_config.prompt_len or _round_up(max(map(len, prompts)))
     tree = run_config.tree_cache_tokens or 4 * gen
     cfg, params = _restore(ckpts.policy, "policy", False, placement)
@@ -612,12 +533,13 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
           prm_cfg, prm_params, tok,
           run_config.verifier_len or width + gen + extra,
           rows=rows, shard=shard, build_input=build, tags=tags)
-    cache = width + (tree if names & {"beam", "lookahead", "dvts"} else gen)
-    out["prm"] = _Models(
+    cache = width + (tree if trees else gen)
+    out["prm"] = sweep.Bundle(
         policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
                    cache_len=cache, temperature=run_config.temperature,
-                   shard=shard), verifier, cfg, prm_cfg)
-  if "revisions" in names:
+                   shard=shard), verifier, cfg, prm_cfg,
+        verifier_free=run_config.verifier == "oracle")
+  if "revision" in roles:
     zero = max(len(examples.revision_prompt_ids(tok.encode_text, p.question,
                                                 []))
                for p in problems) if problems else 1
@@ -630,7 +552,7 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
                        temperature=run_config.temperature, shard=shard)
     policy = with_prompt_fn(plain, revision_prompt_fn(
         {p.uid: p.question for p in problems}, tok, width))
-    out["revision"] = _Models(
+    out["revision"] = sweep.Bundle(
         policy, verifier_fns(orm_cfg, orm_params, tok, width + gen,
                              rows=rows, shard=shard), cfg, orm_cfg)
   return out
@@ -639,100 +561,16 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
 # --- The run -----------------------------------------------------------------
 
 
-def chosen_for(result: base.SearchResult, config: base.SearchConfig,
-               how: str, equiv_fn: Callable[[str, str], bool]) -> int:
-  """The candidate `how` selects from a finished search's candidates."""
-  if how == config.selection:
-    return result.chosen
-  if config.strategy == "revisions":
-    return select_revisions(result.candidates, config.revision_length, how,
-                            equiv_fn)
-  return selection.select(result.candidates, how, equiv_fn)
-
-
-def _fits(config: base.SearchConfig, budget: int) -> str | None:
-  """Why `config` cannot run at `budget`, or None."""
-  try:
-    if config.strategy == "revisions":
-      chain_count(budget, config.revision_length)
-    elif config.strategy != "best_of_n":
-      config.width(budget)
-  except ValueError as e:
-    return str(e)
-  return None
-
-
-def _existing_keys(path: str) -> set[records.Key]:
-  """Keys already in `path`, the same set on every process.
-
-  Process 0 reads the file and broadcasts the keys, so the workdir need not
-  be visible to the other hosts, and every process skips the same records
-  (the loops below must agree, for their collectives to pair up).
-  """
-  if jax.process_count() == 1:
-    return records.existing_keys(path)
-  keys = distributed.broadcast_from_primary(
-      sorted(records.existing_keys(path)) if distributed.is_primary()
-      else None)
-  return {tuple(k) for k in keys}
-
-
-def _claim(done: set[records.Key], uid: str, strategy: str,
-           hparams: Sequence[Mapping[str, Any]], budget: int) -> list[bool]:
-  """Per hparams, whether its record of `uid` is new; marks those done."""
-  fresh = []
-  for hp in hparams:
-    ident = records.key_of(uid, strategy, hp, budget)
-    fresh.append(ident not in done)
-    done.add(ident)
-  return fresh
-
-
-def batch_problems(size: int, config: base.SearchConfig, budget: int,
-                   max_rows: int | None) -> int:
-  """Problems per batch: `size`, fewer when their rows exceed `max_rows`."""
-  if max_rows is None:
-    return size
-  rows = (chain_count(budget, config.revision_length)
-          if config.strategy == "revisions" else budget)
-  return max(1, min(size, max_rows // rows))
-
-
-def _pending_generations(run_config: SearchRun, size: int,
-                         uids: Sequence[str], done: set[records.Key]) -> int:
-  """Generations the unfinished records of `run` will take (for progress)."""
-  total = 0
-  for spec in run_config.strategies:
-    seen = set()
-    for config, budget in itertools.product(spec.configs(size),
-                                            spec.budgets):
-      if _fits(config, budget):
-        continue
-      hparams = [records.hparams_of(config, budget, how)
-                 for how in spec.selections]
-      ident = records.key_of("", config.strategy, hparams[0], budget)
-      if ident in seen:
-        continue
-      seen.add(ident)
-      todo = records.missing(uids, config.strategy, hparams, budget, done)
-      total += len(todo) * config.generations(budget)
-  return total
+def _grade_answer(task: tasks.Task, problem: Any, answer: str | None) -> bool:
+  return bool(answer is not None and task.grade_answer(answer, problem))
 
 
 def run(run_config: SearchRun, workdir: str,
         progress: Callable[[int, int], None] | None = None
         ) -> dict[str, int]:
-  """Runs every sweep of `run_config`, appending to `<workdir>/records.jsonl`.
-
-  On several processes (`jax.distributed`, see `ttcjax.distributed`), each
-  strategy x hyper-parameters x budget's problem batches (contiguous blocks
-  of `problems_per_batch` problems, the same batches one process would run)
-  are dealt round-robin: in round r, process p runs batch
-  `r * process_count + p`. Each round's records are gathered to process 0,
-  which alone writes files, in batch order, so the file is the one a single
-  process would write. Keys fold the problem uid, so a record does not
-  depend on which process ran it. Every process must call `run` with the
-  same config.
+  """Runs every sweep of `run_config`, appending to `<workdir>/records.jsonl`
+  (`ttcjax.search.sweep.run_sweep`, which says how several processes share
+  the work). Every process must call `run` with the same config.
 
   Args:
     run_config: what to run.
@@ -744,124 +582,26 @@ def run(run_config: SearchRun, workdir: str,
     `{"written": records appended, "skipped": records already there}` (the
     whole run's, on every process).
   """
-  path = os.path.join(workdir, records.RECORDS_FILE)
-  hosts, host = jax.process_count(), jax.process_index()
-  primary = host == 0
-  if primary:
-    os.makedirs(workdir, exist_ok=True)
-  done = _existing_keys(path)
-  writer = records.RecordWriter(path) if primary else None
   tok = make_tokenizer(run_config.checkpoints)
   problems = load_problems(run_config.problems, tok)
   task = task_fns(run_config.problems, tok)
   grader = run_config.problems.make_task()
-  by_uid = {p.uid: p for p in problems}
-  search_problems = [base.SearchProblem(
-      p.uid, examples.prompt_ids(tok.encode_text, p.prompt))
-                     for p in problems]
+  marker = {"verifier": "oracle"} if run_config.verifier == "oracle" else {}
+  sweep_problems = [sweep.Problem(
+      base.SearchProblem(p.uid, examples.prompt_ids(tok.encode_text,
+                                                    p.prompt)),
+      p.reference, dict(p.extra, task=run_config.problems.task, **marker),
+      grade=functools.partial(_grade_answer, grader, p.problem))
+                    for p in problems]
   placement = Placement.of(run_config.mesh)
   if placement.mesh is not None:
     logging.info("mesh %s over %d devices", dict(placement.mesh.shape),
                  placement.mesh.size)
-  bundles = None  # restored on first need: a finished rerun loads nothing
-  key = jax.random.key(run_config.seed)
-  counts = {"written": 0, "skipped": 0}
-  rounds = 0  # the preemption sync point's step: the same on every process
-  # Fewer problems than a batch: no padding problems to decode.
-  size = min(run_config.problems_per_batch or len(problems),
-             max(len(problems), 1))
-  pending = (_pending_generations(run_config, size,
-                                  [p.uid for p in search_problems], done)
-             if progress is not None else 0)
-  generated = 0
-  for spec in run_config.strategies:
-    seen = set()
-    for config, budget in itertools.product(spec.configs(size),
-                                            spec.budgets):
-      why = _fits(config, budget)
-      if why:
-        logging.info("skipping %s at N=%d: %s", config.strategy, budget, why)
-        continue
-      hparams = [records.hparams_of(config, budget, how)
-                 for how in spec.selections]
-      ident = records.key_of("", config.strategy, hparams[0], budget)
-      if ident in seen:  # e.g. beam_width 4 and 'sqrt' at N=16
-        continue
-      seen.add(ident)
-      per_batch = batch_problems(size, config, budget, run_config.max_rows)
-      if per_batch != size:
-        config = dataclasses.replace(config, problems_per_batch=per_batch)
-      counts["skipped"] += sum(
-          records.key_of(p.uid, config.strategy, hp, budget) in done
-          for p in search_problems for hp in hparams)
-      todo = records.missing([p.uid for p in search_problems],
-                             config.strategy, hparams, budget, done)
-      if not todo:
-        continue
-      if bundles is None:
-        bundles = _setup(run_config, problems, tok, placement)
-      models_ = bundles["revision" if config.strategy == "revisions"
-                        else "prm"]
-      batches = [todo[start:start + per_batch]
-                 for start in range(0, len(todo), per_batch)]
-      mine_total = sum(map(len, batches[host::hosts]))
-      mine_done = 0
-      for first in range(0, len(batches), hosts):
-        began = time.perf_counter()
-        # Every process claims the round's new records in batch order, as
-        # one process would, so `done` and the counts agree everywhere.
-        fresh = [[_claim(done, search_problems[i].uid, config.strategy,
-                         hparams, budget) for i in batch]
-                 for batch in batches[first:first + hosts]]
-        written = sum(f for batch in fresh for row in batch for f in row)
-        out = []
-        if host < len(fresh):
-          batch = [search_problems[i] for i in batches[first + host]]
-          with placement.active():
-            results = run_search(config, batch, budget, models_.policy,
-                                 models_.verifier, task, key)
-          for result, row in zip(results, fresh[host]):
-            problem = by_uid[result.uid]
-            grade = lambda a, p=problem.problem: grader.grade_answer(a, p)
-            for how, hp, new in zip(spec.selections, hparams, row):
-              if not new:
-                continue
-              out.append(records.make_record(
-                  result, hparams=hp,
-                  chosen=chosen_for(result, config, how, task.equiv_fn),
-                  grade_fn=grade, policy_config=models_.policy_config,
-                  verifier_config=models_.verifier_config,
-                  policy_context=models_.policy.max_len,
-                  verifier_context=models_.verifier.max_len,
-                  verifier_free=run_config.verifier == "oracle",
-                  extra=dict(problem.extra, task=run_config.problems.task,
-                             **({"verifier": "oracle"}
-                                if run_config.verifier == "oracle"
-                                else {}))))
-          mine_done += len(batch)
-        if hosts > 1:
-          logging.info("host %d/%d: %d/%d problems of %s N=%d %s, %d records"
-                       " in %.1f s", host, hosts, mine_done, mine_total,
-                       config.strategy, budget, hparams[0], len(out),
-                       time.perf_counter() - began)
-          out = distributed.gather_items(out)
-        if primary:
-          if len(out) != written:  # the processes' loops disagree
-            raise RuntimeError(f"{path}: gathered {len(out)} records of "
-                               f"{config.strategy} N={budget}, expected "
-                               f"{written}")
-          writer.write(out)
-          logging.info("%s N=%d %s: %d records in %.1f s", config.strategy,
-                       budget, hparams[0], written,
-                       time.perf_counter() - began)
-        counts["written"] += written
-        if progress is not None:
-          generated += config.generations(budget) * sum(
-              map(len, batches[first:first + hosts]))
-          progress(generated, pending)
-        rounds += 1
-        # After the round's records are on disk (fsynced): a SIGTERM ends
-        # the run here, and a rerun redoes no batch.
-        preemption.check(f"{counts['written']} records of this run written "
-                         f"to {path}", rounds)
-  return counts
+  return sweep.run_sweep(
+      run_config.strategies, sweep_problems, task,
+      lambda: _setup(run_config, problems, tok, placement),
+      jax.random.key(run_config.seed),
+      os.path.join(workdir, records.RECORDS_FILE),
+      problems_per_batch=run_config.problems_per_batch,
+      max_rows=run_config.max_rows, active=placement.active,
+      progress=progress)

@@ -21,8 +21,8 @@ from absl import app, flags, logging
 import gin
 
 from ttcjax import distributed, faults, preemption, workdir_lock
-from ttcjax.experiments import studies, sweep_runner
-from ttcjax.main import cli, gin_utils
+from ttcjax.experiments import sweep_runner
+from ttcjax.main import cli, configure, gin_utils
 
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
@@ -30,7 +30,7 @@ _PROCESS_FLAGS = distributed.define_flags()
 
 # Gin names are `search.<Class>` (and `study.*`, so that an experiment file
 # that also configures a study parses here); the libraries stay gin-free.
-studies.register()
+configure.register()
 SearchRun = gin.get_configurable(sweep_runner.SearchRun)
 
 

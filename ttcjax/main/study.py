@@ -27,7 +27,7 @@ from absl import app, flags, logging
 
 from ttcjax import faults, preemption, workdir_lock
 from ttcjax.experiments import console, studies
-from ttcjax.main import cli, gin_utils
+from ttcjax.main import cli, configure, gin_utils
 from ttcjax.experiments import embedded
 from ttcjax.experiments import embedded_study
 
@@ -60,7 +60,7 @@ def experiment(gin_files, gin_bindings, preset, search_paths=()
   if bool(gin_files) == bool(preset):
     raise app.UsageError("give --gin_file=experiments/<name>.gin or "
                          f"--preset (one of {_PRESETS}), not both")
-  studies.register()
+  configure.register()
   if preset:
     gin_files = [f"experiments/{preset}.gin"]
   gin_utils.parse(gin_files, gin_bindings, search_paths)

@@ -28,9 +28,7 @@ from absl import app
 from absl import flags
 
 from ttcjax import distributed, faults, preemption, workdir_lock
-from ttcjax.main import cli
-from ttcjax.main import gin_utils
-from ttcjax.training import roles
+from ttcjax.main import cli, configure, gin_utils
 
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.",
@@ -51,8 +49,8 @@ def main(argv):
   preemption.install()
   with (faults.guard("ttcjax.main.train"),
         workdir_lock.hold_for_run(_WORKDIR.value)):
-    roles.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
-                         _WORKDIR.value, _GIN_SEARCH_PATHS.value)
+    configure.train_from_gin(_GIN_FILES.value, _GIN_BINDINGS.value,
+                             _WORKDIR.value, _GIN_SEARCH_PATHS.value)
 
 
 if __name__ == "__main__":

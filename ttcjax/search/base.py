@@ -9,6 +9,8 @@ three bundles of callbacks, and never sees which model is behind them:
   to lay out the verifier input from prompt ids and solution ids;
 * `TaskFns`: `answer_fn(token_ids) -> str | None` and `equiv_fn(a, b)`.
 
+Each strategy's hyper-parameters are its own config class
+(`ttcjax.search.strategy.SearchConfig` subclasses, one module per strategy).
 Budgets are counted in *generations*: best-of-N, beam search and DVTS with
 budget N use N generations; lookahead search with k roll-out steps uses
 N * (k + 1) (Snell et al. 2024, Sec. 5). Every `SearchResult` also carries
@@ -25,16 +27,14 @@ batch, and not on which other budgets are run.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Sequence
 
 import jax
 
 from ttcjax.keys import stable_hash
 from ttcjax.decoding import Decoder, Sampler, Sampling
-from ttcjax.verifiers.scoring import AGGREGATIONS, ScoreFn
+from ttcjax.verifiers.scoring import ScoreFn
 
-STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts", "revisions")
 SELECTIONS = ("plain", "weighted", "majority")
 
 
@@ -88,6 +88,9 @@ BuildInput = Callable[[Sequence[int], Sequence[int], Sequence[int]],
                       tuple[list[int], list[int]]]
 
 
+PromptFn = Callable[["SearchProblem", list[list[int]]], list[int]]
+
+
 @dataclasses.dataclass(frozen=True)
 class PolicyFns:
   """The policy, as callbacks and values.
@@ -96,9 +99,9 @@ class PolicyFns:
     decoder: drives the policy's `step_fn`; gives `eos_id`, the step
       delimiters `stop_ids` and `max_gen` (tokens per candidate).
     params: passed to the decoder's `step_fn`.
-    init_cache: `(batch, max_len) -> empty cache` (a `KVCache` or any
-      object with `take`, `index`, `max_len`, `valid`, `next_pos`,
-      `rollback` and, unless `grow_cache` is False, `grow`).
+    init_cache: `(batch, max_len) -> empty cache`: a `KVCache` or any
+      `ttcjax.decoding.cache.Cache` (the written protocol of what search
+      calls on a cache; `grow` only with `grow_cache`).
     max_len: cache slots per row. Every decode iteration of a search takes
       one slot for all rows, so tree searches need more than prompt width +
       `max_gen`; rows still going when the cache is full end unfinished.
@@ -119,6 +122,13 @@ class PolicyFns:
       (gathered, then scattered back) instead of the whole batch idling
       along: a round lasts as long as its longest step. 0 disables it;
       it is off with `shard`.
+    prompt_fn: for strategies that prompt with previous attempts
+      (revisions): `(problem, previous_attempt_ids) -> prompt ids`,
+      attempts oldest first, EOS removed, `[]` for a first attempt; e.g.
+      `ttcjax.data.examples.revision_prompt_ids` over decoded attempts.
+      Its prompts must fit `prompt_len` (when set), and prompt plus
+      `decoder.max_gen` the cache. None: the strategy uses
+      `SearchProblem.prompt_ids`.
   """
   decoder: Decoder
   params: Any
@@ -131,6 +141,7 @@ class PolicyFns:
   shard: Callable[[Any], Any] | None = None
   grow_cache: bool = True
   straggler_fraction: float = 0.125
+  prompt_fn: PromptFn | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,90 +174,6 @@ class TaskFns:
   equiv_fn: Callable[[str, str], bool]
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SearchConfig:
-  """Strategy and its hyper-parameters.
-
-  Attributes:
-    strategy: 'best_of_n', 'beam', 'lookahead', 'dvts' or 'revisions'.
-    selection: final answer choice: 'plain' (highest score), 'weighted'
-      (sum of scores per equivalent answer) or 'majority'. For 'revisions'
-      'weighted' is hierarchical (within each chain, then across chains)
-      and 'majority' is flat over all attempts (see `search.revisions`).
-    aggregation: step scores -> candidate score: 'last', 'min', 'prod',
-      'mean'.
-    beam_width: M, expansions per kept beam: an int (clamped to N), or
-      'sqrt' (the divisor of N closest to sqrt(N)).
-    lookahead: k, greedy roll-out steps per candidate ('lookahead' only).
-    max_rounds: most steps a tree search takes (the paper's 40).
-    stop_at_answer: a step after which `answer_fn` finds an answer ends
-      its candidate, as EOS does (tree searches).
-    problems_per_batch: problems per batch (rows = problems x N); the last
-      batch is padded, so every batch compiles to the same shapes. None:
-      all problems in one batch.
-    trace: keep a per-round `RoundTrace` in each result.
-    revision_length: L, sequential revisions per chain ('revisions' only):
-      budget N runs N / L parallel chains of L attempts.
-    revision_context: most previous attempts a revision sees ('revisions').
-  """
-  strategy: str = "best_of_n"
-  selection: str = "weighted"
-  aggregation: str = "last"
-  beam_width: int | str = 4
-  lookahead: int = 0
-  max_rounds: int = 40
-  stop_at_answer: bool = True
-  problems_per_batch: int | None = None
-  trace: bool = False
-  revision_length: int = 1
-  revision_context: int = 4
-
-  def __post_init__(self):
-    for name, value, allowed in (("strategy", self.strategy, STRATEGIES),
-                                 ("selection", self.selection, SELECTIONS),
-                                 ("aggregation", self.aggregation,
-                                  AGGREGATIONS)):
-      if value not in allowed:
-        raise ValueError(f"SearchConfig.{name} must be one of {allowed}, "
-                         f"got {value!r}")
-    if self.beam_width != "sqrt" and (not isinstance(self.beam_width, int)
-                                      or self.beam_width < 1):
-      raise ValueError(f"SearchConfig.beam_width must be a positive int or "
-                       f"'sqrt', got {self.beam_width!r}")
-    if self.lookahead < 0 or (self.lookahead and
-                              self.strategy != "lookahead"):
-      raise ValueError(f"SearchConfig.lookahead={self.lookahead} needs "
-                       f"strategy='lookahead' and must be >= 0")
-    if self.max_rounds < 1:
-      raise ValueError(f"SearchConfig.max_rounds must be >= 1, got "
-                       f"{self.max_rounds}")
-    if self.revision_length < 1 or (self.revision_length > 1 and
-                                    self.strategy != "revisions"):
-      raise ValueError(f"SearchConfig.revision_length={self.revision_length}"
-                       f" needs strategy='revisions' and must be >= 1")
-    if self.revision_context < 0:
-      raise ValueError(f"SearchConfig.revision_context must be >= 0, got "
-                       f"{self.revision_context}")
-    if self.problems_per_batch is not None and self.problems_per_batch < 1:
-      raise ValueError(f"SearchConfig.problems_per_batch must be >= 1, got "
-                       f"{self.problems_per_batch}")
-
-  def width(self, budget: int) -> int:
-    """Beam width M for budget N; N must be a multiple of it."""
-    if self.beam_width == "sqrt":
-      divisors = [m for m in range(1, budget + 1) if budget % m == 0]
-      return min(divisors, key=lambda m: (abs(m - math.sqrt(budget)), m))
-    width = min(self.beam_width, budget)
-    if budget % width:
-      raise ValueError(f"budget N={budget} is not a multiple of "
-                       f"SearchConfig.beam_width={width}")
-    return width
-
-  def generations(self, budget: int) -> int:
-    """Generations a run with budget N costs: N, or N * (k + 1)."""
-    return budget * (self.lookahead + 1)
-
-
 @dataclasses.dataclass(frozen=True)
 class Candidate:
   """One solution a search produced.
@@ -256,7 +183,7 @@ class Candidate:
     step_ends: exclusive end of each step in `token_ids` (EOS excluded).
     step_scores: the value the search gave each step (the PRM score at the
       step's end; for lookahead, at the end of the step's roll-out).
-    score: `step_scores` aggregated with `SearchConfig.aggregation`.
+    score: `step_scores` aggregated with the config's `aggregation`.
     answer: `answer_fn(token_ids)`.
     finished: ended with EOS or (stop_at_answer) a final-answer step;
       unfinished candidates (cut by max_gen, the cache or max_rounds) are
@@ -304,7 +231,7 @@ class SearchResult:
 
   Attributes:
     uid: the problem's uid.
-    strategy: `SearchConfig.strategy`.
+    strategy: the strategy's registered name.
     budget: N.
     candidates: final candidates (finished ones, then unfinished ones).
     chosen: index of the chosen candidate, -1 if none qualifies.
@@ -314,7 +241,7 @@ class SearchResult:
     prompt_tokens_prefilled: prompt tokens fed (once per problem).
     verifier_tokens_read: tokens the verifier read, over all its calls.
     generations_used: the budget in generations (see module docstring).
-    trace: per-round `RoundTrace`s when `SearchConfig.trace`.
+    trace: per-round `RoundTrace`s when the config's `trace` is set.
   """
   uid: str
   strategy: str

@@ -13,25 +13,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttcjax.search.base import (Candidate, PolicyFns, SearchConfig,
-                                SearchProblem, TaskFns, VerifierFns)
+from ttcjax.decoding import left_pad
+from ttcjax.search.base import (Candidate, PolicyFns, SearchProblem,
+                                TaskFns, VerifierFns)
+from ttcjax.search.strategy import SearchConfig
 from ttcjax.verifiers.scoring import aggregate, step_scores
 
 
 def pad_prompts(problems: Sequence[SearchProblem], pad_id: int,
                 width: int | None) -> tuple[np.ndarray, np.ndarray]:
-  """Left-pads prompts to `width` (default: the longest)."""
+  """Left-pads prompts to `width` (default: the longest;
+  `decoding.left_pad`)."""
   longest = max(len(p.prompt_ids) for p in problems)
-  width = longest if width is None else width
-  if longest > width:
+  if width is not None and longest > width:
     raise ValueError(f"a prompt of {longest} tokens exceeds "
                      f"PolicyFns.prompt_len={width}")
-  ids = np.full((len(problems), width), pad_id, np.int32)
-  mask = np.zeros((len(problems), width), bool)
-  for i, p in enumerate(problems):
-    ids[i, width - len(p.prompt_ids):] = p.prompt_ids
-    mask[i, width - len(p.prompt_ids):] = True
-  return ids, mask
+  return left_pad([p.prompt_ids for p in problems], pad_id, width)
 
 
 def step_ends_of(ids: Sequence[int], start: int, end: int,

@@ -1,4 +1,4 @@
-"""PRM beam search and lookahead search (Snell et al. 2024, Sec. 5).
+"""PRM beam search (Snell et al. 2024, Sec. 5).
 
 Beam search with budget N and beam width M: sample N first steps (one
 prefill per problem, fanned out), score them with the PRM, keep the best N/M,
@@ -8,62 +8,36 @@ the search stops once N have ended (if more end in the same round, the
 best-valued fill the N). Beams cut by the token cap or the cache's end
 leave as unfinished candidates, as do the kept beams when `max_rounds` runs
 out; unfinished candidates are never chosen. The answer is chosen among
-the ended beams with `SearchConfig.selection` (weighted best-of-N in the
-paper).
-
-Lookahead search is beam search whose step values come from rolling each
-candidate out k steps at temperature 0 and reading the PRM at the
-roll-out's end; it costs N * (k + 1) generations.
+the ended beams with `selection` (weighted best-of-N in the paper).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
 
-import jax
-
-from ttcjax.search.base import (PolicyFns, SearchConfig, SearchProblem,
-                                SearchResult, TaskFns, VerifierFns)
-from ttcjax.search.tree import TreeShape, tree_search
+from ttcjax.search.strategy import register
+from ttcjax.search.tree import Group, Pruned, WidthConfig
 
 
-def beam_search(problems: Sequence[SearchProblem], budget: int,
-                policy: PolicyFns, verifier: VerifierFns, task: TaskFns,
-                config: SearchConfig, key: jax.Array) -> list[SearchResult]:
-  """PRM beam search with N = `budget` beams and M = `config.width(N)`.
-
-  Args:
-    problems: the queries; all of a batch and their beams decode as rows of
-      one batch.
-    budget: N, beams (generations).
-    policy: policy callbacks.
-    verifier: PRM; one call per round scores every new step of the batch.
-    task: answer extraction (also detects final-answer steps) and
-      equivalence.
-    config: `beam_width`, `max_rounds`, `aggregation`, `selection`,
-      `stop_at_answer`, `lookahead` (when strategy is 'lookahead').
-    key: base key; see `base.search_key`.
-
-  Returns:
-    One `SearchResult` per problem.
-  """
-  width = config.width(budget)
-  shape = TreeShape(group_size=budget, keep=budget // width,
-                    lookahead=config.lookahead)
-  return tree_search(problems, budget, policy, verifier, task, config, key,
-                     shape)
+def keep_best(group: Group, keep: int) -> Pruned:
+  """Beam search's rule: completed rows leave (the best, up to N found in
+  all), cut rows leave, and the best `keep` continuing rows survive with
+  `size / keep` children each."""
+  rows = group.rows
+  complete = group.order(group.where("complete"))[:group.budget -
+                                                  group.finished]
+  kept = group.order(group.where("step"))[:keep]
+  return Pruned(complete=tuple(rows[i] for i in complete),
+                truncated=tuple(rows[i] for i in group.where("truncated")),
+                children=tuple((rows[i], group.size // keep) for i in kept))
 
 
-def lookahead_search(problems: Sequence[SearchProblem], budget: int,
-                     policy: PolicyFns, verifier: VerifierFns,
-                     task: TaskFns, config: SearchConfig,
-                     key: jax.Array) -> list[SearchResult]:
-  """Beam search whose step values come from k-step greedy roll-outs.
+@register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BeamConfig(WidthConfig):
+  """PRM beam search: N beams, the best N/M kept, M children each
+  (`beam_width` is M)."""
+  strategy = "beam"
 
-  `config.strategy` must be 'lookahead' and `config.lookahead` is k. Each
-  result's `generations_used` is N * (k + 1).
-  """
-  if config.strategy != "lookahead":
-    raise ValueError(f"lookahead_search needs SearchConfig.strategy="
-                     f"'lookahead', got {config.strategy!r}")
-  return beam_search(problems, budget, policy, verifier, task, config, key)
+  def prune(self, group: Group, budget: int) -> Pruned:
+    return keep_best(group, budget // self.width(budget))

@@ -10,15 +10,30 @@ mean and spread of accuracy per budget, as in Snell et al.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
 from ttcjax.search import base, batching
-from ttcjax.search.base import (PolicyFns, SearchConfig, SearchProblem,
-                                SearchResult, TaskFns, VerifierFns)
+from ttcjax.search.base import (PolicyFns, SearchProblem, SearchResult,
+                                TaskFns, VerifierFns)
 from ttcjax.search.selection import choose, group_answers, select
+from ttcjax.search.strategy import SearchConfig, register
+
+
+@register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BestOfNConfig(SearchConfig):
+  """Best-of-N: no hyper-parameters beyond `SearchConfig`'s."""
+  strategy = "best_of_n"
+
+  def run(self, problems, budget, policy, verifier, task, key):
+    return best_of_n(problems, budget, policy, verifier, task, self, key)
+
+  def identity(self, budget: int) -> dict[str, Any]:
+    del budget
+    return {"aggregation": self.aggregation}
 
 
 def best_of_n(problems: Sequence[SearchProblem], budget: int,
@@ -54,16 +69,12 @@ def _best_of_n_batch(real, padded, budget, policy, verifier, task, config,
                                        policy.prompt_len)
   problem_keys = jax.numpy.stack([
       base.search_key(key, p.uid, "best_of_n", budget) for p in padded])
-  rngs = batching.row_keys(problem_keys, n, 0)
-  cache = policy.init_cache(len(padded), policy.max_len)
-  inputs = (prompts, mask, cache, rngs)
-  if policy.shard is not None:
-    inputs = policy.shard(inputs)
-  state = dec.prefill(policy.params, *inputs[:3], policy.sampler, inputs[3], n)
   # Padding problems are frozen at once: they only fill the batch shape.
-  frozen = np.repeat(np.arange(len(padded)) >= len(real), n)
-  state = state.replace(finished=state.finished | frozen)
-  state = dec.decode(policy.params, state, policy.sampler, dec.max_gen, "eos")
+  state = dec.sample(policy.params, prompts, mask,
+                     policy.init_cache(len(padded), policy.max_len),
+                     policy.sampler, batching.row_keys(problem_keys, n, 0), n,
+                     dec.max_gen, shard=policy.shard,
+                     frozen=np.repeat(np.arange(len(padded)) >= len(real), n))
   tokens, num = jax.device_get((state.tokens, state.num_generated))
 
   rows = range(len(real) * n)

@@ -7,29 +7,41 @@ times again. A subtree ends when its best child has ended (EOS or a
 final-answer step) or was cut; the subtree then contributes that one
 candidate. Subtrees still going after `max_rounds` contribute unfinished
 candidates, which are never chosen as answers. The answer is chosen among
-the N/M subtree results with `SearchConfig.selection`.
+the N/M subtree results with `selection`.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
 
-import jax
-
-from ttcjax.search.base import (PolicyFns, SearchConfig, SearchProblem,
-                                SearchResult, TaskFns, VerifierFns)
-from ttcjax.search.tree import TreeShape, tree_search
+from ttcjax.search.strategy import register
+from ttcjax.search.tree import Group, Pruned, WidthConfig
 
 
-def dvts(problems: Sequence[SearchProblem], budget: int, policy: PolicyFns,
-         verifier: VerifierFns, task: TaskFns, config: SearchConfig,
-         key: jax.Array) -> list[SearchResult]:
-  """DVTS with N = `budget` rows in N/M subtrees of M = `config.width(N)`.
+def follow_best(group: Group) -> Pruned:
+  """DVTS's rule: the group's best child (cut rows last) wins; if it has
+  ended, it is the group's one candidate and the group ends, else it is
+  expanded into the whole group."""
+  best = min(range(len(group.rows)), key=lambda i: (
+      group.status[i] == "truncated", -group.value[i], group.rows[i]))
+  row = group.rows[best]
+  if group.status[best] == "complete":
+    return Pruned(complete=(row,))
+  if group.status[best] == "truncated":
+    return Pruned(truncated=(row,))
+  return Pruned(children=((row, group.size),))
 
-  Arguments are those of `beam.beam_search`. Returns one `SearchResult` per
-  problem, with one candidate per subtree.
-  """
-  width = config.width(budget)
-  shape = TreeShape(group_size=width, keep=1, greedy=True)
-  return tree_search(problems, budget, policy, verifier, task, config, key,
-                     shape)
+
+@register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DvtsConfig(WidthConfig):
+  """DVTS: N/M subtrees of M rows (`beam_width` is M), each following its
+  best child."""
+  strategy = "dvts"
+
+  def group_size(self, budget: int) -> int:
+    return self.width(budget)
+
+  def prune(self, group: Group, budget: int) -> Pruned:
+    del budget
+    return follow_best(group)

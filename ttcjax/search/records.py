@@ -21,7 +21,8 @@ import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ttcjax import faults
-from ttcjax.search.base import SearchConfig, SearchResult
+from ttcjax.search.base import SearchResult
+from ttcjax.search.strategy import SearchConfig
 
 RECORDS_FILE = "records.jsonl"
 Key = tuple[str, str, str, int]
@@ -29,7 +30,8 @@ Key = tuple[str, str, str, int]
 
 def hparams_of(config: SearchConfig, budget: int,
                selection: str | None = None) -> dict[str, Any]:
-  """The hyper-parameters that define a strategy's run at budget N.
+  """The hyper-parameters that define a strategy's run at budget N: the
+  config's `hparams` (see `ttcjax.search.strategy.SearchConfig`).
 
   Only the fields the strategy uses are kept, resolved for `budget` (a
   'sqrt' beam width becomes its M), so two configs that run the same search
@@ -44,22 +46,7 @@ def hparams_of(config: SearchConfig, budget: int,
   Returns:
     A JSON-ready dict.
   """
-  out: dict[str, Any] = {"selection": selection or config.selection}
-  strategy = config.strategy
-  if strategy in ("beam", "lookahead", "dvts"):
-    out.update(aggregation=config.aggregation,
-               beam_width=config.width(budget), max_rounds=config.max_rounds,
-               stop_at_answer=config.stop_at_answer)
-    if strategy == "lookahead":
-      out["lookahead"] = config.lookahead
-  elif strategy == "best_of_n":
-    out["aggregation"] = config.aggregation
-  elif strategy == "revisions":
-    length = config.revision_length
-    out.update(revision_length=length, chains=budget // length,
-               ratio=f"{length}:{budget // length}",
-               revision_context=config.revision_context)
-  return out
+  return config.hparams(budget, selection)
 
 
 def key_of(uid: str, strategy: str, hparams: Mapping[str, Any],

@@ -1,7 +1,7 @@
 """Sequential revisions in parallel chains (Snell et al. 2024, Sec. 6).
 
 A budget of N generations is split as L sequential revisions times P
-parallel chains, N = L * P (`SearchConfig.revision_length` is L; the paper's
+parallel chains, N = L * P (`RevisionsConfig.revision_length` is L; the paper's
 ratio "sequential:parallel" is L:P, so 16:1 is one chain of 16 attempts and
 1:16 is 16 independent samples). Attempt 1 of a chain is sampled from
 `prompt_fn(problem, [])`, the revision prompt with no attempt in context
@@ -9,7 +9,8 @@ ratio "sequential:parallel" is L:P, so 16:1 is one chain of 16 attempts and
 prompt it knows; a caller who wants the base prompt returns
 `problem.prompt_ids` for an empty list). Attempt j + 1 is sampled from
 `prompt_fn(problem, attempts)` with the chain's last
-`SearchConfig.revision_context` (4) attempts, oldest first, EOS removed.
+`RevisionsConfig.revision_context` (4) attempts, oldest first, EOS removed.
+`prompt_fn` is `PolicyFns.prompt_fn`, the revision model's prompt layout.
 
 Round j decodes attempt j of every chain of every problem of the batch as
 rows of one batch (`problems x P` rows): one prefill of the round's prompts
@@ -23,7 +24,7 @@ question and the previous attempts) followed by the attempt, and its score
 is read at the attempt's last token. An attempt is one unit: its candidate
 has one "step" (the whole attempt) and one score.
 
-Selection (`select_revisions`), with `SearchConfig.selection`:
+Selection (`select_revisions`), with the config's `selection`:
 
 * 'weighted' (the paper's hierarchical choice): within each chain,
   best-of-N weighted over its attempts (ORM scores summed per equivalent
@@ -41,61 +42,88 @@ is `candidates[c * L + j]`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
 from ttcjax.search import base, batching
-from ttcjax.search.base import (Candidate, PolicyFns, SearchConfig,
+from ttcjax.search.base import (Candidate, PolicyFns, PromptFn,
                                 SearchProblem, SearchResult, TaskFns,
                                 VerifierFns)
 from ttcjax.search.selection import choose, group_answers
+from ttcjax.search.strategy import SearchConfig, register
 
-RevisionPromptFn = Callable[[SearchProblem, list[list[int]]], list[int]]
+RevisionPromptFn = PromptFn
 
 
+@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RevisionPolicyFns(PolicyFns):
-  """The revision model: `PolicyFns` plus how its prompts are built.
+class RevisionsConfig(SearchConfig):
+  """Sequential revisions in parallel chains; the policy is the revision
+  model, with its `prompt_fn`, and the verifier its ORM.
 
   Attributes:
-    prompt_fn: `(problem, previous_attempt_ids) -> prompt ids`, attempts
-      oldest first (at most `SearchConfig.revision_context`), EOS removed;
-      e.g. `ttcjax.data.examples.revision_prompt_ids` over decoded attempts.
-      Called with `[]` for a chain's first attempt. Its prompts must fit
-      `prompt_len` (when set), and prompt plus `decoder.max_gen` the cache.
+    revision_length: L, sequential revisions per chain: budget N runs
+      N / L parallel chains of L attempts.
+    revision_context: most previous attempts a revision sees.
   """
-  prompt_fn: RevisionPromptFn
+  strategy = "revisions"
+  family = "revisions"
+  role = "revision"
+  revision_length: int = 1
+  revision_context: int = 4
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.revision_length < 1:
+      raise ValueError(f"{self._where('revision_length')} must be >= 1, got "
+                       f"{self.revision_length}")
+    if self.revision_context < 0:
+      raise ValueError(f"{self._where('revision_context')} must be >= 0, got "
+                       f"{self.revision_context}")
+
+  def run(self, problems, budget, policy, verifier, task, key):
+    return revisions(problems, budget, policy, verifier, task, self, key)
+
+  def identity(self, budget: int) -> dict[str, Any]:
+    length = self.revision_length
+    return {"revision_length": length, "chains": budget // length,
+            "ratio": f"{length}:{budget // length}",
+            "revision_context": self.revision_context}
+
+  def rows(self, budget: int) -> int:
+    return chain_count(budget, self.revision_length)
+
+  def reselect(self, candidates, how, equiv_fn) -> int:
+    return select_revisions(candidates, self.revision_length, how, equiv_fn)
 
 
-def with_prompt_fn(policy: PolicyFns,
-                   prompt_fn: RevisionPromptFn) -> RevisionPolicyFns:
+def with_prompt_fn(policy: PolicyFns, prompt_fn: PromptFn) -> PolicyFns:
   """`policy` (the revision model's bundle) with its prompt builder."""
-  fields = {f.name: getattr(policy, f.name)
-            for f in dataclasses.fields(PolicyFns)}
-  return RevisionPolicyFns(**fields, prompt_fn=prompt_fn)
+  return dataclasses.replace(policy, prompt_fn=prompt_fn)
 
 
 def chain_count(budget: int, revision_length: int) -> int:
   """P = N / L parallel chains; raises unless L divides N."""
   if budget < 1 or revision_length < 1 or budget % revision_length:
     raise ValueError(f"revisions: budget N={budget} must be a positive "
-                     f"multiple of SearchConfig.revision_length="
+                     f"multiple of RevisionsConfig.revision_length="
                      f"{revision_length}")
   return budget // revision_length
 
 
 def revisions(problems: Sequence[SearchProblem], budget: int,
               policy: PolicyFns, verifier: VerifierFns, task: TaskFns,
-              config: SearchConfig, key: jax.Array) -> list[SearchResult]:
+              config: RevisionsConfig, key: jax.Array) -> list[SearchResult]:
   """Runs N / L chains of L sequential revisions per problem.
 
   Args:
     problems: the queries (their `prompt_ids` are not used: every prompt
       comes from `policy.prompt_fn`).
     budget: N, attempts per problem (generations).
-    policy: a `RevisionPolicyFns`; attempts run to EOS or `max_gen`.
+    policy: the revision model, with its `prompt_fn`; attempts run to EOS
+      or `max_gen`.
     verifier: the ORM; reads each attempt after its prompt.
     task: answer extraction and equivalence.
     config: `revision_length`, `revision_context`, `selection`,
@@ -105,9 +133,9 @@ def revisions(problems: Sequence[SearchProblem], budget: int,
   Returns:
     One `SearchResult` per problem, in order.
   """
-  if not isinstance(policy, RevisionPolicyFns):
-    raise TypeError(f"revisions needs a RevisionPolicyFns (a PolicyFns with "
-                    f"a prompt_fn), got {type(policy).__name__}")
+  if policy.prompt_fn is None:
+    raise TypeError("revisions needs PolicyFns.prompt_fn, the revision "
+                    "model's prompt layout (see with_prompt_fn)")
   chains = chain_count(budget, config.revision_length)
   results = []
   for real, padded in batching.chunks(problems, config):
@@ -160,16 +188,12 @@ class _Chains:
                    for i, ids in enumerate(prompts)]
     ids, mask = batching.pad_prompts(as_problems, policy.pad_id,
                                      policy.prompt_len)
-    cache = policy.init_cache(len(prompts), policy.max_len)
-    rngs = batching.row_keys(self.problem_keys, self.p, rnd)
-    inputs = (ids, mask, cache, rngs)
-    if policy.shard is not None:
-      inputs = policy.shard(inputs)
-    state = dec.prefill(policy.params, *inputs[:3], policy.sampler,
-                        inputs[3], fan_out)
-    state = state.replace(finished=state.finished | self.frozen)
-    state = dec.decode(policy.params, state, policy.sampler, dec.max_gen,
-                       "eos")
+    state = dec.sample(policy.params, ids, mask,
+                       policy.init_cache(len(prompts), policy.max_len),
+                       policy.sampler,
+                       batching.row_keys(self.problem_keys, self.p, rnd),
+                       fan_out, dec.max_gen, frozen=self.frozen,
+                       shard=policy.shard)
     return jax.device_get((state.tokens, state.num_generated))
 
   def run(self) -> list[SearchResult]:

@@ -58,6 +58,13 @@ class Task(abc.ABC):
   def prompt(self, problem: Any) -> str:
     """The model input for ``problem``; the first step follows it directly."""
 
+  def question(self, problem: Any) -> str:
+    """The bare problem text, without the prompt's layout (prompt templates
+    and revision prompts wrap it). Default: `prompt` without its trailing
+    newline."""
+    text = self.prompt(problem)
+    return text[:-1] if text.endswith("\n") else text
+
   @abc.abstractmethod
   def extract_answer(self, text: Optional[str]) -> Optional[str]:
     """The final answer written in a model output, or None when there is none."""

@@ -20,8 +20,8 @@ See `record_example` for the exact formats.
 `ttcjax.data.examples` by default; `DataConfig.source='seqio'` goes through
 the seqio tasks of `ttcjax.data.seqio_tasks`, which need TensorFlow), loads
 `init_checkpoint` (adding a fresh reward head for prm/orm), and calls
-`ttcjax.training.train`. `train_from_gin` does the same from gin files, after
-writing the operative config into the workdir.
+`ttcjax.training.train`. `ttcjax.main.configure.train_from_gin` does the
+same from gin files, after writing the operative config into the workdir.
 
 Nothing here imports gin or TensorFlow at module level.
 """
@@ -182,15 +182,8 @@ def _fail(cls: str, name: str, obj: Any, want: str):
 
 def make_tokenizer(data: DataConfig) -> examples.TextTokenizer:
   """The byte tokenizer, or the HF tokenizer of `data.tokenizer_dir`."""
-  if data.tokenizer_dir is None:
-    return tokenizer.ByteTokenizer()
-  from ttcjax.models import hf_import  # pylint: disable=g-import-not-at-top
-  tok = hf_import.load_tokenizer(data.tokenizer_dir)
-  eos_id = tok.token_to_id(data.eos_token)
-  if eos_id is None:
-    raise ValueError(f"DataConfig.eos_token={data.eos_token!r} is not in "
-                     f"{data.tokenizer_dir}/tokenizer.json")
-  return examples.HFTokenizer(tok, eos_id=eos_id)
+  return examples.load_text_tokenizer(data.tokenizer_dir, data.eos_token,
+                                      where="DataConfig.eos_token")
 
 
 # ------------------------------------------------------------------ records
@@ -507,21 +500,3 @@ def train(run: TrainRun, workdir: str | os.PathLike
 
 
 GIN_CONFIGURABLES = {"DataConfig": DataConfig, "TrainRun": TrainRun}
-
-
-def train_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
-                   workdir: str | os.PathLike,
-                   gin_search_paths: Sequence[str] = ()
-                   ) -> tuple[Any, list[dict[str, Any]]]:
-  """Parses gin, builds the `TrainRun`, writes `workdir/config.gin`, trains.
-
-  Every gin error (missing file, unknown binding, unbound REQUIRED macro,
-  invalid value) is raised as `gin_utils.GinConfigError` before any data is
-  built or any file written.
-  """
-  from ttcjax.main import gin_utils  # pylint: disable=g-import-not-at-top
-  gin_utils.register(gin_utils.core_configurables() | GIN_CONFIGURABLES)
-  gin_utils.parse(gin_files, gin_bindings, gin_search_paths)
-  run = gin_utils.build(TrainRun)
-  gin_utils.write_operative_config(workdir)
-  return train(run, workdir)

@@ -39,7 +39,7 @@ import numpy as np
 from ttcjax.keys import stable_hash
 from ttcjax.data.examples import (DTYPES, Example, ExampleTooLongError,
                                   collate)
-from ttcjax.decoding import Sampler, Sampling
+from ttcjax.decoding import Sampler, Sampling, left_pad
 
 # `correct_fn(uid, token_ids) -> True / False / None (unparsable answer)`.
 Grader = Callable[[str, Sequence[int]], "bool | None"]
@@ -194,12 +194,7 @@ def task_grader(task: Any, problems: Mapping[str, Any],
 
 def _left_pad(rows: Sequence[Sequence[int]], width: int,
               pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  ids = np.full((len(rows), width), pad_id, np.int32)
-  mask = np.zeros((len(rows), width), bool)
-  for r, row in enumerate(rows):
-    ids[r, width - len(row):] = row
-    mask[r, width - len(row):] = True
-  return ids, mask
+  return left_pad(rows, pad_id, width)
 
 
 def sample_solutions(problems: Sequence[LabelProblem], policy: Any,
@@ -247,17 +242,11 @@ def sample_solutions(problems: Sequence[LabelProblem], policy: Any,
     rngs = _fold_rows(key, np.stack([
         np.repeat([stable_hash(p.uid) for p in padded], num_samples),
         np.tile(np.arange(num_samples), size)], 1).astype(np.uint32))
-    inputs = (prompts, mask, policy.init_cache(size, width + dec.max_gen),
-              rngs)
-    if getattr(policy, "shard", None) is not None:
-      inputs = policy.shard(inputs)
-    state = dec.prefill(policy.params, *inputs[:3], sampler, inputs[3],
-                        num_samples)
-    frozen = np.repeat(np.arange(size) >= len(real), num_samples)
-    state = state.replace(finished=state.finished | frozen)
-    if dec.max_gen > 1:
-      state = dec.decode(policy.params, state, sampler, dec.max_gen - 1,
-                         "eos")
+    state = dec.sample(
+        policy.params, prompts, mask,
+        policy.init_cache(size, width + dec.max_gen), sampler, rngs,
+        num_samples, dec.max_gen - 1, shard=getattr(policy, "shard", None),
+        frozen=np.repeat(np.arange(size) >= len(real), num_samples))
     tokens, num = jax.device_get((state.tokens, state.num_generated))
     for p, problem in enumerate(real):
       rows = range(p * num_samples, (p + 1) * num_samples)
