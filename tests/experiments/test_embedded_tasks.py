@@ -5,6 +5,7 @@ the countdown_smoke preset."""
 
 import dataclasses
 
+import gin
 import pytest
 
 from ttcjax import tasks
@@ -44,7 +45,10 @@ def test_countdown_presets_build_their_task_and_fit_prompts_and_solutions(
 def test_countdown_gin_experiments_select_their_preset(preset):
   configure.register()
   gin_utils.parse([f"experiments/{preset}.gin"], [])
-  spec = gin_utils.build(studies.experiment)
+  try:
+    spec = gin_utils.build(studies.experiment)
+  finally:  # parse locks the config: later tests register more names
+    gin.clear_config()
   assert spec == studies.ArithStudy(preset=preset)
   assert spec.config().task == "countdown"
 
