@@ -170,8 +170,8 @@ def test_beam_with_the_oracle_finds_what_best_of_n_with_noise_misses():
   key = jax.random.key(0)
 
   def solved(strategy, verifier, **kw):
-    config = search.SearchConfig(strategy=strategy, problems_per_batch=4,
-                                 **kw)
+    config = search.make_config(strategy, problems_per_batch=4,
+                                **kw)
     results = search.run_search(config, problems, 8, policy, verifier, task,
                                 key)
     return sum(r.answer == "1" for r in results)
