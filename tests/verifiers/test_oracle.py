@@ -184,3 +184,31 @@ def test_beam_with_the_oracle_finds_what_best_of_n_with_noise_misses():
   assert bon_exact >= bon_noise
   # Measured: beam 8, best-of-N 1 (oracle) and 0 (noise) of 12.
   assert beam >= 8 and beam >= bon_exact + 4, (beam, bon_exact, bon_noise)
+
+
+
+def test_countdown_oracle_scores_the_ideal_value_not_step_validity():
+  """A valid Countdown step into a dead end scores 0: the oracle reads
+  `Task.oracle_values` (reachability), not `check_steps` (validity)."""
+  from ttcjax.tasks import countdown  # pylint: disable=g-import-not-at-top
+  task = tasks.get("countdown")
+  n, rate = countdown.solve((3, 4, 6, 8), 24, 999)
+  problem = countdown.Problem(
+      uid="p24", question="Reach 24 from 3 4 6 8", solution="", answer="24",
+      numbers=(3, 4, 6, 8), target=24, max_value=999, n_solutions=n,
+      solve_rate=rate, draws=1)
+  prompt = lambda p: examples.prompt_ids(TOK, task.prompt(p))
+  verifier = oracle.task_verifier_fns(task, [problem], prompt,
+                                      decode=TOK.decode, stop_ids=STOPS,
+                                      max_len=256)
+  good = "8-6=2, left 2 3 4\n4*3=12, left 2 12\n12*2=24, left 24\n#### 24\n"
+  dead = "8+6=14, left 3 4 14\n4*3=12, left 12 14\n"
+  assert task.check_steps(problem, dead) == [True, True]  # valid steps
+  solutions = [TOK.encode(t) for t in (good, dead)]
+  ends = [batching.step_ends_of(s, 0, len(s), STOPS) for s in solutions]
+  scores, _ = batching.score_rows(verifier, [prompt(problem)] * 2, solutions,
+                                  ends)
+  assert scores == [[1.0] * 4, [0.0, 0.0]]
+  # The arithmetic task's oracle values are its step verdicts.
+  p = TASK.problems(4, 5)[0]
+  assert TASK.oracle_values(p, p.solution) == TASK.check_steps(p, p.solution)

@@ -350,7 +350,7 @@ def oracle_verifier(source: ProblemSource, problems: Sequence[_Problem],
   task = source.make_task()
   by_prompt = {tuple(examples.prompt_ids(tok.encode_text, p.prompt)):
                p.problem for p in problems}
-  return oracle.verifier_fns(task.check_steps, by_prompt,
+  return oracle.verifier_fns(task.oracle_values, by_prompt,
                              decode=tok.decode, stop_ids=tok.stop_ids,
                              max_len=max_len, pad_id=tok.pad_id)
 

@@ -114,6 +114,18 @@ class Task(abc.ABC):
     del problem, text
     return None
 
+  def oracle_values(self, problem: Any, text: str) -> Optional[list[bool]]:
+    """What the oracle verifier scores: per step, whether the solution up
+    to and including it can still be right (one per `split_steps` step).
+
+    The default is `check_steps` (every step so far valid), which is the
+    ideal value wherever a valid prefix can always be completed (the
+    arithmetic task). A task where a valid step can lead into a dead end
+    (Countdown) overrides it with its ideal value function, so the oracle
+    control is a perfect value-based PRM there too.
+    """
+    return self.check_steps(problem, text)
+
   @property
   def has_step_checker(self) -> bool:
     """Whether `check_steps` is implemented."""

@@ -495,6 +495,11 @@ class CountdownTask(_task_base.Task):
     def reachable_after_steps(self, problem: Problem, text: str) -> list[bool]:
         return reachable_after_steps(problem, text)
 
+    def oracle_values(self, problem: Problem, text: str) -> list[bool]:
+        # A valid step into a dead end can no longer be completed: the
+        # oracle scores the ideal value, not step validity.
+        return reachable_after_steps(problem, text)
+
     def difficulty_features(self, problem: Problem) -> dict:
         return {"n_numbers": problem.n_numbers, "n_solutions": problem.n_solutions,
                 "solve_rate": problem.solve_rate}

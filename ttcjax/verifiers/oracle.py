@@ -8,7 +8,11 @@ verifier (Snell et al. 2024 study the learned PRM only).
 
 At every step end the oracle scores 1.0 when the step and every step before
 it are correct and 0.0 otherwise, so the paper's final-step aggregation
-('last') reads "the whole solution is correct, step by step". Scores are
+('last') reads "the whole solution is correct, step by step". "Correct" is
+the task's `Task.oracle_values`: step validity (`check_steps`) where a valid
+prefix can always be completed (arithmetic), the ideal value where it cannot
+(Countdown: a valid step into a dead end scores 0, since the target is no
+longer reachable from the numbers left). Scores are
 computed on the host from the decoded text, exactly: the prefix up to the
 step end is decoded and passed to `Task.check_steps` with the problem whose
 prompt the row starts with.
@@ -47,9 +51,9 @@ class StepOracle:
   so keep one object per search run.
 
   Attributes:
-    check_steps: `(problem, text) -> per-step verdicts` (e.g.
-      `tasks.get("arithmetic").check_steps`); None or an empty list counts
-      as wrong.
+    check_steps: `(problem, text) -> per-step verdicts` (a task's
+      `oracle_values`, e.g. `tasks.get("arithmetic").oracle_values`); None
+      or an empty list counts as wrong.
     problems: prompt ids (a tuple, BOS included, as the policy read them)
       -> problem.
     decode: ids -> text (solution ids only, no EOS).
@@ -133,8 +137,8 @@ def verifier_fns(check_steps: CheckSteps,
   """The oracle as `VerifierFns` (prompt + solution input, no params).
 
   Args:
-    check_steps: the task's exact step checker, `(problem, text) ->
-      [bool per step]` (`Task.check_steps`).
+    check_steps: `(problem, text) -> [bool per step]`, the task's
+      `Task.oracle_values` (its exact step checker, or its ideal value).
     problems: prompt ids -> problem, for every problem searched.
     decode: ids -> text.
     stop_ids: the policy's step-delimiter ids.
@@ -179,5 +183,5 @@ def task_verifier_fns(task: Any, problems: Sequence[Any],
     if seen.answer != problem.answer:
       raise ValueError(f"oracle verifier: problems {seen.uid!r} and "
                        f"{problem.uid!r} share a prompt but not an answer")
-  return verifier_fns(task.check_steps, by_prompt, decode=decode,
+  return verifier_fns(task.oracle_values, by_prompt, decode=decode,
                       stop_ids=stop_ids, max_len=max_len, pad_id=pad_id)
