@@ -89,27 +89,74 @@ def test_dvts_subtrees_keep_their_best_child():
     for g, kept in enumerate(sorted(before.survivors)):
       assert kept // 4 == g
       assert after.parents[4 * g:4 * g + 4] == (kept,) * 4
-  assert len(result.candidates) == N // 4
+  # Each subtree leaves all 4 rows of its last expansion (search-and-learn).
+  assert len(result.candidates) == N
   assert all(c.finished for c in result.candidates)
 
 
+def test_beam_refills_to_n_when_fewer_than_n_over_m_go_on():
+  # Most rows write the answer after one step, so beams end in different
+  # rounds and often fewer than N/M = 2 rows go on.
+  policy = _policy(testing.lm_params({1: 0.7, 7: 0.3}, (0.0, 0.8, 0.8,
+                                                        1.0)))
+  results = _run("beam", _problems(6), policy, beam_width=4, trace=True)
+  refilled = 0
+  for result in results:
+    for before, after in zip(result.trace[:-1], result.trace[1:]):
+      going = before.status.count("step")
+      assert len(before.survivors) == min(going, N // 4)
+      refilled += len(before.survivors) < N // 4
+      # The pool is N rows again, the best survivors first to get extras.
+      counts = collections.Counter(after.parents)
+      assert after.slots == tuple(range(N))
+      assert [counts[s] for s in before.survivors] == search.beam.refill(
+          len(before.survivors), N)
+    lengths = {len(c.step_ends) for c in result.candidates}
+    assert len(lengths) > 1  # candidates ended in different rounds
+    assert len(result.candidates) == N
+  assert refilled  # the case the rule is about happened
+  assert search.beam.refill(3, 16) == [6, 5, 5]
+  assert search.beam.refill(2, 8) == [4, 4] and search.beam.refill(0, 8) == []
+
+
+@pytest.mark.parametrize("strategy", ["beam", "dvts", "lookahead"])
+def test_the_last_round_decodes_to_eos(strategy):
+  # Two rounds: one step each, then the last round writes the rest of the
+  # solution (two digit steps and the answer line) and EOS, every step
+  # scored by the PRM.
+  (result,) = _run(strategy, _problems(1), beam_width=4, max_rounds=2,
+                   trace=True)
+  assert len(result.trace) == 2
+  assert result.trace[-1].new_tokens == (8,) * N  # "d\nd\n#a\n$"
+  assert set(result.trace[-1].status) == {"complete"}
+  assert len(result.candidates) == N
+  for c in result.candidates:
+    assert c.finished and c.answer is not None
+    assert c.token_ids[-1] == testing.EOS
+    assert len(c.step_ends) == len(c.step_scores) == 4
+  assert result.chosen >= 0
+
+
 def test_unfinished_candidates_are_never_chosen():
-  # Rounds run out before the answer line: nothing can be chosen.
-  for strategy in ("beam", "dvts"):
-    (result,) = _run(strategy, _problems(1), beam_width=4, max_rounds=2)
-    assert result.candidates and not any(c.finished
-                                         for c in result.candidates)
-    assert result.chosen == -1 and result.answer is None
-  # Answer after 1 or 2 steps; 2 rounds let only some subtrees finish.
+  # Answer after 1 or 2 steps: a DVTS subtree whose best child wrote the
+  # answer leaves its other rows, which only ended a step, unfinished.
   policy = _policy(testing.lm_params({1: 0.7, 7: 0.3}, (0.0, 0.5, 1.0)))
-  results = _run("dvts", _problems(8), policy, beam_width=2, max_rounds=2)
+  results = _run("dvts", _problems(8), policy, beam_width=2)
   statuses = [c.finished for r in results for c in r.candidates]
+  assert all(len(r.candidates) == N for r in results)
   assert any(statuses) and not all(statuses)
   for r in results:
     if r.chosen >= 0:
       assert r.candidates[r.chosen].finished
     else:
       assert not any(c.finished and c.answer for c in r.candidates)
+  # Eleven steps do not fit in 16 tokens: nothing can be chosen.
+  policy = _policy(testing.lm_params({1: 1.0}, (0.0,) * 11 + (1.0,)))
+  for strategy in ("beam", "dvts"):
+    (result,) = _run(strategy, _problems(1), policy, beam_width=4)
+    assert result.candidates and not any(c.finished
+                                         for c in result.candidates)
+    assert result.chosen == -1 and result.answer is None
 
 
 def test_candidates_cut_by_max_gen_end_unfinished():

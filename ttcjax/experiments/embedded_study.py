@@ -63,6 +63,7 @@ from ttcjax.keys import stable_hash
 from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, evaluate, stages
 from ttcjax.search import records as records_lib
+from ttcjax.search import tree as tree_lib
 from ttcjax.analysis import results as analysis_lib
 from ttcjax.analysis import difficulty, report
 
@@ -493,7 +494,7 @@ def full_study_stages(config: embedded.ArithStudyConfig,
           test_seed=c.test_seed,
           test_problems=c.test_problems,
           revision_attempts=c.revision_attempts,
-          revision_context=c.revision_context),
+          revision_context=c.revision_context, tree=tree_lib.VERSION),
                    ("pretrain_policy", "train_prm", "train_revision",
                     "train_orm"), cost=10),
       stages.Stage(DIFFICULTY_STAGE, fn(_difficulty_samples, sw), dict(
@@ -503,7 +504,8 @@ def full_study_stages(config: embedded.ArithStudyConfig,
                    ("pretrain_policy", "train_prm"), cost=1),
       stages.Stage("oracle_sweep", fn(_oracle_sweep, sw), dict(
           sampling, sweep=sw, **embedded.task_fields(c), test_seed=c.test_seed,
-          test_problems=c.test_problems, strategies=ORACLE_STRATEGIES),
+          test_problems=c.test_problems, strategies=ORACLE_STRATEGIES,
+          tree=tree_lib.VERSION),
                    ("pretrain_policy",), cost=5),
   ]
   names = [s.name for s in todo]

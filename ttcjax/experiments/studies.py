@@ -42,6 +42,7 @@ from ttcjax.experiments import sweep_runner
 from ttcjax.experiments import embedded, stages
 from ttcjax.experiments import embedded_study, preflight
 from ttcjax.search import records as records_lib
+from ttcjax.search import tree as tree_lib
 from ttcjax.analysis import results as analysis_lib
 from ttcjax.tasks import arithmetic, countdown
 
@@ -175,7 +176,8 @@ class SearchStudy:
                                strategies=(greedy,), temperature=0.0)
 
   def stages(self) -> list[stages.Stage]:
-    out = [stages.Stage("search_sweep", self._sweep, self.search, cost=10),
+    out = [stages.Stage("search_sweep", self._sweep, dict(
+        search=self.search, tree=tree_lib.VERSION), cost=10),
            stages.Stage(embedded_study.DIFFICULTY_STAGE, self._difficulty,
                         self.difficulty_run(), cost=1)]
     if self.large_policy is not None:

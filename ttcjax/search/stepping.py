@@ -45,10 +45,11 @@ def _grow(policy: PolicyFns, state: DecodeState, slots: int) -> DecodeState:
 
 
 def _decode(policy: PolicyFns, state: DecodeState, sampler: Sampler,
-            new_step: bool, min_active: int
+            new_step: bool, min_active: int, until: str
             ) -> tuple[DecodeState, np.ndarray]:
-  """Decodes until at most `min_active` rows are still in their step (or
-  the cache is full at `policy.max_len`), growing the cache as it fills.
+  """Decodes until at most `min_active` rows are still in their step (with
+  `until='eos'`: their solution), or the cache is full at
+  `policy.max_len`, growing the cache as it fills.
 
   Returns:
     The state and `[batch] bool` the rows still going.
@@ -58,20 +59,21 @@ def _decode(policy: PolicyFns, state: DecodeState, sampler: Sampler,
     slots = state.cache.max_len
     if int(state.cache.index) >= slots and slots < policy.max_len:
       state = _grow(policy, state, cache_slots(policy, slots))
-    state = dec.decode(policy.params, state, sampler, dec.max_gen, "step",
+    state = dec.decode(policy.params, state, sampler, dec.max_gen, until,
                        new_step, min_active)
     new_step = False
     index, finished, step_done = jax.device_get(
         (state.cache.index, state.finished, state.step_done))
-    going = ~(finished | step_done)
+    going = ~(finished | (step_done if until == "step" else False))
     if (index < state.cache.max_len or going.sum() <= min_active or
         state.cache.max_len >= policy.max_len):
       return state, going
 
 
 def decode_step(policy: PolicyFns, state: DecodeState, sampler: Sampler,
-                frozen: np.ndarray) -> DecodeState:
-  """Decodes one more step on every row not `frozen`.
+                frozen: np.ndarray, until: str = "step") -> DecodeState:
+  """Decodes one more step (`until='eos'`: the rest of the solution) on
+  every row not `frozen`.
 
   Frozen rows (dead beams, finished candidates, padding) are marked finished
   for the call, so they neither sample nor advance, then get their flag
@@ -85,10 +87,12 @@ def decode_step(policy: PolicyFns, state: DecodeState, sampler: Sampler,
     state: the decode state.
     sampler: proposal or roll-out sampler.
     frozen: `[batch] bool` rows to leave alone.
+    until: 'step' ends at a step delimiter, 'eos' only at EOS (a tree
+      search's last round).
 
   Returns:
     The state after every other row ended its step (delimiter, EOS, the
-    token cap or the end of the cache).
+    token cap or the end of the cache; with 'eos', no delimiter).
   """
   was = state.finished
   frozen = jnp.asarray(frozen)
@@ -97,7 +101,7 @@ def decode_step(policy: PolicyFns, state: DecodeState, sampler: Sampler,
   if policy.shard is not None or 2 * few > batch:
     few = 0  # a few rows would not split over devices, or save nothing
   state, going = _decode(policy, state.replace(finished=was | frozen),
-                         sampler, True, few)
+                         sampler, True, few, until)
   rows = np.flatnonzero(going)
   if len(rows) and int(state.cache.index) < policy.max_len:
     # Stragglers decode alone until they end their step, as `few` rows
@@ -105,7 +109,7 @@ def decode_step(policy: PolicyFns, state: DecodeState, sampler: Sampler,
     fill = np.arange(few) >= len(rows)
     sub = state.take(jnp.asarray(np.resize(rows, few)))
     sub, _ = _decode(policy, sub.replace(finished=sub.finished | fill),
-                     sampler, False, 0)
+                     sampler, False, 0, until)
     if sub.cache.max_len > state.cache.max_len:
       state = _grow(policy, state, sub.cache.max_len)
     state = state.put(jnp.asarray(rows), sub)

@@ -16,10 +16,15 @@ row `p * N + j` is slot `j` of problem `p`. Each round
    children; survivors are expanded into consecutive rows of their group
    (`DecodeState.take` + fresh keys).
 
+The last round (`max_rounds`) decodes every live row to EOS instead of to
+the end of its step, so no row is left alive at the round limit (as in
+search-and-learn); the PRM scores each step it wrote.
+
 The host-side bookkeeping of a batch is one `TreeState`; a round maps it to
 the next. Beam search uses one group of N rows per problem and keeps the
-best N/M continuing rows, M children each (`beam.keep_best`); DVTS uses N/M
-groups of M rows and follows each group's best child (`dvts.follow_best`);
+best N/M continuing rows, refilled to N children (`beam.keep_best`); DVTS
+uses N/M groups of M rows and follows each group's best child, an ended
+group leaving all M rows as candidates (`dvts.follow_best`);
 REBASE gives each continuing row a share of the remaining width by a
 softmax of its value (`rebase.balance`). Row keys depend only on (problem
 key, round, slot) and a rule only compares rows of the same group, so a
@@ -47,6 +52,12 @@ from ttcjax.search.strategy import SearchConfig
 from ttcjax.verifiers.scoring import aggregate
 
 STATUSES = ("step", "complete", "truncated")
+
+# What a tree search returns for a given key, hyper-parameters and models.
+# Study stages that store search results hash it, so a change of semantics
+# (2: beams refilled to N, DVTS's N candidates, last round to EOS) reruns
+# them; record keys (`records.hparams_of`) do not change.
+VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,11 +313,15 @@ class _Batch:
       live = tree.alive.copy()
       if not live.any():
         break
+      # The last round decodes every live row to EOS (search-and-learn's
+      # last iteration), so a beam alive at the round limit still ends.
+      until = "eos" if rnd == self.config.max_rounds - 1 else "step"
       frozen = ~live
-      if rnd == 0:  # a first token that ends a step came from the prefill
+      if rnd == 0 and until == "step":
+        # A first token that ends a step came from the prefill.
         tokens, num = jax.device_get((state.tokens, state.num_generated))
         frozen |= step_ended(policy, tokens, num, live)
-      state = decode_step(policy, state, policy.sampler, frozen)
+      state = decode_step(policy, state, policy.sampler, frozen, until)
       tree, state, num = self._round(rnd, tree, state, live, num_before)
       num_before = num
     return self._results(tree)
@@ -318,12 +333,17 @@ class _Batch:
     tokens, num = jax.device_get((state.tokens, state.num_generated))
     rows = np.flatnonzero(live)
     status, new_step = {}, {}
+    old_steps = {}
     for r in rows:
       last = int(tokens[r, num[r] - 1]) if num[r] else -1
       end = num[r] - (last == dec.eos_id)
-      new_step[r] = end > (tree.ends[r][-1] if tree.ends[r] else 0)
+      old_steps[r] = len(tree.ends[r])
+      start = tree.ends[r][-1] if tree.ends[r] else 0
+      # One step per round; the last round (to EOS) may add several.
+      new_step[r] = end > start
       if new_step[r]:
-        tree.ends[r].append(int(end))
+        tree.ends[r] += batching.step_ends_of(tokens[r], start, int(end),
+                                              dec.stop_ids)
       # A row that made no progress found the cache full.
       can_go_on = num[r] < dec.max_gen and num[r] > num_before[r]
       if last == dec.eos_id or (last in dec.stop_ids and
@@ -367,8 +387,11 @@ class _Batch:
     value = {}
     for r in rows:
       value[r] = scores[r][-1] if new_step[r] else math.nan
-      if new_step[r]:
+      if new_step[r] and rollout_new[r]:  # valued at the roll-out's end
         tree.values[r].append(float(value[r]))
+      elif new_step[r]:
+        tree.values[r] += [float(v) for v in
+                           scores[r][old_steps[r]:len(tree.ends[r])]]
       p = self.problem[r]
       tree.generated[p] += num[r] - num_before[r] + rollout_new[r]
       tree.read[p] += read[r]
