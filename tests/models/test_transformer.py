@@ -12,6 +12,8 @@ import pytest
 from ttcjax.models import (KVCache, ModelConfig, abstract_params, apply,
                            decode_step_fn, init_cache, init_params, lm_logits,
                            reward_scores)
+from ttcjax import partitioning
+from ttcjax.models import transformer
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4,
                   n_kv_heads=2, d_ff=64, max_len=32)
@@ -159,6 +161,22 @@ def test_apply_hidden_head(params):
       _tokens(0, (2, 3)))
   assert cache is None and set(outputs) == {"hidden"}
   chex.assert_shape(outputs["hidden"], (2, 3, CFG.d_model))
+
+
+def test_activations_carry_their_logical_names(params, monkeypatch):
+  """Every activation constraint names an `activation_*` rule: a name that
+  is not a string (once, the `MLP` class shadowing its axis) is never
+  sharded."""
+  seen = []
+
+  def record(x, logical_axes):
+    seen.append(tuple(logical_axes))
+    return x
+  monkeypatch.setattr(transformer, "constrain", record)
+  jax.eval_shape(lambda p, t: apply(CFG, p, t), params, _tokens(0, (2, 3)))
+  assert ("activation_batch", "activation_length", "activation_mlp") in seen
+  rules = {name for name, _ in partitioning.logical_axis_rules()}
+  assert {a for axes in seen for a in axes if a is not None} <= rules
 
 
 def test_causal(params):

@@ -27,9 +27,12 @@ from ttcjax.models.kv_cache import KVCache
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 # Logical names of activations (separate from weight axes, as in MaxText).
-BATCH, LENGTH, EMBED = "activation_batch", "activation_length", "activation_embed"
-HEADS, KV_HEADS, MLP, VOCAB = ("activation_heads", "activation_kv_heads",
-                               "activation_mlp", "activation_vocab")
+# `ACT_` keeps them apart from the weight axes' names (and from `class MLP`).
+ACT_BATCH, ACT_LENGTH, ACT_EMBED = ("activation_batch", "activation_length",
+                                    "activation_embed")
+ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = (
+    "activation_heads", "activation_kv_heads", "activation_mlp",
+    "activation_vocab")
 
 
 def _param(module, name, init, shape, axes, config):
@@ -188,7 +191,8 @@ class Attention(nn.Module):
       q = RMSNorm(cfg, name="q_norm")(q)
       k = RMSNorm(cfg, name="k_norm")(k)
     inv_freq = rope_inv_freq(cfg)
-    q = constrain(rope(q, positions, inv_freq), (BATCH, LENGTH, HEADS, None))
+    q = constrain(rope(q, positions, inv_freq),
+                  (ACT_BATCH, ACT_LENGTH, ACT_HEADS, None))
     k = rope(k, positions, inv_freq).transpose(0, 2, 1, 3)
     v = v.transpose(0, 2, 1, 3)  # [b, kv_heads, t, head_dim]
     if kv is not None:
@@ -199,7 +203,7 @@ class Attention(nn.Module):
     out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
     out = Projection(cfg, (h, hd, d), ("heads", "head_dim", "embed"),
                      in_dims=2, name="o_proj")(out)
-    return constrain(out, (BATCH, LENGTH, EMBED)), (k, v)
+    return constrain(out, (ACT_BATCH, ACT_LENGTH, ACT_EMBED)), (k, v)
 
 
 class MLP(nn.Module):
@@ -213,8 +217,7 @@ class MLP(nn.Module):
                       name="gate_proj")(x)
     up = Projection(cfg, (cfg.d_model, cfg.d_ff), ("embed", "mlp"),
                     name="up_proj")(x)
-    hidden = constrain(jax.nn.silu(gate) * up,
-                                        (BATCH, LENGTH, MLP))
+    hidden = constrain(jax.nn.silu(gate) * up, (ACT_BATCH, ACT_LENGTH, ACT_MLP))
     return Projection(cfg, (cfg.d_ff, cfg.d_model), ("mlp", "embed"),
                       name="down_proj")(hidden)
 
@@ -230,7 +233,7 @@ class Block(nn.Module):
     x = x + attn_out
     x = x + MLP(self.config, name="mlp")(RMSNorm(self.config,
                                                  name="mlp_norm")(x))
-    return constrain(x, (BATCH, LENGTH, EMBED)), kv
+    return constrain(x, (ACT_BATCH, ACT_LENGTH, ACT_EMBED)), kv
 
 
 class Transformer(nn.Module):
@@ -303,7 +306,7 @@ class Transformer(nn.Module):
                        nn.initializers.normal(stddev=cfg.d_model**-0.5),
                        (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg)
     x = jnp.take(embedding, tokens, axis=0).astype(as_dtype(cfg.dtype))
-    x = constrain(x, (BATCH, LENGTH, EMBED))
+    x = constrain(x, (ACT_BATCH, ACT_LENGTH, ACT_EMBED))
     new_k, new_v = [], []
     for i in range(cfg.n_layers):
       kv = None if cache is None else (cache.k[i], cache.v[i])
@@ -324,7 +327,7 @@ class Transformer(nn.Module):
                             ("embed", "vocab"), out_dtype="float32",
                             name="lm_head")(x)
       outputs["lm"] = constrain(
-          logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
+          logits.astype(jnp.float32), (ACT_BATCH, ACT_LENGTH, ACT_VOCAB))
     if cfg.reward_head and ("reward" in heads or self.is_initializing()):
       features = x
       if cfg.reward_mlp:
