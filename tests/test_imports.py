@@ -103,6 +103,14 @@ def test_nothing_outside_main_imports_the_entry_points():
   assert not {m: d for m, d in bad.items() if d}
 
 
+def test_search_imports_no_analysis():
+  """`search` is core: its records take the FLOPs counter as an argument."""
+  graph = _graph()
+  bad = {m: sorted(d for d in deps if d.startswith("ttcjax.analysis"))
+         for m, deps in graph.items() if m.startswith("ttcjax.search")}
+  assert not {m: d for m, d in bad.items() if d}
+
+
 def test_no_new_import_cycles():
   new = [c for c in _cycles(_graph()) if c not in KNOWN_CYCLES]
   assert not new, f"import cycles: {[sorted(c) for c in new]}"

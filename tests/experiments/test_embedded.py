@@ -62,6 +62,10 @@ def test_measurements_load(study):
   assert "pretrain_policy" in summary["train_seconds"]
   rows = embedded.load_rows(workdir / "eval_policy" / "samples.json")
   assert all(r["uid"].startswith(f"arith-{config.test_seed}-") for r in rows)
+  chains = embedded.load_rows(workdir / "eval_revision" / "records.json")
+  assert chains and all(
+      r["flops"] == r["flops_policy"] + r["flops_verifier"] > 0
+      for r in chains)
 
 
 def test_rerun_is_a_no_op(study):

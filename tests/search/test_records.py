@@ -58,7 +58,8 @@ def test_record_fields_and_flops():
   rec = records.make_record(
       _result(), hparams={"selection": "weighted"}, chosen=0,
       grade_fn=lambda a: a == "4", policy_config=cfg, verifier_config=prm,
-      policy_context=48, extra={"reference": "4"})
+      policy_context=48, flops_fn=flops.search_flops,
+      extra={"reference": "4"})
   assert (rec["answer"], rec["correct"], rec["chosen"]) == ("3", False, 0)
   assert (rec["generations"], rec["policy_tokens"], rec["prompt_tokens"],
           rec["verifier_tokens"]) == (2, 4, 5, 14)
@@ -71,6 +72,9 @@ def test_record_fields_and_flops():
   assert rec["reference"] == "4"
   assert "flops" not in _record()
   json.dumps(rec)
+  with pytest.raises(ValueError, match="flops_fn"):
+    records.make_record(_result(), hparams={}, grade_fn=bool,
+                        policy_config=cfg)
 
 
 def test_writer_appends_and_keys_read_back(tmp_path):

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ttcjax import checkpoint, models, verifiers
+from ttcjax.analysis import flops
 from ttcjax.data import examples
 from ttcjax.experiments import callbacks, embedded, stages
 from ttcjax.search import base, batching, records, revisions
@@ -366,6 +367,7 @@ def _eval_revision(config: embedded.ArithStudyConfig,
         grade_fn=embedded.grade_fn(task_, p),
         policy_config=rev_config, verifier_config=orm_config,
         policy_context=policy.max_len, verifier_context=verifier.max_len,
+        flops_fn=flops.search_flops,
         extra={"reference": p.answer, **task_.difficulty_features(p)})
             for p, result in zip(chunk, results)]
 

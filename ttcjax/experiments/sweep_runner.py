@@ -40,6 +40,7 @@ from absl import logging
 import jax
 
 from ttcjax import checkpoint, memory, models, partitioning, tasks
+from ttcjax.analysis import flops
 from ttcjax.data import examples
 from ttcjax.experiments import callbacks
 from ttcjax.search import base, records, strategy, sweep
@@ -538,7 +539,8 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
         policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
                    cache_len=cache, temperature=run_config.temperature,
                    shard=shard), verifier, cfg, prm_cfg,
-        verifier_free=run_config.verifier == "oracle")
+        verifier_free=run_config.verifier == "oracle",
+        flops_fn=flops.search_flops)
   if "revision" in roles:
     zero = max(len(examples.revision_prompt_ids(tok.encode_text, p.question,
                                                 []))
@@ -554,7 +556,8 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
         {p.uid: p.question for p in problems}, tok, width))
     out["revision"] = sweep.Bundle(
         policy, verifier_fns(orm_cfg, orm_params, tok, width + gen,
-                             rows=rows, shard=shard), cfg, orm_cfg)
+                             rows=rows, shard=shard), cfg, orm_cfg,
+        flops_fn=flops.search_flops)
   return out
 
 

@@ -4,8 +4,8 @@ hyper-parameters, budget), appended durably and resumable.
 A record holds the answer a strategy chose, whether it is correct, and what
 it cost, counted three ways (STYLE.md: the unit of a budget is always
 named): generations, tokens (policy sampled, prompt prefilled, verifier
-read) and, when model configs are given, FLOPs from
-`ttcjax.analysis.flops.search_flops`.
+read) and, when model configs are given, FLOPs from the counter the caller
+passes (`ttcjax.analysis.flops.search_flops`: `search` imports no analysis).
 
 `RecordWriter` appends a batch of records with one write, then flushes and
 fsyncs, so a killed run loses at most the batch being written; a line cut
@@ -69,6 +69,7 @@ def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
                 policy_context: int | None = None,
                 verifier_context: int | None = None,
                 verifier_free: bool = False,
+                flops_fn: Callable[..., Any] | None = None,
                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """One record from a `SearchResult`.
 
@@ -79,14 +80,17 @@ def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
       record another selection over the same candidates).
     grade_fn: `answer -> correct`, from the task (False for None).
     policy_config: the policy's `ModelConfig` (the revision model for
-      'revisions'); with it the record gets FLOPs.
+      'revisions'); with it the record gets FLOPs from `flops_fn`.
     verifier_config: the verifier's `ModelConfig` (PRM or ORM).
-    policy_context: keys per policy token for `search_flops` (default the
+    policy_context: keys per policy token for `flops_fn` (default the
       config's `max_len`; the cache length is exact for our dense decode).
     verifier_context: keys per verifier token (default its `max_len`).
     verifier_free: the verifier is no model (the oracle of
       `ttcjax.verifiers.oracle`): its tokens are recorded in
       `verifier_tokens`, but `flops_verifier` is 0.
+    flops_fn: the FLOPs counter, called as
+      `ttcjax.analysis.flops.search_flops` is (which it usually is); needed
+      with `policy_config`.
     extra: more JSON-ready fields (reference answer, difficulty, ...).
 
   Returns:
@@ -94,7 +98,13 @@ def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
     chosen, generations, policy_tokens, prompt_tokens, verifier_tokens,
     per-candidate answers/scores/finished/correct, and flops_policy /
     flops_verifier / flops when `policy_config` is given.
+
+  Raises:
+    ValueError: `policy_config` without `flops_fn`.
   """
+  if policy_config is not None and flops_fn is None:
+    raise ValueError("make_record: policy_config is given but flops_fn is "
+                     "None (pass ttcjax.analysis.flops.search_flops)")
   chosen = result.chosen if chosen is None else chosen
   answer = result.candidates[chosen].answer if chosen >= 0 else None
   graded = {}
@@ -118,8 +128,7 @@ def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
                      for c in result.candidates],
   }
   if policy_config is not None:
-    from ttcjax.analysis import flops  # pylint: disable=g-import-not-at-top
-    count = flops.search_flops(
+    count = flops_fn(
         policy_config, prompt_tokens=result.prompt_tokens_prefilled,
         generated_tokens=result.policy_tokens_generated,
         verifier=None if verifier_free else verifier_config,

@@ -100,12 +100,16 @@ class Bundle:
     verifier_config: the verifier's model config, likewise.
     verifier_free: the verifier is no model (the oracle control): records
       count its tokens but no verifier FLOPs.
+    flops_fn: the records' FLOPs counter (`records.make_record`'s; the
+      caller passes `ttcjax.analysis.flops.search_flops`); needed with
+      `policy_config`.
   """
   policy: base.PolicyFns
   verifier: base.VerifierFns
   policy_config: Any = None
   verifier_config: Any = None
   verifier_free: bool = False
+  flops_fn: Callable[..., Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +321,7 @@ def run_sweep(specs: Sequence[StrategySpec], problems: Sequence[Problem],
                   policy_context=models.policy.max_len,
                   verifier_context=models.verifier.max_len,
                   verifier_free=models.verifier_free,
-                  extra=problem.extra))
+                  flops_fn=models.flops_fn, extra=problem.extra))
           mine_done += len(batch)
         if hosts > 1:
           logging.info("host %d/%d: %d/%d problems of %s N=%d %s, %d records"
