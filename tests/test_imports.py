@@ -5,14 +5,8 @@ import ast
 import os
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-# A cycle through lazy (function-level) imports, left to issue 12: layers
-# read the logical-axis rules of `partitioning`, whose placement helpers
-# import the models. Remove it here once the rules live apart.
 # Known debt, all through lazy (function-level) imports; a new cycle fails.
 KNOWN_CYCLES = [
-    # sharding rules that layers need vs placement that needs models
-    {"ttcjax.models", "ttcjax.models.api", "ttcjax.models.transformer",
-     "ttcjax.partitioning"},
     # reliability: faults.guard releases the lock and the preemption flag,
     # which talk to other hosts through distributed
     {"ttcjax.distributed", "ttcjax.faults", "ttcjax.preemption",

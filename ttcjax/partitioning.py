@@ -11,6 +11,10 @@ activations) map to mesh axes through `logical_axis_rules()`. A dimension that
 a mesh axis does not divide stays replicated instead of failing, and
 `sharded_fraction` reports how much of a tree ended up sharded, so a config
 that silently replicates a 7B model is caught by a test, not by an OOM.
+
+The rules, `resolve_spec` and the activation constraint `constrain` live in
+`ttcjax.sharding_rules`, which the models import (it imports no model); they
+are re-exported here.
 """
 
 from __future__ import annotations
@@ -18,20 +22,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ttcjax.models import (KVCache, ModelConfig, abstract_params, init_params,
+                           strip_boxes)
+from ttcjax.sharding_rules import (BATCH_AXES, MESH_AXES, Rules,  # re-exported
+                                   constrain, logical_axis_rules, resolve_spec)
 
-if TYPE_CHECKING:  # models import this module for activation constraints.
-  from ttcjax.models import KVCache, ModelConfig
-
-MESH_AXES = ("data", "fsdp", "model")
-BATCH_AXES = ("data", "fsdp")
-Rules = tuple[tuple[str, Any], ...]
+__all__ = [
+    "BATCH_AXES", "MESH_AXES", "MeshConfig", "Rules", "activate",
+    "cache_shardings", "constrain", "init_sharded", "logical_axis_rules",
+    "make_mesh", "param_shardings", "resolve_spec", "row_sharding",
+    "shard_params", "shard_rows", "sharded_fraction",
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -70,69 +78,9 @@ def make_mesh(config: MeshConfig = MeshConfig(),
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
-def logical_axis_rules() -> Rules:
-  """Logical axis name -> mesh axes. The one place sharding is decided."""
-  return (
-      # Activations.
-      ("activation_batch", BATCH_AXES),
-      ("activation_length", None),
-      ("activation_embed", None),
-      ("activation_heads", "model"),
-      ("activation_kv_heads", "model"),
-      ("activation_mlp", "model"),
-      ("activation_vocab", "model"),
-      # Weights.
-      ("vocab", "model"),
-      ("embed", "fsdp"),
-      ("heads", "model"),
-      ("kv_heads", "model"),
-      ("mlp", "model"),
-      ("head_dim", None),
-      ("norm", None),
-      # KV cache and decode state.
-      ("cache_batch", BATCH_AXES),
-      ("cache_kv_heads", "model"),
-      ("cache_length", None),
-      ("cache_head_dim", None),
-  )
-
-
-def _mesh_axes_for(name, rules):
-  for logical, mesh_axes in rules:
-    if logical == name:
-      return mesh_axes
-  return None
-
-
-def resolve_spec(shape: Sequence[int], logical_axes: Sequence[str | None],
-                 mesh: Any, rules: Rules | None = None) -> P:
-  """Maps logical axis names of an array to a mesh PartitionSpec.
-
-  A dimension is sharded only if its mesh axes are not already used by an
-  earlier dimension and their total size divides it; otherwise it is
-  replicated.
-  """
-  rules = logical_axis_rules() if rules is None else rules
-  if len(shape) != len(logical_axes):
-    raise ValueError(f"shape {tuple(shape)} and logical axes "
-                     f"{tuple(logical_axes)} differ in rank")
-  used, out = set(), []
-  for dim, name in zip(shape, logical_axes):
-    axes = _mesh_axes_for(name, rules) if name else None
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    size = math.prod(mesh.shape[a] for a in axes)
-    if not axes or used & set(axes) or dim % size:
-      out.append(None)
-      continue
-    used |= set(axes)
-    out.append(axes[0] if len(axes) == 1 else axes)
-  return P(*out)
-
-
 def param_shardings(config: ModelConfig, mesh: Mesh,
                     rules: Rules | None = None) -> Any:
   """NamedSharding per parameter, from the logical names on the params."""
-  from ttcjax.models import abstract_params, strip_boxes  # pylint: disable=g-import-not-at-top
   boxed = abstract_params(config)
   logical = nn.get_partition_spec(boxed)
   shapes = strip_boxes(boxed)
@@ -149,7 +97,6 @@ def init_sharded(config: ModelConfig, mesh: Mesh, rng: jax.Array,
   The recipe of flax's lm1b example: eval_shape -> specs -> mesh shardings ->
   jit(init, out_shardings=...).
   """
-  from ttcjax.models import init_params  # pylint: disable=g-import-not-at-top
   shardings = param_shardings(config, mesh, rules)
   init = jax.jit(lambda key: init_params(config, key), out_shardings=shardings)
   return init(rng)
@@ -188,8 +135,6 @@ def shard_rows(tree: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
 
   A `KVCache` inside the tree gets `cache_shardings` (heads over `model`).
   """
-  from ttcjax.models import KVCache  # pylint: disable=g-import-not-at-top
-
   def place(x):
     if isinstance(x, KVCache):
       return jax.device_put(x, cache_shardings(x, mesh, rules))
@@ -197,16 +142,6 @@ def shard_rows(tree: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
       return jax.device_put(x, NamedSharding(mesh, P()))
     return jax.device_put(x, row_sharding(x, mesh, rules))
   return jax.tree.map(place, tree, is_leaf=lambda x: isinstance(x, KVCache))
-
-
-def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
-  """Sharding constraint by logical names; a no-op outside `activate`."""
-  mesh = jax.sharding.get_abstract_mesh()
-  rules = nn.get_logical_axis_rules()
-  if mesh.empty or not rules:
-    return x
-  return jax.lax.with_sharding_constraint(
-      x, resolve_spec(x.shape, logical_axes, mesh, rules))
 
 
 def sharded_fraction(params: Any) -> float:

@@ -12,7 +12,7 @@ import pytest
 from ttcjax.models import (KVCache, ModelConfig, abstract_params, apply,
                            decode_step_fn, init_cache, init_params, lm_logits,
                            reward_scores)
-from ttcjax import partitioning
+from ttcjax import sharding_rules
 from ttcjax.models import transformer
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4,
@@ -175,7 +175,7 @@ def test_activations_carry_their_logical_names(params, monkeypatch):
   monkeypatch.setattr(transformer, "constrain", record)
   jax.eval_shape(lambda p, t: apply(CFG, p, t), params, _tokens(0, (2, 3)))
   assert ("activation_batch", "activation_length", "activation_mlp") in seen
-  rules = {name for name, _ in partitioning.logical_axis_rules()}
+  rules = {name for name, _ in sharding_rules.logical_axis_rules()}
   assert {a for axes in seen for a in axes if a is not None} <= rules
 
 

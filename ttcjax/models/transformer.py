@@ -6,8 +6,8 @@ optional q/k/v bias, per-head q/k RMSNorm (Qwen3) and a sliding window
 (Mistral), tied or untied embeddings, and an optional scalar reward head
 (linear, or a two-layer MLP) on the same backbone (PRM / ORM).
 
-Every parameter carries logical axis names (`ttcjax.partitioning` maps them to
-the mesh); activations are constrained with logical names too, which is a
+Every parameter carries logical axis names (`ttcjax.sharding_rules` maps them
+to the mesh); activations are constrained with logical names too, which is a
 no-op outside a mesh.
 """
 
@@ -20,9 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ttcjax.partitioning import constrain
 from ttcjax.models.config import ModelConfig, as_dtype
 from ttcjax.models.kv_cache import KVCache
+from ttcjax.sharding_rules import constrain
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
