@@ -7,10 +7,6 @@ import os
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 # Known debt, all through lazy (function-level) imports; a new cycle fails.
 KNOWN_CYCLES = [
-    # reliability: faults.guard releases the lock and the preemption flag,
-    # which talk to other hosts through distributed
-    {"ttcjax.distributed", "ttcjax.faults", "ttcjax.preemption",
-     "ttcjax.workdir_lock"},
     # mc_labels' stats call evaluate.value_metrics (Countdown's ideal value)
     {"ttcjax.experiments.embedded", "ttcjax.experiments.evaluate"},
 ]

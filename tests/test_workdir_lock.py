@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ttcjax import workdir_lock
+from ttcjax import faults, workdir_lock
 
 
 def _dead_pid() -> int:
@@ -53,6 +53,17 @@ def test_live_holder_on_this_host_refuses_naming_it(tmp_path):
   assert f"pid {os.getppid()} on host {socket.gethostname()}" in message
   assert "2026-01-01T00:00:00Z" in message and "\n" not in message
   assert json.loads((tmp_path / "LOCK").read_text())["token"] == "t0"
+
+
+def test_guard_exits_2_naming_the_holder(tmp_path, capsys):
+  _write_lock(tmp_path, pid=os.getppid(), start_ticks=None)
+  with pytest.raises(SystemExit) as e:
+    with faults.guard("prog"):
+      workdir_lock.acquire(tmp_path)
+  assert e.value.code == faults.EXIT_LOCKED == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"prog: {tmp_path} is in use by "
+                                             f"pid {os.getppid()}")
 
 
 def test_lock_of_a_killed_process_is_taken_over(tmp_path, capsys):

@@ -2,11 +2,11 @@
 points report them: one line on stderr and a distinct exit status.
 
   status  fault                                      error
-  2       another live run holds the workdir         `workdir_lock.WorkdirLocked`
+  2       another live run holds the workdir         `WorkdirLocked`
   65      a finished artefact is damaged             `CorruptArtefactError`
   69      a host did not reach a collective in time  `HostTimeoutError`
   74      a write failed (disk full, I/O error)      `WriteError` (an OSError)
-  75      preempted (SIGTERM): state saved, rerun    `preemption.Preempted`
+  75      preempted (SIGTERM): state saved, rerun    `Preempted`
 
 (65, 69, 74 and 75 are sysexits' EX_DATAERR, EX_UNAVAILABLE, EX_IOERR and
 EX_TEMPFAIL: schedulers that retry on EX_TEMPFAIL resume a preempted run.)
@@ -19,6 +19,10 @@ same command resumes.
 `CorruptArtefactError` carries the stage whose artefact is damaged;
 `guard` turns it into the exact command that redoes that stage
 (`--only=STAGE --on_change=rerun`).
+
+Every error above is defined here, so this module imports no other ttcjax
+module (`distributed` raises `HostTimeoutError`); `workdir_lock` and
+`preemption`, which raise `WorkdirLocked` and `Preempted`, re-export them.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from __future__ import annotations
 import contextlib
 import errno as errno_lib
 import os
+import pathlib
 import re
 import shlex
 import sys
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 EXIT_LOCKED = 2
 EXIT_CORRUPT = 65
@@ -131,6 +136,39 @@ class HostTimeoutError(RuntimeError):
                      f"process stops; rerun the same command to resume")
 
 
+class WorkdirLocked(RuntimeError):
+  """Another live run holds the workdir (`ttcjax.workdir_lock`)."""
+
+  def __init__(self, path: pathlib.Path, holder: dict[str, Any]):
+    self.path, self.holder = path, holder
+    super().__init__(f"{path.parent} is in use by {describe(holder)} "
+                     f"(lock file {path}); wait for it, stop it, or use "
+                     f"another workdir")
+
+
+def describe(holder: dict[str, Any]) -> str:
+  """`pid 123 on host h since 2026-...Z (python -m ...)`."""
+  command = holder.get("command")
+  cmd = " ".join(command) if isinstance(command, list) else ""
+  if len(cmd) > 120:
+    cmd = cmd[:117] + "..."
+  return (f"pid {holder.get('pid')} on host {holder.get('host')} since "
+          f"{holder.get('started')}" + (f" ({cmd})" if cmd else ""))
+
+
+class Preempted(Exception):
+  """The run stopped for a preemption notice at a safe point
+  (`ttcjax.preemption`).
+
+  Not an error of the run: everything done is saved; rerun to resume.
+  """
+
+  def __init__(self, what: str):
+    self.what = what
+    super().__init__(f"preempted (SIGTERM): {what}; rerun the same command "
+                     f"to resume")
+
+
 def redo_command(argv: Sequence[str], stage: str) -> str:
   """`argv` as a `python -m` command line, with its --only/--on_change
   replaced by `--only=STAGE --on_change=rerun`."""
@@ -177,13 +215,11 @@ def guard(program: str, argv: Sequence[str] | None = None) -> Iterator[None]:
     argv: the command line, for the redo command of a damaged stage
       (default `sys.argv`).
   """
-  # Imported here: `preemption` and `workdir_lock` need absl, not this.
-  from ttcjax import preemption, workdir_lock  # pylint: disable=g-import-not-at-top
   try:
     yield
-  except workdir_lock.WorkdirLocked as e:
+  except WorkdirLocked as e:
     _exit(program, str(e), EXIT_LOCKED)
-  except preemption.Preempted as e:
+  except Preempted as e:
     _exit(program, str(e), EXIT_PREEMPTED)
   except CorruptArtefactError as e:
     message = str(e)

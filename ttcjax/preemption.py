@@ -32,20 +32,10 @@ from typing import Any
 from absl import logging
 import jax
 
+from ttcjax.faults import Preempted  # re-exported
+
 _requested = threading.Event()
 _installed: dict[str, Any] = {}  # 'previous' -> the handler we replaced
-
-
-class Preempted(Exception):
-  """The run stopped for a preemption notice at a safe point.
-
-  Not an error of the run: everything done is saved; rerun to resume.
-  """
-
-  def __init__(self, what: str):
-    self.what = what
-    super().__init__(f"preempted (SIGTERM): {what}; rerun the same command "
-                     f"to resume")
 
 
 def _multi_process() -> bool:

@@ -45,32 +45,14 @@ from typing import Any, Iterator
 
 from absl import logging
 
+from ttcjax.faults import WorkdirLocked, describe  # re-exported
+
 LOCK_FILE = "LOCK"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
 
 _held: dict[str, "_Held"] = {}  # realpath of workdir -> this process's hold
 _held_guard = threading.Lock()
-
-
-class WorkdirLocked(RuntimeError):
-  """Another live run holds the workdir."""
-
-  def __init__(self, path: pathlib.Path, holder: dict[str, Any]):
-    self.path, self.holder = path, holder
-    super().__init__(f"{path.parent} is in use by {describe(holder)} "
-                     f"(lock file {path}); wait for it, stop it, or use "
-                     f"another workdir")
-
-
-def describe(holder: dict[str, Any]) -> str:
-  """`pid 123 on host h since 2026-...Z (python -m ...)`."""
-  command = holder.get("command")
-  cmd = " ".join(command) if isinstance(command, list) else ""
-  if len(cmd) > 120:
-    cmd = cmd[:117] + "..."
-  return (f"pid {holder.get('pid')} on host {holder.get('host')} since "
-          f"{holder.get('started')}" + (f" ({cmd})" if cmd else ""))
 
 
 def _process_start_ticks(pid: int) -> int | None:
