@@ -5,11 +5,6 @@ import ast
 import os
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-# Known debt, all through lazy (function-level) imports; a new cycle fails.
-KNOWN_CYCLES = [
-    # mc_labels' stats call evaluate.value_metrics (Countdown's ideal value)
-    {"ttcjax.experiments.embedded", "ttcjax.experiments.evaluate"},
-]
 
 
 def _modules():
@@ -101,6 +96,7 @@ def test_search_imports_no_analysis():
   assert not {m: d for m, d in bad.items() if d}
 
 
-def test_no_new_import_cycles():
-  new = [c for c in _cycles(_graph()) if c not in KNOWN_CYCLES]
-  assert not new, f"import cycles: {[sorted(c) for c in new]}"
+def test_no_import_cycles():
+  """Not even through lazy (function-level) imports."""
+  cycles = _cycles(_graph())
+  assert not cycles, f"import cycles: {[sorted(c) for c in cycles]}"

@@ -173,6 +173,8 @@ def test_countdown_micro_study_end_to_end(tmp_path):
   assert summary["eval_policy"]["problems"] == (
       embedded.countdown_micro().test_problems)
   assert "value" in summary["eval_prm"]
+  mc = stages.read_json(f"{workdir}/mc_labels/stats.json")
+  assert mc["value"]["value_steps"] > 0  # the MC labels against the ideal
   recs = embedded_study.read_jsonl(f"{workdir}/search_sweep/records.jsonl")
   assert recs and all(r["uid"].startswith("countdown-") for r in recs)
   assert all(r["answer"] is None or "#### " in r["answer"] for r in recs)

@@ -53,7 +53,7 @@ import numpy as np
 from ttcjax import checkpoint, decoding, models, tasks, training
 from ttcjax.data import examples, packing
 from ttcjax.keys import stable_hash
-from ttcjax.experiments import callbacks, stages
+from ttcjax.experiments import callbacks, metrics, stages
 from ttcjax.search.base import PolicyFns, TaskFns
 from ttcjax.analysis import flops
 from ttcjax.tasks import arithmetic, countdown
@@ -634,13 +634,11 @@ def _mc_labels(config: ArithStudyConfig, ctx: stages.StageContext):
   chunks = ctx.map_chunks("labels", rows, config.chunk_problems, label_chunk)
   records = [r for c in chunks for r in c["records"]]
   stats = {k: sum(c["stats"][k] for c in chunks) for k in chunks[0]["stats"]}
-  values_fn = getattr(task, "reachable_after_steps", None)
+  values_fn = metrics.ideal_values(task)
   if values_fn is not None:  # how value-like the MC labels are
-    # Imported here: `evaluate` imports this module.
-    from ttcjax.experiments import evaluate  # pylint: disable=g-import-not-at-top
     values = [values_fn(problems[r["uid"]], TOKENIZER.decode(
         [t for step in r["steps"] for t in step])) for r in records]
-    stats["value"] = evaluate.value_metrics(
+    stats["value"] = metrics.value_metrics(
         values, [r["step_labels"] for r in records])
   save_rows(ctx.out / "labels.json", records)
   stages.atomic_write_json(ctx.out / "stats.json", stats)

@@ -36,38 +36,12 @@ from ttcjax import checkpoint, models, verifiers
 from ttcjax.analysis import flops
 from ttcjax.data import examples
 from ttcjax.experiments import callbacks, embedded, stages
+from ttcjax.experiments.metrics import (finite, ideal_values,  # re-exported
+                                       roc_auc, value_metrics)
 from ttcjax.search import base, batching, records, revisions
 
 NUM_QUANTILE_BINS = 5
 AGGREGATIONS = ("last", "min")
-
-
-def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-  """Exact ROC AUC (Mann-Whitney U), ties counting one half.
-
-  Args:
-    scores: `[n]` higher means "more likely positive".
-    labels: `[n]` bool, True for positives.
-
-  Returns:
-    P(score of a random positive > that of a random negative) + 0.5 P(tie);
-    nan without both classes.
-  """
-  scores = np.asarray(scores, np.float64)
-  labels = np.asarray(labels, bool)
-  if scores.shape != labels.shape or scores.ndim != 1:
-    raise ValueError(f"roc_auc: scores {scores.shape} and labels "
-                     f"{labels.shape} must be equal 1-D shapes")
-  n_pos = int(labels.sum())
-  n_neg = labels.size - n_pos
-  if n_pos == 0 or n_neg == 0:
-    return float("nan")
-  _, inverse, counts = np.unique(scores, return_inverse=True,
-                                 return_counts=True)
-  ends = np.cumsum(counts)  # 1-based rank of each value group's last member
-  ranks = (ends - (counts - 1) / 2.0)[inverse]  # average rank within ties
-  u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-  return float(u / (n_pos * n_neg))
 
 
 def _mean(values) -> float:
@@ -110,19 +84,8 @@ def policy_metrics(rows: Sequence[dict],
   }
 
 
-def _finite(value):
-  """NaN (no sample of a class, an empty bin) as None, for strict JSON."""
-  if isinstance(value, float) and math.isnan(value):
-    return None
-  if isinstance(value, dict):
-    return {k: _finite(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_finite(v) for v in value]
-  return value
-
-
 def _write_metrics(ctx: stages.StageContext, metrics: dict) -> None:
-  stages.atomic_write_json(ctx.out / "metrics.json", _finite(metrics))
+  stages.atomic_write_json(ctx.out / "metrics.json", finite(metrics))
 
 
 def _test_problems(config: embedded.ArithStudyConfig, count: int):
@@ -223,45 +186,6 @@ def prm_metrics(rows: Sequence[dict],
     out[f"auc_{how}_within"] = _mean(within)
     out["problems_with_both"] = len(within)
   return out
-
-
-def ideal_values(task) -> Any:
-  """The task's ideal value function `(problem, text) -> [bool] a step`
-  (can the target still be reached after the step?), or None when it has
-  none (arithmetic, MATH)."""
-  return getattr(task, "reachable_after_steps", None)
-
-
-def value_metrics(values: Sequence[Sequence[bool]],
-                  step_scores: Sequence[Sequence[float]]) -> dict:
-  """How well per-step scores rank the ideal step values.
-
-  Args:
-    values: per solution, the ideal value of each step (`ideal_values`).
-    step_scores: per solution, a score per step (PRM scores or MC labels).
-
-  Returns:
-    `value_auc` over the steps before the last (where a value differs from
-    the solution's correctness), `value_auc_all` over every step, the step
-    counts, and `misaligned`: solutions whose step counts differ (left out).
-    An AUC without both classes is None.
-  """
-  inner, every, misaligned = ([], []), ([], []), 0
-  for v, sc in zip(values, step_scores):
-    if len(v) != len(sc):
-      misaligned += 1
-      continue
-    for i, (ok, x) in enumerate(zip(v, sc)):
-      every[0].append(x)
-      every[1].append(ok)
-      if i < len(v) - 1:
-        inner[0].append(x)
-        inner[1].append(ok)
-  auc = lambda xy: _finite(roc_auc(*xy)) if xy[0] else None
-  return {"value_auc": auc(inner), "value_auc_all": auc(every),
-          "value_steps": len(inner[0]),
-          "value_steps_reachable": int(sum(inner[1])),
-          "misaligned": misaligned}
 
 
 def _eval_prm(config: embedded.ArithStudyConfig, ctx: stages.StageContext):
