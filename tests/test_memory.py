@@ -114,3 +114,23 @@ def test_search_rules_keep_weights_as_default():
 def test_abstract_mesh_validates():
   with pytest.raises(ValueError, match="AbstractMesh.model"):
     memory.AbstractMesh.of(model=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1), (2, 2, 2)])
+def test_decode_state_bytes_match_real_placement(shape):
+  from ttcjax.decoding import DecodeState  # pylint: disable=g-import-not-at-top
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(
+      data=shape[0], fsdp=shape[1], model=shape[2]))
+  rows, max_gen = 16, 12
+  zeros = lambda *s, dtype=np.int32: np.zeros(s, dtype)
+  state = DecodeState(
+      cache=None, pending=zeros(rows), tokens=zeros(rows, max_gen),
+      logprobs=zeros(rows, max_gen, dtype=np.float32),
+      num_generated=zeros(rows), step_start=zeros(rows),
+      finished=zeros(rows, dtype=bool), step_done=zeros(rows, dtype=bool),
+      rngs=jax.random.split(jax.random.key(0), rows))
+  rules = memory.search_rules() if shape[2] > 1 else None  # as the run's
+  placed = partitioning.shard_rows(state, mesh, rules)
+  assert memory.decode_state_bytes(rows, max_gen,
+                                   memory.AbstractMesh.of(*shape),
+                                   rules) == _local_bytes(placed)

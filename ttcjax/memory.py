@@ -13,6 +13,11 @@ What is counted, per device:
 * the policy's KV cache (`models.init_cache` layout: k and v per layer,
   `[rows, kv_heads, cache_len, head_dim]` at `dtype`, plus `valid` and
   `next_pos`), sharded as `cache_shardings` would shard it;
+* the decode state's per-row arrays (`decoding.DecodeState`: generated
+  tokens and their log-probs, `[rows, max_gen]`, and a few `[rows]`
+  fields), rows over the batch axes as `shard_rows` places them, once per
+  state alive (a lookahead roll-out keeps the candidates' state besides
+  the rolled-out one);
 * the largest of three activation peaks, which happen one at a time:
   - prefill: the LM logits `lm_logits` computes at every prompt position,
     `[prompt_rows, prompt_len, vocab] float32`;
@@ -87,6 +92,19 @@ DEVICES = {
 }
 
 
+def local_device() -> Device | None:
+  """This process's first accelerator, as its runtime reports it: its
+  `device_kind` and the bytes XLA may allocate on it
+  (`memory_stats()['bytes_limit']`: on a GPU, the client's memory fraction
+  of the card). None where the backend reports no limit (CPU: host memory
+  is not what `estimate` budgets). `peak_flops` is not reported: nan."""
+  dev = jax.local_devices()[0]
+  stats = dev.memory_stats() or {}
+  if not stats.get("bytes_limit"):
+    return None
+  return Device(dev.device_kind, int(stats["bytes_limit"]), math.nan)
+
+
 def shard_bytes(shape: Sequence[int], dtype, logical_axes: Sequence[str | None],
                 mesh, rules: partitioning.Rules | None = None) -> int:
   """Bytes one device holds of an array sharded by `logical_axes`."""
@@ -133,6 +151,18 @@ def cache_bytes(config: ModelConfig, rows: int, cache_len: int, mesh,
   return 2 * config.n_layers * kv + valid + next_pos + 4
 
 
+def decode_state_bytes(rows: int, max_gen: int, mesh,
+                       rules: partitioning.Rules | None = None) -> int:
+  """Per-device bytes of a `DecodeState`'s arrays besides its cache:
+  tokens (int32) and log-probs (float32) `[rows, max_gen]`, three int32
+  and two bool `[rows]` fields over the batch axes, and the `[rows]` PRNG
+  keys (two uint32 each), which `shard_rows` replicates."""
+  row = lambda width, dtype: shard_bytes(
+      (rows, width), dtype, ("cache_batch", None), mesh, rules)
+  return (row(max_gen, np.int32) + row(max_gen, np.float32) +
+          3 * row(1, np.int32) + 2 * row(1, np.bool_) + rows * 2 * 4)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchShapes:
   """The shapes one search batch runs at.
@@ -147,6 +177,10 @@ class SearchShapes:
     cache_len: policy KV-cache slots (prompt plus generation).
     verifier_len: tokens per verifier input (prompt plus solution).
     verifier_rows: rows scored per verifier call.
+    max_gen: generated tokens kept per row (`DecodeState.tokens` and
+      `logprobs`); 0: the decode state is not counted.
+    decode_states: decode states alive at once (2 for lookahead: see
+      `stepping.rollout_and_rollback`).
   """
   policy: ModelConfig
   verifier: ModelConfig | None
@@ -156,6 +190,8 @@ class SearchShapes:
   cache_len: int
   verifier_len: int
   verifier_rows: int
+  max_gen: int = 0
+  decode_states: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,10 +203,16 @@ class Estimate:
   phase: str  # which activation peak is the largest
   capacity: int
   headroom: float
+  state: int = 0  # the decode states' per-row arrays
 
   @property
   def total(self) -> int:
-    return self.params + self.cache + self.activations
+    return self.params + self.cache + self.activations + self.state
+
+  @property
+  def usable(self) -> int:
+    """Bytes a run may fill: `capacity` less the headroom."""
+    return int((1.0 - self.headroom) * self.capacity)
 
   @property
   def fits(self) -> bool:
@@ -223,8 +265,10 @@ def estimate(shapes: SearchShapes, mesh, device: Device,
                       rules)
   peaks = activation_bytes(shapes, mesh, rules)
   phase = max(peaks, key=peaks.get)
+  state = shapes.decode_states * decode_state_bytes(
+      shapes.rows, shapes.max_gen, mesh, rules) if shapes.max_gen else 0
   return Estimate(params, cache, peaks[phase], phase, device.hbm_bytes,
-                  headroom)
+                  headroom, state)
 
 
 def max_rows(shapes: SearchShapes, mesh, device: Device,

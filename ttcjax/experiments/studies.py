@@ -107,7 +107,8 @@ class ArithStudy:
   def preflight(self) -> None:
     """Fails before any work if the sweep's tree-search cache or token cap
     cannot hold the task's solutions (`ttcjax.experiments.preflight`); the
-    checkpoints are the study's own, trained on the task's vocabulary."""
+    checkpoints are the study's own, trained on the task's vocabulary, and
+    not yet written, so their memory is not checked."""
     sweep = self.sweep_config()
     names = ("pretrain_policy", "train_prm", "train_revision", "train_orm")
     run = embedded_study.search_run(
@@ -191,7 +192,8 @@ class SearchStudy:
 
   def preflight(self) -> None:
     """Fails before any work on checkpoints that do not fit the tokenizer,
-    or a tree-search cache / token cap too small for the task's solutions
+    a tree-search cache / token cap too small for the task's solutions, or
+    tree-search batches too big for the device's memory
     (`ttcjax.experiments.preflight`)."""
     runs = [self.search, self.difficulty_run()]
     if self.large_policy is not None:

@@ -391,6 +391,37 @@ def _round_up(n: int, multiple: int = 16) -> int:
   return multiple * math.ceil(n / multiple)
 
 
+def placement_rules(model: int) -> partitioning.Rules:
+  """The rules a mesh with `model` tensor-parallel shards runs under: the
+  defaults, or `memory.search_rules()` when `model` > 1 (few kv heads:
+  rows over every axis)."""
+  return (memory.search_rules() if model > 1
+          else partitioning.logical_axis_rules())
+
+
+def prompt_width(run_config: SearchRun,
+                 prompts: Sequence[Sequence[int]]) -> int:
+  """The policy's padded prompt width: `SearchRun.prompt_len`, or the
+  longest of `prompts` rounded up to 16."""
+  return run_config.prompt_len or _round_up(max(map(len, prompts)))
+
+
+def tree_cache_len(run_config: SearchRun, width: int) -> int:
+  """Cache slots of a tree search's policy: the prompt width plus
+  `SearchRun.tree_cache_tokens` (None: 4 x `max_new_tokens`)."""
+  return width + (run_config.tree_cache_tokens or
+                  4 * run_config.max_new_tokens)
+
+
+def prm_verifier_len(run_config: SearchRun, width: int) -> int:
+  """Tokens per PRM input: `SearchRun.verifier_len`, or the prompt width
+  plus `max_new_tokens` plus what `Checkpoints.prm_format`'s layout adds
+  for 40 steps."""
+  fmt = run_config.checkpoints.prm_format
+  extra = hf_prms.FIXED_TOKENS[fmt] + 40 * hf_prms.TOKENS_PER_STEP[fmt]
+  return run_config.verifier_len or width + run_config.max_new_tokens + extra
+
+
 @dataclasses.dataclass(frozen=True)
 class Placement:
   """Where a run's arrays live: a mesh and its rules, or one device.
@@ -410,9 +441,7 @@ class Placement:
     if config is None:
       return cls()
     mesh = partitioning.make_mesh(config, jax.local_devices())
-    rules = (memory.search_rules() if mesh.shape["model"] > 1
-             else partitioning.logical_axis_rules())
-    return cls(mesh, rules)
+    return cls(mesh, placement_rules(mesh.shape["model"]))
 
   def param_shardings(self, config: models.ModelConfig) -> Any:
     """Shardings to restore `config`'s parameters into (None: one device)."""
@@ -479,18 +508,17 @@ def verifier_fns(config: models.ModelConfig, params: Any, tok: Tokenizer,
 def prm_layout(ckpts: Checkpoints, tok: Tokenizer,
                problems: Sequence[_Problem],
                prompts: Sequence[Sequence[int]]):
-  """`(build_input, tags, extra tokens per input)` of `ckpts.prm_format`."""
+  """`(build_input, tags)` of `ckpts.prm_format` (the tokens its layout
+  adds: `prm_verifier_len`)."""
   if ckpts.prm_format == "reward_head":
-    return None, None, 0
+    return None, None
   from ttcjax.models import hf_tokenizer  # pylint: disable=g-import-not-at-top
   files = (tok.files if ckpts.prm_tokenizer_dir is None else
            hf_tokenizer.load(ckpts.prm_tokenizer_dir, ckpts.template_vars))
   questions = {tuple(ids): p.question for ids, p in zip(prompts, problems)}
   build = hf_prms.input_builder(ckpts.prm_format, files, tok.decode,
                                 questions, ckpts.step_delimiter)
-  extra = (hf_prms.FIXED_TOKENS[ckpts.prm_format] +
-           40 * hf_prms.TOKENS_PER_STEP[ckpts.prm_format])
-  return build, hf_prms.step_tags(ckpts.prm_format, files), extra
+  return build, hf_prms.step_tags(ckpts.prm_format, files)
 
 
 def revision_prompt_fn(questions: Mapping[str, str], tok: Tokenizer,
@@ -520,21 +548,19 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
              for p in problems] or [[0]]
   out = {}
   if "prm" in roles:
-    width = run_config.prompt_len or _round_up(max(map(len, prompts)))
-    tree = run_config.tree_cache_tokens or 4 * gen
+    width = prompt_width(run_config, prompts)
     cfg, params = _restore(ckpts.policy, "policy", False, placement)
     if run_config.verifier == "oracle":
       prm_cfg, verifier = None, oracle_verifier(
           run_config.problems, problems, tok, width + gen)
     else:
-      build, tags, extra = prm_layout(ckpts, tok, problems, prompts)
+      build, tags = prm_layout(ckpts, tok, problems, prompts)
       prm_cfg, prm_params = _restore(ckpts.prm, "PRM", tags is None,
                                      placement)
       verifier = verifier_fns(
-          prm_cfg, prm_params, tok,
-          run_config.verifier_len or width + gen + extra,
+          prm_cfg, prm_params, tok, prm_verifier_len(run_config, width),
           rows=rows, shard=shard, build_input=build, tags=tags)
-    cache = width + (tree if trees else gen)
+    cache = tree_cache_len(run_config, width) if trees else width + gen
     out["prm"] = sweep.Bundle(
         policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,
                    cache_len=cache, temperature=run_config.temperature,

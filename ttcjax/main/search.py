@@ -7,7 +7,10 @@ r"""Runs test-time search strategies over problems and appends records.
 Writes `<workdir>/records.jsonl` (one record per problem, strategy,
 hyper-parameters and budget; see `ttcjax.search.records`) and the operative
 config, `<workdir>/config.gin`. Rerunning skips finished records. Files are
-also looked up under gin_configs/.
+also looked up under gin_configs/. The checks of `ttcjax.experiments.preflight`
+(checkpoints off the tokenizer's vocabulary, a tree cache too small for the
+task's solutions, tree-search batches too big for the device's memory) run
+first: a failure is one line and exit status 2, with nothing written.
 
 On several hosts, every process runs the same command with its
 --process_id (or the TTCJAX_* variables, or a cluster JAX detects); process 0
@@ -21,7 +24,7 @@ from absl import app, flags, logging
 import gin
 
 from ttcjax import distributed, faults, preemption, workdir_lock
-from ttcjax.experiments import sweep_runner
+from ttcjax.experiments import preflight, sweep_runner
 from ttcjax.main import cli, configure, gin_utils
 
 _GIN_FILES, _GIN_BINDINGS, _GIN_SEARCH_PATHS = gin_utils.define_flags()
@@ -57,6 +60,7 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   config = parse(_GIN_FILES.value, _GIN_BINDINGS.value,
                  _GIN_SEARCH_PATHS.value)
+  preflight.check_runs([config])  # before the workdir or any compile
   preemption.install()
   with (faults.guard("ttcjax.main.search"),
         workdir_lock.hold_for_run(_WORKDIR.value)):
