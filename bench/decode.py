@@ -135,7 +135,7 @@ def ttc_runner(cfg, params, ids: np.ndarray, w: Workload):
   Also returns the prefilled state (the decode loop's input).
   """
   decoder = Decoder(step_fn=models.decode_step_fn(cfg), eos_id=-1,
-                    max_gen=w.new_tokens)
+                    max_gen=w.new_tokens, prefill_fn=models.prefill_fn(cfg))
   sampler = Sampling(temperature=1.0)
   prompts = jnp.asarray(ids, jnp.int32)
   mask = jnp.ones(prompts.shape, bool)
@@ -467,7 +467,7 @@ def fanout_times(cfg, params, w: Workload) -> dict[str, float]:
   the last position only (prefill computes it at every position).
   """
   decoder = Decoder(step_fn=models.decode_step_fn(cfg), eos_id=-1,
-                    max_gen=w.new_tokens)
+                    max_gen=w.new_tokens, prefill_fn=models.prefill_fn(cfg))
   sampler = Sampling(temperature=1.0)
   rng = np.random.default_rng(5)
   prompt = jnp.asarray(rng.integers(1, cfg.vocab_size, (1, w.fanout_prompt)),
@@ -499,11 +499,7 @@ def fanout_times(cfg, params, w: Workload) -> dict[str, float]:
   write = jax.jit(lambda c, dst: jax.tree.map(put, dst, c), donate_argnums=1)
   box = [models.init_cache(cfg, n, cache.max_len)]
 
-  def last_only(p, c):
-    hidden, c = models.apply(cfg, p, prompt, mask, c, heads=("hidden",))
-    head = (p["embedding"].T if cfg.tie_embeddings else p["lm_head"]["kernel"])
-    return hidden["hidden"][:, -1] @ head, c
-  last = jax.jit(last_only)
+  last = jax.jit(lambda p, c: models.prefill_fn(cfg)(p, prompt, mask, c))
 
   def timed(fn):
     def run():

@@ -80,7 +80,8 @@ def generate(config: models.ModelConfig, params: Any,
   n = len(prompts) * num_samples
   rngs = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n))
   decoder = decoding.Decoder(models.decode_step_fn(config), eos_id=eos_id,
-                             stop_ids=tuple(stop_ids), max_gen=max_new_tokens)
+                             stop_ids=tuple(stop_ids), max_gen=max_new_tokens,
+                             prefill_fn=models.prefill_fn(config))
   cache = models.init_cache(config, len(prompts),
                             tokens.shape[1] + max_new_tokens)
   start = time.perf_counter()

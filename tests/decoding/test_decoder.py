@@ -4,6 +4,7 @@ The toy model predicts `(token + 1) % V` and records every token it is fed
 in its cache, so tests can check exactly what the loop fed, in which slot.
 """
 
+import dataclasses
 import functools
 
 import chex
@@ -15,7 +16,7 @@ from flax import struct
 
 from ttcjax.decoding import DecodeState, Decoder, Greedy, Sampling
 from ttcjax.models import (ModelConfig, decode_step_fn, init_cache,
-                           init_params, lm_logits)
+                           init_params, lm_logits, prefill_fn)
 
 # --- Toy model -------------------------------------------------------------
 
@@ -325,6 +326,26 @@ def test_logprobs_are_model_log_softmax(params, reference, decoder):
                _keys(3, seed=1))
   expected = _sequence_logprobs(params, real, state)
   chex.assert_trees_all_close(state.logprobs, expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_prefill_with_the_head_at_the_last_token_equals_every_position(
+    tied):
+  # `models.prefill_fn` computes the LM head at each row's last real token
+  # only; the state (cache, first token, its log-prob) is the same.
+  cfg = dataclasses.replace(CFG, tie_embeddings=tied)
+  params = init_params(cfg, jax.random.key(3))
+  prompts, mask, _ = _ragged_prompts(4)
+  keys = _keys(6, seed=4)
+  sampler = Sampling(temperature=1.0)
+  states = [Decoder(decode_step_fn(cfg), eos_id=0, max_gen=MAX_GEN,
+                    prefill_fn=fn).prefill(
+                        params, prompts, mask, init_cache(cfg, 3, CACHE_LEN),
+                        sampler, keys, 2)
+            for fn in (None, prefill_fn(cfg))]
+  chex.assert_trees_all_close(states[0].replace(rngs=None),
+                              states[1].replace(rngs=None), atol=1e-5)
+  np.testing.assert_array_equal(states[0].tokens, states[1].tokens)
 
 
 def test_shared_prefix_fan_out_equals_repeated_prompts(params, decoder):

@@ -129,11 +129,16 @@ class Decoder:
     eos_id: end-of-sequence token id.
     stop_ids: step-delimiter token ids (end a step, not the solution).
     max_gen: generated tokens kept per row; a row that fills it is finished.
+    prefill_fn: optional `(params, tokens, token_mask, cache) ->
+      (last_logits [batch, vocab], cache)` that `prefill` calls instead of
+      `step_fn` (`models.prefill_fn` computes the LM head at each row's
+      last prompt token only); None: `step_fn`, then the last position.
   """
   step_fn: StepFn
   eos_id: int
   stop_ids: tuple[int, ...] = ()
   max_gen: int = 256
+  prefill_fn: Callable[..., Any] | None = None
 
   def __post_init__(self):
     if self.max_gen <= 0:
@@ -179,9 +184,13 @@ class Decoder:
       The state of `num_prompts * num_samples` rows after one generated
       token per row.
     """
-    logits, cache = self.step_fn(params, prompts, prompt_mask, cache)
-    last = jnp.max(jnp.where(prompt_mask, jnp.arange(prompts.shape[1]), 0), 1)
-    logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+    if self.prefill_fn is not None:
+      logits, cache = self.prefill_fn(params, prompts, prompt_mask, cache)
+    else:
+      logits, cache = self.step_fn(params, prompts, prompt_mask, cache)
+      last = jnp.max(jnp.where(prompt_mask, jnp.arange(prompts.shape[1]), 0),
+                     1)
+      logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
     if num_samples > 1:
       rows = jnp.repeat(jnp.arange(prompts.shape[0]), num_samples)
       cache = cache.take(rows)

@@ -46,7 +46,8 @@ def policy_fns(config: models.ModelConfig, params: Any, *, eos_id: int,
     shard: places decode rows and caches (None: one device).
   """
   decoder = decoding.Decoder(models.decode_step_fn(config), eos_id=eos_id,
-                             stop_ids=tuple(stop_ids), max_gen=max_gen)
+                             stop_ids=tuple(stop_ids), max_gen=max_gen,
+                             prefill_fn=models.prefill_fn(config))
   return base.PolicyFns(
       decoder=decoder, params=params,
       init_cache=functools.partial(models.init_cache, config),

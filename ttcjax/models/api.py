@@ -95,3 +95,19 @@ def decode_step_fn(config: ModelConfig):
     return outputs["lm"], cache
 
   return step
+
+
+@functools.cache
+def prefill_fn(config: ModelConfig):
+  """The `(params, tokens, token_mask, cache) -> (last_logits, cache)`
+  callback of `Decoder.prefill`: the logits `[batch, vocab] float32` at each
+  row's last real token only, so a long prompt never materialises its
+  `[batch, length, vocab]` logits. Cached per config, like
+  `decode_step_fn`."""
+
+  def prefill(params, tokens, token_mask, cache):
+    outputs, cache = apply(config, params, tokens, token_mask, cache,
+                           heads=("lm_last",))
+    return outputs["lm_last"], cache
+
+  return prefill

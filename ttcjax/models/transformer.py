@@ -259,6 +259,7 @@ class Transformer(nn.Module):
       cache: if given, tokens are written at slots `cache.index + arange(len)`
         and attend to the cache's valid slots; the updated cache is returned.
       heads: which outputs to compute: 'lm' (`[b, t, vocab] float32`),
+        'lm_last' (`[b, vocab] float32`, at each row's last real token),
         'reward' (`[b, t] float32`), 'hidden' (`[b, t, d_model]`).
       segment_ids: `[batch, length] int32` for packed rows
         (`ttcjax.data.packing`): a token attends only to tokens of its own
@@ -318,16 +319,25 @@ class Transformer(nn.Module):
     outputs = {}
     if "hidden" in heads:
       outputs["hidden"] = x
-    if "lm" in heads:
+    if "lm" in heads or "lm_last" in heads:
       if cfg.tie_embeddings:
-        logits = jnp.einsum("btd,vd->btv", x, embedding.astype(x.dtype),
-                            preferred_element_type=jnp.float32)
+        lm_head = lambda h: jnp.einsum("btd,vd->btv", h,
+                                       embedding.astype(h.dtype),
+                                       preferred_element_type=jnp.float32)
       else:
-        logits = Projection(cfg, (cfg.d_model, cfg.vocab_size),
-                            ("embed", "vocab"), out_dtype="float32",
-                            name="lm_head")(x)
-      outputs["lm"] = constrain(
-          logits.astype(jnp.float32), (ACT_BATCH, ACT_LENGTH, ACT_VOCAB))
+        lm_head = Projection(cfg, (cfg.d_model, cfg.vocab_size),
+                             ("embed", "vocab"), out_dtype="float32",
+                             name="lm_head")
+      if "lm" in heads:
+        outputs["lm"] = constrain(
+            lm_head(x).astype(jnp.float32), (ACT_BATCH, ACT_LENGTH, ACT_VOCAB))
+      if "lm_last" in heads:
+        # Only the last real position of each row (a prefill samples from
+        # it): the `[b, t, vocab]` logits of a long prompt are never made.
+        last = jnp.max(jnp.where(token_mask, jnp.arange(t), 0), axis=1)
+        x_last = jnp.take_along_axis(x, last[:, None, None], axis=1)
+        outputs["lm_last"] = constrain(
+            lm_head(x_last)[:, 0].astype(jnp.float32), (ACT_BATCH, ACT_VOCAB))
     if cfg.reward_head and ("reward" in heads or self.is_initializing()):
       features = x
       if cfg.reward_mlp:
@@ -340,7 +350,8 @@ class Transformer(nn.Module):
       outputs["reward"] = reward[..., 0].astype(jnp.float32)
     elif "reward" in heads and not self.is_initializing():
       raise ValueError("heads=('reward',) needs ModelConfig.reward_head=True")
-    if not cfg.tie_embeddings and self.is_initializing() and "lm" not in heads:
+    if (not cfg.tie_embeddings and self.is_initializing() and
+        "lm" not in heads and "lm_last" not in heads):
       Projection(cfg, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                  name="lm_head")(x)
 
