@@ -8,7 +8,7 @@ import gin
 import pytest
 
 from ttcjax import checkpoint, models, testing
-from ttcjax.experiments import studies, sweep_runner
+from ttcjax.experiments import preflight, studies, sweep_runner
 from ttcjax.main import configure, gin_utils
 from ttcjax.experiments import stages
 from ttcjax.experiments import embedded_study
@@ -158,6 +158,11 @@ def test_tree_cache_too_small_for_the_task_fails_before_any_work(
   with pytest.raises(ValueError, match="SearchRun.tree_cache_tokens"):
     studies.run(studies.SearchStudy(search=run), work)
   assert not work.exists()
+  # Any strategy of the tree engine is checked, REBASE too.
+  rebase = dataclasses.replace(run, strategies=(sweep_runner.StrategySpec(
+      strategy="rebase", budgets=(4,), selections=("weighted",)),))
+  with pytest.raises(ValueError, match="SearchRun.tree_cache_tokens"):
+    preflight.check_tree_cache(rebase)
   long_steps = studies.ArithStudy(preset="micro", overrides={
       "arithmetic": arithmetic.ArithmeticConfig(min_ops=8, max_ops=8),
       "max_new_tokens": 16})

@@ -28,7 +28,6 @@ from ttcjax.search import strategy, sweep
 from ttcjax.search.tree import TreeConfig
 from ttcjax.tasks import arithmetic
 
-TREE_STRATEGIES = ("beam", "lookahead", "dvts")
 _ROLES = {"policy": False, "prm": True, "revision": False, "orm": True}
 
 
@@ -108,8 +107,10 @@ def check_tree_cache(run: sweep_runner.SearchRun) -> dict[str, int] | None:
   if shape is None:
     return None
   most_steps, step_tokens = shape
-  tree = [c for s in run.strategies if s.strategy in TREE_STRATEGIES
-          for c in s.configs(None)]
+  # Every strategy of the tree engine (beam, lookahead, DVTS, REBASE and
+  # any registered later), not a list of names.
+  tree = [c for s in run.strategies for c in s.configs(None)
+          if isinstance(c, TreeConfig)]
   if not tree:
     return None
   rounds = min(most_steps, max(c.max_rounds for c in tree))
