@@ -1,0 +1,177 @@
+"""Tree search with an incremental verifier (a cache per row) equals full
+re-scoring, and reads only the tokens it feeds."""
+
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from ttcjax import decoding, models, search, testing
+from ttcjax.experiments import callbacks
+from ttcjax.search import incremental
+
+KEY = jax.random.key(0)
+TASK = testing.task_fns()
+REAL = models.ModelConfig(vocab_size=16, d_model=32, n_layers=2, n_heads=4,
+                          n_kv_heads=2, d_ff=64, max_len=64, reward_head=True)
+TAG, GOOD, BAD = 15, 4, 5  # step tag, '+' and '-' ids of the LM-head PRM
+
+
+@functools.cache
+def _params(seed):
+  return testing.numpy_params(REAL, seed=seed)
+
+
+def _policy():
+  decoder = decoding.Decoder(models.decode_step_fn(REAL), eos_id=testing.EOS,
+                             stop_ids=(testing.NL,), max_gen=16)
+  return search.PolicyFns(
+      decoder=decoder, params=_params(0),
+      init_cache=lambda b, n: models.init_cache(REAL, b, n), max_len=64,
+      pad_id=testing.PAD, prompt_len=4)
+
+
+def _verifier(step_tags, cache_len):
+  """The PRM re-scoring in full (cache_len None) or incrementally."""
+  tags = (GOOD, BAD) if step_tags else None
+  return search.VerifierFns(
+      score_fn=callbacks.reward_score_fn(REAL, None, tags),
+      params=_params(1), max_len=64, pad_id=testing.PAD,
+      build_input=(search.StepTagInput((TAG,)) if step_tags else
+                   search.concat_input),
+      incremental=(None if cache_len is None else
+                   callbacks.incremental_verifier(REAL, cache_len, tags)))
+
+
+def _problems():
+  return [search.SearchProblem(f"inc-{i}", [testing.QUERY] * (1 + i % 3))
+          for i in range(3)]
+
+
+def _run(strategy, verifier, **kw):
+  config = search.make_config(strategy, trace=True, problems_per_batch=3,
+                              max_rounds=5, **kw)
+  return search.run_search(config, _problems(), 4, _policy(), verifier, TASK,
+                           KEY)
+
+
+@pytest.fixture
+def fed(monkeypatch):
+  """Counts the real (unmasked) tokens of every incremental verifier call."""
+  count = []
+  extend = incremental._extend
+
+  def spy(extend_fn, params, tokens, mask, cache):
+    count.append(int(np.asarray(mask).sum()))
+    return extend(extend_fn, params, tokens, mask, cache)
+
+  monkeypatch.setattr(incremental, "_extend", spy)
+  return count
+
+
+def _assert_same(full, inc):
+  for a, b in zip(full, inc):
+    assert [c.token_ids for c in a.candidates] == [c.token_ids
+                                                   for c in b.candidates]
+    assert [c.finished for c in a.candidates] == [c.finished
+                                                  for c in b.candidates]
+    for ca, cb in zip(a.candidates, b.candidates):
+      assert len(ca.step_scores) == len(cb.step_scores)
+      np.testing.assert_allclose(ca.step_scores, cb.step_scores, atol=1e-5)
+    assert a.chosen == b.chosen
+    assert a.policy_tokens_generated == b.policy_tokens_generated
+    for ta, tb in zip(a.trace, b.trace):
+      assert dataclasses.replace(ta, values=()) == dataclasses.replace(
+          tb, values=())
+      np.testing.assert_allclose(ta.values, tb.values, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy,kw", [("beam", {"beam_width": 2}),
+                                         ("lookahead", {"lookahead": 1,
+                                                        "beam_width": 2}),
+                                         ("lookahead", {"lookahead": 2,
+                                                        "beam_width": 2})])
+@pytest.mark.parametrize("step_tags", [False, True])
+def test_incremental_scores_equal_full_rescoring(fed, strategy, kw,
+                                                 step_tags):
+  full = _run(strategy, _verifier(step_tags, None), **kw)
+  assert not fed  # no incremental call without the callbacks
+  inc = _run(strategy, _verifier(step_tags, 256), **kw)
+  _assert_same(full, inc)
+  rounds = max(len(r.trace) for r in full)
+  assert rounds >= 2 and sum(len(c.step_ends) for r in full
+                             for c in r.candidates) > len(full)
+  if strategy == "lookahead":
+    assert any(sum(t.rollout_tokens) for r in full for t in r.trace)
+  read = sum(r.verifier_tokens_read for r in inc)
+  assert read == sum(fed)  # the prompts once, then only new tokens
+  assert read < sum(r.verifier_tokens_read for r in full)
+  # The prompt layout is read once per problem, not once per row.
+  assert fed[0] == sum(len(p.prompt_ids) for p in _problems())
+
+
+def test_a_full_cache_falls_back_to_full_rescoring(fed):
+  kw = {"lookahead": 1, "beam_width": 2}
+  full = _run("lookahead", _verifier(True, None), **kw)
+  # 48 slots hold the prompts and round 0's steps and roll-outs, not
+  # round 1's: the batch goes on re-scoring in full.
+  inc = _run("lookahead", _verifier(True, 48), **kw)
+  _assert_same(full, inc)
+  assert len(fed) > 1  # it began incrementally
+  assert (sum(fed) < sum(r.verifier_tokens_read for r in inc) <
+          sum(r.verifier_tokens_read for r in full))
+
+
+def test_a_layout_that_does_not_extend_falls_back(fed):
+  def numbered(prompt_ids, solution_ids, step_ends):
+    # The step count first: a longer solution changes the first id.
+    ids, positions = search.concat_input(prompt_ids, solution_ids, step_ends)
+    return [4 + len(step_ends) % 8] + ids, [p + 1 for p in positions]
+
+  full_verifier = dataclasses.replace(_verifier(False, None),
+                                      build_input=numbered)
+  inc_verifier = dataclasses.replace(_verifier(False, 256),
+                                     build_input=numbered)
+  full = _run("beam", full_verifier, beam_width=2)
+  inc = _run("beam", inc_verifier, beam_width=2)
+  _assert_same(full, inc)
+  assert len(fed) == 1  # the prompts; the first round falls back
+  assert sum(r.verifier_tokens_read for r in inc) > sum(fed)
+
+
+def test_rowcache_keeps_no_rollout_tokens():
+  verifier = _verifier(False, 64)
+  prompts = [[testing.QUERY] * 2, [testing.QUERY] * 3]
+  rows = incremental.RowCache(verifier, prompts, 2)
+  row_prompts = [prompts[0]] * 2 + [prompts[1]] * 2
+  index = int(rows.cache.index)
+  steps = {0: ([6, testing.NL], [2], 0), 3: ([7, 8, testing.NL], [3], 0)}
+  rollouts = {0: ([6, testing.NL, 9, testing.NL], [2, 4])}
+  scores, read = rows.score(row_prompts, steps, rollouts)
+  assert read == {0: 4, 3: 3}
+  assert len(scores[0]) == 2 and len(scores[3]) == 1
+  # The roll-out's slots were rolled back: only the step's 4 slots are used.
+  assert int(rows.cache.index) == index + 4
+  assert rows.fed[0] == prompts[0] + [6, testing.NL]
+  valid = np.asarray(rows.cache.valid)
+  assert valid.sum(1).tolist() == [4, 2, 3, 6]
+  # Each score equals a full forward pass over the row's whole input.
+  for r, ids, ends in [(0, prompts[0] + [6, testing.NL, 9, testing.NL],
+                        [3, 5]), (3, prompts[1] + [7, 8, testing.NL], [5])]:
+    want = verifier.score_fn(verifier.params, np.asarray([ids]),
+                             np.ones((1, len(ids)), bool))
+    np.testing.assert_allclose(scores[r], np.asarray(want)[0, ends],
+                               atol=1e-5)
+  # Children take their parent's cache and ids; a second step extends it.
+  rows.take(np.array([0, 0, 3, 3]))
+  scores, read = rows.score(row_prompts[:2] + [prompts[1]] * 2,
+                            {1: ([6, testing.NL, 5, testing.NL], [2, 4], 1)},
+                            {})
+  ids = prompts[0] + [6, testing.NL, 5, testing.NL]
+  want = verifier.score_fn(verifier.params, np.asarray([ids]),
+                           np.ones((1, len(ids)), bool))
+  assert read == {1: 2} and np.isnan(scores[1][0])
+  np.testing.assert_allclose(scores[1][1], np.asarray(want)[0, -1],
+                             atol=1e-5)
