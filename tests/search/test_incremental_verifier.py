@@ -7,8 +7,9 @@ import functools
 import jax
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ttcjax import decoding, models, search, testing
+from ttcjax import decoding, models, partitioning, search, testing
 from ttcjax.experiments import callbacks
 from ttcjax.search import incremental
 
@@ -45,16 +46,16 @@ def _verifier(step_tags, cache_len):
                    callbacks.incremental_verifier(REAL, cache_len, tags)))
 
 
-def _problems():
+def _problems(count=3):
   return [search.SearchProblem(f"inc-{i}", [testing.QUERY] * (1 + i % 3))
-          for i in range(3)]
+          for i in range(count)]
 
 
-def _run(strategy, verifier, **kw):
-  config = search.make_config(strategy, trace=True, problems_per_batch=3,
+def _run(strategy, verifier, policy=None, count=3, **kw):
+  config = search.make_config(strategy, trace=True, problems_per_batch=count,
                               max_rounds=5, **kw)
-  return search.run_search(config, _problems(), 4, _policy(), verifier, TASK,
-                           KEY)
+  return search.run_search(config, _problems(count), 4, policy or _policy(),
+                           verifier, TASK, KEY)
 
 
 @pytest.fixture
@@ -89,6 +90,7 @@ def _assert_same(full, inc):
 
 
 @pytest.mark.parametrize("strategy,kw", [("beam", {"beam_width": 2}),
+                                         ("dvts", {"beam_width": 2}),
                                          ("lookahead", {"lookahead": 1,
                                                         "beam_width": 2}),
                                          ("lookahead", {"lookahead": 2,
@@ -175,3 +177,30 @@ def test_rowcache_keeps_no_rollout_tokens():
   assert read == {1: 2} and np.isnan(scores[1][0])
   np.testing.assert_allclose(scores[1][1], np.asarray(want)[0, -1],
                              atol=1e-5)
+
+
+def test_sharded_incremental_verifier_equals_unsharded(fed, monkeypatch):
+  specs, extend = [], incremental._extend
+
+  def spy(extend_fn, params, tokens, mask, cache):
+    specs.append(getattr(cache.valid.sharding, "spec", None))
+    return extend(extend_fn, params, tokens, mask, cache)
+
+  monkeypatch.setattr(incremental, "_extend", spy)
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=8))
+  replicate = lambda tree_: jax.device_put(tree_, NamedSharding(mesh, P()))
+  shard = functools.partial(partitioning.shard_rows, mesh=mesh)
+  plain = _run("lookahead", _verifier(False, 256), count=2, lookahead=1,
+               beam_width=2)
+  plain_fed = sum(fed)
+  policy = dataclasses.replace(_policy(), params=replicate(_params(0)),
+                               shard=shard)
+  verifier = dataclasses.replace(_verifier(False, 256),
+                                 params=replicate(_params(1)), shard=shard)
+  sharded = _run("lookahead", verifier, policy, count=2, lookahead=1,
+                 beam_width=2)
+  _assert_same(plain, sharded)
+  assert [r.verifier_tokens_read for r in plain] == [
+      r.verifier_tokens_read for r in sharded]
+  assert sum(fed) == 2 * plain_fed  # the sharded run fed the same tokens
+  assert P("data") in specs  # the verifier cache's rows were split
