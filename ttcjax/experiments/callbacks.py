@@ -101,7 +101,11 @@ def incremental_verifier(config: models.ModelConfig, cache_len: int,
                          tags: tuple[int, int] | None = None
                          ) -> base.IncrementalVerifier:
   """The model as an `IncrementalVerifier` (reward head, or with `tags` the
-  (good, bad) LM-head ids) with at most `cache_len` cache slots per row."""
+  (good, bad) LM-head ids) with at most `cache_len` cache slots per row.
+
+  A tree search then holds a cache of `cache_len` slots for every row of its
+  batch besides the policy's, and reads all rows in each call (`rows`
+  chunking of `reward_score_fn` does not apply to it)."""
   return base.IncrementalVerifier(
       init_cache=functools.partial(models.init_cache, config),
       extend_fn=extend_fn(config, tags), max_len=cache_len)
