@@ -204,3 +204,34 @@ def test_sharded_incremental_verifier_equals_unsharded(fed, monkeypatch):
       r.verifier_tokens_read for r in sharded]
   assert sum(fed) == 2 * plain_fed  # the sharded run fed the same tokens
   assert P("data") in specs  # the verifier cache's rows were split
+
+
+def test_a_long_step_is_read_apart_from_the_short_ones(monkeypatch):
+  shapes, extend = [], incremental._extend
+
+  def spy(extend_fn, params, tokens, mask, cache):
+    shapes.append(tokens.shape)
+    return extend(extend_fn, params, tokens, mask, cache)
+
+  monkeypatch.setattr(incremental, "_extend", spy)
+  verifier = _verifier(True, 128)
+  prompts = [[testing.QUERY] * 2, [testing.QUERY] * 3]
+  rows = incremental.RowCache(verifier, prompts, 8)  # 16 rows: 2 stragglers
+  row_prompts = [prompts[r // 8] for r in range(16)]
+  index = int(rows.cache.index)
+  long = [6, 7, 8, 9] * 5 + [testing.NL]
+  steps = {r: ([6 + r % 4, testing.NL], [2], 0) for r in range(0, 16, 2)}
+  steps[5] = (long, [len(long)], 0)
+  scores, read = rows.score(row_prompts, steps, {})
+  # Every row reads its 3 ids (2 and the tag) in a call 4 wide; row 5 (22
+  # ids) its first 4 there and the other 18 in a call of 2 rows (row 5 and
+  # a copy feeding nothing), as wide as what a single call would leave.
+  assert shapes[-2:] == [(16, 4), (2, 28)]
+  assert int(rows.cache.index) == index + 32  # as one call 32 wide would
+  assert read == {**{r: 3 for r in range(0, 16, 2)}, 5: len(long) + 1}
+  for r, (solution, ends, _) in steps.items():
+    ids, positions = verifier.build_input(row_prompts[r], solution, ends)
+    want = verifier.score_fn(verifier.params, np.asarray([ids]),
+                             np.ones((1, len(ids)), bool))
+    np.testing.assert_allclose(scores[r], np.asarray(want)[0, positions],
+                               atol=1e-5)

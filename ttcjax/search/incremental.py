@@ -21,7 +21,10 @@ instead (`RowCache`):
 
 Every call takes as many cache slots for all rows as its widest row (the
 width rounded up to a power of two, so few shapes compile), and the cache
-doubles as it fills, up to `IncrementalVerifier.max_len`. A round that would
+doubles as it fills, up to `IncrementalVerifier.max_len`. So that one long
+step does not make every row read padding as wide as itself, the at most
+1/8 of the rows with the longest chunks read what does not fit the others'
+width in a batch of their own (gathered, then put back; not with `shard`). A round that would
 need more slots, or a `build_input` that does not extend a row's earlier
 ids, raises `Fallback` before anything is fed; the search then re-scores
 that batch in full from that round on. Scores equal full re-scoring up to
@@ -48,6 +51,15 @@ class Fallback(Exception):
 @functools.partial(jax.jit, static_argnums=0)
 def _extend(extend_fn, params, tokens, mask, cache):
   return extend_fn(params, tokens, mask, cache)
+
+
+def _put(cache, rows: jax.Array, sub):
+  """`cache` with `sub`'s first `len(rows)` rows written over rows `rows`
+  (every leaf has rows on axis 0 but `index`, taken from `sub`; see
+  `ttcjax.decoding.cache`)."""
+  n = len(rows)
+  return jax.tree.map(lambda mine, theirs: theirs if jnp.ndim(mine) == 0
+                      else mine.at[rows].set(theirs[:n]), cache, sub)
 
 
 def _width(size: int) -> int:
@@ -105,25 +117,58 @@ class RowCache:
                      f"IncrementalVerifier.max_len={self.inc.max_len}")
     return min(_width(longest), left)
 
+  def _plan(self, lengths: dict[int, int], rows: int
+            ) -> tuple[int, int, list[int]]:
+    """How to feed rows of `lengths` ids: `(width, straggler width,
+    stragglers)`. All rows feed up to `width` ids in one call; the at most
+    `rows // 8` stragglers with more then feed the rest as a batch of their
+    own (never with `shard`). Both widths together are at most the one
+    width a single call would take (`_fit`)."""
+    one = self._fit(max(lengths.values()), int(self.cache.index))
+    few = rows // 8
+    if self.verifier.shard is not None or few == 0:
+      return one, 0, []
+    ordered = sorted(lengths.values(), reverse=True)
+    main = _width(ordered[few]) if len(ordered) > few else 0
+    long = sorted(r for r, n in lengths.items() if n > main)
+    if not long or main >= one:
+      return one, 0, []
+    return main, min(_width(ordered[0] - main), one - main), long
+
   def _feed(self, chunks: dict[int, list[int]], rows: int) -> np.ndarray:
-    """Feeds `chunks[r]` to row `r` (other rows: padding) in one call.
+    """Feeds `chunks[r]` to row `r` (other rows: padding).
 
     Returns:
       `[rows, width]` scores of the fed positions (right-padded chunks).
     """
-    width = self._fit(max(len(c) for c in chunks.values()),
-                      int(self.cache.index))
-    ids = np.full((rows, width), self.verifier.pad_id, np.int32)
-    mask = np.zeros((rows, width), bool)
+    main, extra, long = self._plan({r: len(c) for r, c in chunks.items()},
+                                   rows)
+    needed = int(self.cache.index) + main + extra
+    if needed > self.cache.max_len:
+      self.cache = self._place(self.cache.grow(self._slots(needed - 1)))
+    ids = np.full((rows, main + extra), self.verifier.pad_id, np.int32)
+    mask = np.zeros((rows, main + extra), bool)
     for r, chunk in chunks.items():
       ids[r, :len(chunk)] = chunk
       mask[r, :len(chunk)] = True
-    needed = int(self.cache.index) + width
-    if needed > self.cache.max_len:
-      self.cache = self._place(self.cache.grow(self._slots(needed - 1)))
-    scores, self.cache = _extend(self.inc.extend_fn, self.verifier.params,
-                                 *self._place((ids, mask)), self.cache)
-    return np.asarray(jax.device_get(scores))
+    scores = np.zeros((rows, main + extra), np.float32)
+    if main:
+      out, self.cache = _extend(
+          self.inc.extend_fn, self.verifier.params,
+          *self._place((ids[:, :main], mask[:, :main])), self.cache)
+      scores[:, :main] = jax.device_get(out)
+    if long:
+      # Stragglers, repeated to `rows // 8` rows (the copies feed nothing),
+      # read the rest of their chunks on their own, then are put back.
+      sub = np.resize(np.asarray(long), rows // 8)
+      fill = np.arange(len(sub)) >= len(long)
+      cache = self.cache.take(jnp.asarray(sub))
+      out, cache = _extend(self.inc.extend_fn, self.verifier.params,
+                           ids[sub, main:], mask[sub, main:] & ~fill[:, None],
+                           cache)
+      self.cache = _put(self.cache, jnp.asarray(long), cache)
+      scores[long, main:] = np.asarray(jax.device_get(out))[:len(long)]
+    return scores
 
   def take(self, src: np.ndarray) -> None:
     """Rows `src` (the policy's expansion), bookkeeping included."""
