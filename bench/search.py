@@ -23,7 +23,9 @@ same per-token model cost.
    rows idling until the batch's longest step ends, host syncs, beam
    gathers, roll-out rollback) and, for beam search, with a random
    reward-head PRM of the same shape (the real cost: the PRM re-reads every
-   prefix each round). Target: <= 1.3x with the toy PRM. The split of the
+   prefix each round), and with that PRM read incrementally ('cached PRM':
+   `VerifierFns.incremental`, a KV cache per row, only new tokens read;
+   beam and lookahead). Target: <= 1.3x with the toy PRM. The split of the
    search's time into decode calls, verifier calls and the rest is printed,
    and the same search with its cache allocated at full size from the start
    and no straggler batches (`PolicyFns.grow_cache=False`,
@@ -37,7 +39,8 @@ part 1 each repetition times the search, the full-cache search and both
 plain baselines back to back, and ratios are taken per repetition, so a
 load that drifts on a busy machine cancels.
 
-  python bench/search.py            # about 9 minutes on 2 busy cores
+  python bench/search.py            # about 9 minutes on 2 busy cores, plus
+                                    # ~10 for the PRM runs
   python bench/search.py --quick    # smoke run
   python bench/search.py --only regular,toy --skip_prm   # a subset
 """
@@ -56,7 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ttcjax import decoding, models, search, testing, verifiers
-from ttcjax.search import batching, stepping, tree
+from ttcjax.experiments import callbacks
+from ttcjax.search import batching, incremental, stepping, tree
 from ttcjax.tasks import arithmetic
 from ttcjax.tokenizer import ByteTokenizer
 
@@ -153,12 +157,22 @@ class Split:
       self.score += time.perf_counter() - start
       return out
 
+    extend = incremental.RowCache.score
+
+    def timed_extend(*args):
+      start = time.perf_counter()
+      out = extend(*args)  # it waits for its scores
+      self.score += time.perf_counter() - start
+      return out
+
     # Roll-outs call stepping.decode_step, the tree's rounds tree's.
     tree.decode_step = stepping.decode_step = timed_decode
     batching.score_rows = timed_score
+    incremental.RowCache.score = timed_extend
     return lambda: (setattr(tree, "decode_step", decode),
                     setattr(stepping, "decode_step", decode),
-                    setattr(batching, "score_rows", score))
+                    setattr(batching, "score_rows", score),
+                    setattr(incremental.RowCache, "score", extend))
 
 
 def bench_search(args, params, prm_params, scenarios):
@@ -176,6 +190,10 @@ def bench_search(args, params, prm_params, scenarios):
       score_fn=verifiers.reward_head_score_fn(
           functools.partial(models.reward_scores, prm_cfg)),
       params=prm_params, max_len=width)
+  # The same PRM read through a KV cache per row: new tokens only.
+  real_inc = dataclasses.replace(
+      real, incremental=callbacks.incremental_verifier(
+          prm_cfg, int(args.cache_factor * width)))
   rows = args.problems * args.budget
 
   ids, mask = batching.pad_prompts(problems, TOK.pad_id, prompt_len)
@@ -196,6 +214,11 @@ def bench_search(args, params, prm_params, scenarios):
   runs = [("random", "beam", "toy", beam_kw, toy, big),
           ("random", "lookahead", "toy", look_kw, toy, big),
           ("random", "beam", "random PRM", beam_kw, real, big),
+          ("random", "beam", "cached PRM", beam_kw, real_inc, big),
+          ("regular", "beam", "random PRM", beam_kw, real, big),
+          ("regular", "beam", "cached PRM", beam_kw, real_inc, big),
+          ("regular", "lookahead", "random PRM", look_kw, real, big),
+          ("regular", "lookahead", "cached PRM", look_kw, real_inc, big),
           ("regular", "beam", "toy", beam_kw, toy, big),
           ("regular", "lookahead", "toy", look_kw, toy, big),
           ("regular", "beam", "toy", beam_kw, toy, small),
@@ -212,11 +235,12 @@ def bench_search(args, params, prm_params, scenarios):
         "straggler_fraction=0, timed alternately); =cache: over plain sampling with the search's full "
         "cache; per-iter: search\ndecode time per iteration over plain's "
         "with the full cache; decode / verify / other: seconds of the "
-        "search")
+        "search; read: verifier tokens read")
   print(f"{'steps':<8} {'strategy':<10} {'PRM':<11} {'cache':>5} "
         f"{'tokens':>6} {'rounds':>6} {'iters':>5} {'util':>5} "
         f"{'us/tok':>7} {'plain':>6} {'ratio':>6} {'full':>6} {'=cache':>6} "
-        f"{'per-iter':>8} {'decode':>6} {'verify':>6} {'other':>5}")
+        f"{'per-iter':>8} {'decode':>6} {'verify':>6} {'other':>5} "
+        f"{'read':>7}")
   ratios = {}
   for scenario, strategy, prm_name, kw, verifier, factor in runs:
     if args.only and not all(word in f"{scenario} {strategy} {prm_name}"
@@ -271,6 +295,7 @@ def bench_search(args, params, prm_params, scenarios):
                    ("same", seconds / made / same_tok),
                    ("util", made / (rows * iters)), ("tokens", made),
                    ("iters", iters), ("rounds", depth),
+                   ("read", sum(r.verifier_tokens_read for r in results)),
                    ("per_iter", split.decode / iters / (same / per_row)),
                    ("decode", split.decode), ("score", split.score),
                    ("other", seconds - split.decode - split.score)):
@@ -282,7 +307,7 @@ def bench_search(args, params, prm_params, scenarios):
           f"{m['util']:>5.2f} {m['us']:>7.0f} {m['plain']:>6.0f} "
           f"{m['ratio']:>5.2f}x {m['full']:>5.2f}x {m['same']:>5.2f}x "
           f"{m['per_iter']:>7.2f}x {m['decode']:>6.2f} {m['score']:>6.2f} "
-          f"{max(m['other'], 0):>5.2f}")
+          f"{max(m['other'], 0):>5.2f} {m['read']:>7.0f}")
   return ratios
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Sequence
 
+import jax
+import jax.numpy as jnp
+
 from ttcjax import decoding, models, verifiers
 from ttcjax.search import base
 
@@ -72,15 +75,56 @@ def reward_score_fn(config: models.ModelConfig, rows: int | None = None,
                                                                   rows)
 
 
+@functools.cache
+def extend_fn(config: models.ModelConfig,
+              tags: tuple[int, int] | None = None) -> Callable[..., Any]:
+  """`reward_score_fn`'s scores read through a KV cache: `(params,
+  tokens[n, t], token_mask[n, t], cache) -> (scores[n, t], cache)`
+  (`base.IncrementalVerifier.extend_fn`); one object per (config, tags)."""
+  if tags is not None:
+    good, bad = int(tags[0]), int(tags[1])
+
+  def extend(params, tokens, token_mask, cache):
+    heads = ("reward",) if tags is None else ("lm",)
+    out, cache = models.apply(config, params, tokens, token_mask, cache,
+                              heads)
+    if tags is None:
+      logits = out["reward"].astype(jnp.float32)
+    else:
+      lm = out["lm"].astype(jnp.float32)
+      logits = lm[..., good] - lm[..., bad]
+    return jax.nn.sigmoid(logits), cache
+
+  return extend
+
+
+def incremental_verifier(config: models.ModelConfig, cache_len: int,
+                         tags: tuple[int, int] | None = None
+                         ) -> base.IncrementalVerifier:
+  """The model as an `IncrementalVerifier` (reward head, or with `tags` the
+  (good, bad) LM-head ids) with at most `cache_len` cache slots per row.
+
+  A tree search then holds a cache of `cache_len` slots for every row of its
+  batch besides the policy's, and reads all rows in each call (`rows`
+  chunking of `reward_score_fn` does not apply to it)."""
+  return base.IncrementalVerifier(
+      init_cache=functools.partial(models.init_cache, config),
+      extend_fn=extend_fn(config, tags), max_len=cache_len)
+
+
 def verifier_fns(config: models.ModelConfig, params: Any, *, max_len: int,
                  pad_id: int, rows: int | None = None,
-                 shard: Callable[[Any], Any] | None = None
-                 ) -> base.VerifierFns:
+                 shard: Callable[[Any], Any] | None = None,
+                 cache_len: int | None = None) -> base.VerifierFns:
   """A reward-head model as `VerifierFns` (prompt + solution input),
-  scoring `rows` rows per forward pass (None: all); `shard` places them."""
+  scoring `rows` rows per forward pass (None: all); `shard` places them.
+  With `cache_len`, tree searches read it incrementally through a cache of
+  at most that many slots per row (`incremental_verifier`)."""
   if not config.reward_head:
     raise ValueError("verifier_fns needs a model with a reward head "
                      "(ModelConfig.reward_head=False)")
-  return base.VerifierFns(score_fn=reward_score_fn(config, rows),
-                          params=params, max_len=max_len, pad_id=pad_id,
-                          shard=shard)
+  return base.VerifierFns(
+      score_fn=reward_score_fn(config, rows), params=params, max_len=max_len,
+      pad_id=pad_id, shard=shard,
+      incremental=(None if cache_len is None else
+                   incremental_verifier(config, cache_len)))

@@ -495,14 +495,20 @@ def verifier_fns(config: models.ModelConfig, params: Any, tok: Tokenizer,
                  max_len: int, *, rows: int | None = None,
                  shard: Callable[[Any], Any] | None = None,
                  build_input: base.BuildInput | None = None,
-                 tags: tuple[int, int] | None = None) -> base.VerifierFns:
+                 tags: tuple[int, int] | None = None,
+                 cache_len: int | None = None) -> base.VerifierFns:
   """A reward-head checkpoint as `VerifierFns` (prompt + solution input,
   or `build_input`'s layout; with `tags`, scored from the LM head),
-  scoring `rows` rows per forward pass (None: all); `shard` places them."""
+  scoring `rows` rows per forward pass (None: all); `shard` places them.
+  With `cache_len`, tree searches read it incrementally through a cache of
+  at most that many slots per row (`callbacks.incremental_verifier`)."""
   return base.VerifierFns(score_fn=callbacks.reward_score_fn(config, rows, tags),
                           params=params, max_len=max_len, pad_id=tok.pad_id,
                           build_input=build_input or base.concat_input,
-                          shard=shard)
+                          shard=shard,
+                          incremental=(None if cache_len is None else
+                                       callbacks.incremental_verifier(
+                                           config, cache_len, tags)))
 
 
 def prm_layout(ckpts: Checkpoints, tok: Tokenizer,

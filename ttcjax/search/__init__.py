@@ -11,10 +11,10 @@ token counts. The search code never imports a model class.
 `search.records` turns results into resumable per-problem JSON records.
 """
 
-from ttcjax.search.base import (Candidate, PolicyFns, RoundTrace,
-                                SearchProblem, SearchResult, StepTagInput,
-                                TaskFns, VerifierFns, concat_input,
-                                search_key)
+from ttcjax.search.base import (Candidate, IncrementalVerifier, PolicyFns,
+                                RoundTrace, SearchProblem, SearchResult,
+                                StepTagInput, TaskFns, VerifierFns,
+                                concat_input, search_key)
 from ttcjax.search.strategy import (SearchConfig, make_config, register,
                                     names as strategy_names)
 from ttcjax.search.strategy import get as strategy_class
@@ -36,7 +36,8 @@ from ttcjax.search.tree import Group, Pruned, TreeConfig, WidthConfig
 
 __all__ = [
     "AccuracyEstimate", "BeamConfig", "BestOfNConfig", "Candidate",
-    "DvtsConfig", "Group", "LookaheadConfig", "PolicyFns", "Pruned",
+    "DvtsConfig", "Group", "IncrementalVerifier", "LookaheadConfig",
+    "PolicyFns", "Pruned",
     "RebaseConfig", "RevisionsConfig", "RoundTrace", "SearchConfig",
     "SearchProblem", "SearchResult", "StepTagInput", "TaskFns", "TreeConfig",
     "VerifierFns", "WidthConfig", "bootstrap_accuracy", "choose",

@@ -145,6 +145,36 @@ class PolicyFns:
 
 
 @dataclasses.dataclass(frozen=True)
+class IncrementalVerifier:
+  """A verifier that keeps a key/value cache per row and reads only the
+  tokens a row adds (tree searches; see `ttcjax.search.incremental`).
+
+  Attributes:
+    init_cache: `(rows, slots) -> empty cache`, a `KVCache` or any
+      `ttcjax.decoding.cache.Cache` (`take`, `grow` and `rollback` are
+      used).
+    extend_fn: `(params, tokens[n, t], token_mask[n, t], cache) ->
+      (scores[n, t], cache)`: reads `tokens` after what the cache holds
+      (writing them at slots `cache.index + arange(t)`; False in
+      `token_mask` is padding, left or right) and scores every position
+      as `VerifierFns.score_fn` would on the whole row; keep one object
+      (it is a static jit argument).
+    max_len: most cache slots per row. The cache starts short and doubles
+      as it fills; every call takes as many slots for all rows as its
+      widest row, so a search needs more than its longest verifier input.
+      A batch that would need more falls back to full re-scoring.
+  """
+  init_cache: Callable[[int, int], Any]
+  extend_fn: Callable[..., Any]
+  max_len: int
+
+  def __post_init__(self):
+    if not isinstance(self.max_len, int) or self.max_len < 1:
+      raise ValueError(f"IncrementalVerifier.max_len must be a positive "
+                       f"int, got {self.max_len!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class VerifierFns:
   """The verifier (PRM/ORM), as callbacks and values.
 
@@ -157,7 +187,13 @@ class VerifierFns:
     build_input: `(prompt_ids, solution_ids, step_ends) -> (ids,
       score_positions)`; `concat_input` or a `StepTagInput`.
     pad_id: padding id.
-    shard: like `PolicyFns.shard`, for the verifier batch.
+    shard: like `PolicyFns.shard`, for the verifier batch (and its cache).
+    incremental: optional; tree searches then keep the verifier's cache per
+      row and feed it only each round's new tokens instead of re-scoring
+      every prefix with `score_fn`. `build_input` must then lay out a
+      longer solution as an extension of a shorter one's ids (it does for
+      `concat_input` and `StepTagInput`); a batch where it does not falls
+      back to full re-scoring.
   """
   score_fn: ScoreFn
   params: Any
@@ -165,6 +201,7 @@ class VerifierFns:
   build_input: BuildInput = concat_input
   pad_id: int = 0
   shard: Callable[[Any], Any] | None = None
+  incremental: IncrementalVerifier | None = None
 
 
 @dataclasses.dataclass(frozen=True)

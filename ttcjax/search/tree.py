@@ -9,7 +9,10 @@ row `p * N + j` is slot `j` of problem `p`. Each round
 2. lookahead only: live rows that continue roll out k greedy steps, and
    the cache is rolled back (see `stepping.rollout_and_rollback`);
 3. every row with a new step is scored in ONE verifier call; the step's
-   value is the score at its end (or at its roll-out's end);
+   value is the score at its end (or at its roll-out's end). With
+   `VerifierFns.incremental`, the verifier keeps a cache per row and reads
+   only the round's new tokens (`ttcjax.search.incremental`), else every
+   row's whole input is re-read (`batching.score_rows`);
 4. per group of rows, the strategy's prune rule (`TreeConfig.prune`, a
    pure function of the group's `Group` view) says which rows leave the
    pool as finished or cut candidates and which survive with how many
@@ -41,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttcjax.search import base, batching
+from ttcjax.search import base, batching, incremental
 from ttcjax.search.base import (Candidate, PolicyFns, RoundTrace,
                                 SearchProblem, SearchResult, TaskFns,
                                 VerifierFns)
@@ -279,6 +282,7 @@ class _Batch:
     self.size = config.group_size(budget)
     self.problem = np.repeat(np.arange(len(padded)), budget)
     self.slot = np.tile(np.arange(budget), len(padded))
+    self.rows_cache = None  # an incremental.RowCache while one is in use
     self.problem_keys = jnp.stack([
         base.search_key(key, p.uid, config.strategy, budget) for p in padded])
 
@@ -308,6 +312,13 @@ class _Batch:
     state = dec.prefill(policy.params, *inputs[:3], policy.sampler,
                         inputs[3], self.n)
     state = self._shard(state)
+    if self.verifier.incremental is not None:
+      try:
+        self.rows_cache = incremental.RowCache(
+            self.verifier, [p.prompt_ids for p in self.padded], self.n)
+        tree.read += self.rows_cache.prompt_read[:len(self.real)]
+      except incremental.Fallback:
+        pass
     num_before = np.zeros(len(self.problem), np.int64)
     for rnd in range(self.config.max_rounds):
       live = tree.alive.copy()
@@ -375,15 +386,30 @@ class _Batch:
           score_ends[r] = tree.ends[r] + batching.step_ends_of(
               score_tokens[r], num[r], end, dec.stop_ids)
 
-    # One verifier call for every new step of the batch.
-    solutions = [None] * len(live)
-    for r in rows:
-      if new_step[r]:
-        solutions[r] = score_tokens[r, :score_ends[r][-1]]
+    # One verifier call for every new step of the batch (incremental: one
+    # for the steps, one for the roll-outs).
     prompts = [self.padded[p].prompt_ids for p in self.problem]
-    scores, read = batching.score_rows(self.verifier, prompts, solutions,
-                                       [score_ends.get(r, []) for r in
-                                        range(len(live))])
+    scored = None
+    if self.rows_cache is not None:
+      steps = {r: (tokens[r, :tree.ends[r][-1]], tree.ends[r], old_steps[r])
+               for r in rows if new_step[r]}
+      rollouts = {r: (score_tokens[r, :score_ends[r][-1]], score_ends[r])
+                  for r in steps if len(score_ends[r]) > len(tree.ends[r])}
+      try:
+        got, fed = self.rows_cache.score(prompts, steps, rollouts)
+        scored = ([got.get(r, []) for r in range(len(live))],
+                  [fed.get(r, 0) for r in range(len(live))])
+      except incremental.Fallback:
+        self.rows_cache = None  # this batch re-scores in full from now on
+    if scored is None:
+      solutions = [None] * len(live)
+      for r in rows:
+        if new_step[r]:
+          solutions[r] = score_tokens[r, :score_ends[r][-1]]
+      scored = batching.score_rows(self.verifier, prompts, solutions,
+                                   [score_ends.get(r, []) for r in
+                                    range(len(live))])
+    scores, read = scored
     value = {}
     for r in rows:
       value[r] = scores[r][-1] if new_step[r] else math.nan
@@ -474,6 +500,8 @@ class _Batch:
         values=[list(tree.values[s]) for s in src])
     if not alive.any():
       return tree, state
+    if self.rows_cache is not None:
+      self.rows_cache.take(src)
     state = state.take(jnp.asarray(src)).with_rngs(
         batching.row_keys(self.problem_keys, self.n, rnd + 1))
     return tree, self._shard(state)
