@@ -22,7 +22,9 @@ import numpy as np
 from ttcjax.analysis import compute_optimal as co
 from ttcjax.analysis import difficulty, stats, verifier_quality
 
-RESULTS_POINTER = "docs/results/arith_cpu/ (pre-fix; rerun pending)"
+RESULTS_POINTER = ("docs/results/arith_cpu/ (the full arithmetic study: a "
+                   "negative control, its PRM does not rank one problem's "
+                   "solutions; the oracle-verifier control does)")
 
 
 def unfinished(cfg, cells, labels):

@@ -127,8 +127,10 @@ NO_DIRECTION_NOTICE = (
     "This preset checks the pipeline's wiring; it is too small to show the "
     "direction of the effect (PRM-weighted best-of-N rising with N, "
     "compute-optimal beating it). No embedded preset shows it yet: "
-    "docs/results/arith_cpu/ holds the pre-fix arith_cpu run, a negative "
-    "control, and the README's findings table says what reproduces.")
+    "docs/results/arith_cpu/ holds the full arith_cpu run, a negative "
+    "control (its PRM does not rank one problem's solutions; with the exact "
+    "step checker as verifier, search does), and the README says what "
+    "reproduces.")
 
 SWEEPS = {
     "smoke": SweepConfig(budgets=(2, 4, 8), revision_lengths=(1, 2, 4),
