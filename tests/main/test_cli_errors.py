@@ -128,4 +128,8 @@ def test_user_error_classification():
   except ValueError as e:  # raised inside numpy: a bug, keeps its traceback
     assert not cli.is_user_error(e)
   assert not cli.is_user_error(KeyError("x"))
+  # A workdir made with another config: the message names the stages and
+  # the flag that reruns them.
+  from ttcjax.experiments import stages
+  assert cli.is_user_error(stages.StageConfigError("x"))
   assert cli.one_line(ValueError("a\n  b\n")) == "a; b"

@@ -581,7 +581,8 @@ def _run_locked(stages, workdir: Path, hashes: Mapping[str, str],
                       f"{hashes[n]}" for n, old in changed)
     raise StageConfigError(
         f"{lines}. Use a new workdir, delete those stage directories, or "
-        f"run with on_change='rerun' to recompute them")
+        f"run with on_change='rerun' (ttcjax.main.study: --on_change=rerun) "
+        f"to recompute them")
   if damaged and on_change == "error":
     first = next(iter(damaged.values()))
     if len(damaged) > 1:

@@ -5,7 +5,7 @@
 
 A user error (a bad flag, gin file or binding, a missing or unreadable file
 or checkpoint, a checkpoint ttcjax cannot import, a config value that fails
-validation) prints `<program>: error: <message>` on one line of stderr and
+validation, a workdir whose finished stages were made with another config) prints `<program>: error: <message>` on one line of stderr and
 exits with status 2, without a traceback. An output directory named by
 `output_flags` that this run created is removed, so a refused run leaves
 nothing behind. Any other exception is a bug and keeps its traceback.
@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 
 import ttcjax
+from ttcjax.experiments.stages import StageConfigError
 from ttcjax.main import gin_utils
 from ttcjax.models.hf_config import HFImportError
 from ttcjax.models.hf_tokenizer import TokenizerFilesError
@@ -33,7 +34,7 @@ from ttcjax.models.hf_tokenizer import TokenizerFilesError
 USER_ERRORS = (app.UsageError, flags.Error, gin_utils.GinConfigError,
                HFImportError, TokenizerFilesError, FileNotFoundError,
                FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError)
+               PermissionError, StageConfigError)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(ttcjax.__file__))
 
 
