@@ -80,17 +80,25 @@ class DecodeState:
     leaves (the cache's `index`) come from `other`, whose cache must have
     as many slots.
     """
-    n = len(rows)
-
-    def put(mine, theirs):
-      if jnp.ndim(mine) == 0:
-        return theirs
-      return mine.at[rows].set(theirs[:n])
-
-    return jax.tree.map(put, self, other)
+    return put_rows(self, rows, other)
 
   def with_rngs(self, rngs: jax.Array) -> "DecodeState":
     return self.replace(rngs=rngs)
+
+
+def put_rows(tree: Any, rows: jax.Array, other: Any) -> Any:
+  """`tree` with `other`'s first `len(rows)` rows written over rows `rows`:
+  every leaf with rows on axis 0 is scattered, row-less (0-d) leaves such
+  as a cache's `index` come from `other` (`DecodeState.put`, and any
+  `ttcjax.decoding.cache.Cache`)."""
+  n = len(rows)
+
+  def put(mine, theirs):
+    if jnp.ndim(mine) == 0:
+      return theirs
+    return mine.at[rows].set(theirs[:n])
+
+  return jax.tree.map(put, tree, other)
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int,

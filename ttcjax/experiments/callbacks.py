@@ -12,9 +12,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Sequence
 
-import jax
-import jax.numpy as jnp
-
 from ttcjax import decoding, models, verifiers
 from ttcjax.search import base
 
@@ -81,19 +78,14 @@ def extend_fn(config: models.ModelConfig,
   """`reward_score_fn`'s scores read through a KV cache: `(params,
   tokens[n, t], token_mask[n, t], cache) -> (scores[n, t], cache)`
   (`base.IncrementalVerifier.extend_fn`); one object per (config, tags)."""
-  if tags is not None:
-    good, bad = int(tags[0]), int(tags[1])
+  head = "reward" if tags is None else "lm"
 
   def extend(params, tokens, token_mask, cache):
-    heads = ("reward",) if tags is None else ("lm",)
     out, cache = models.apply(config, params, tokens, token_mask, cache,
-                              heads)
+                              (head,))
     if tags is None:
-      logits = out["reward"].astype(jnp.float32)
-    else:
-      lm = out["lm"].astype(jnp.float32)
-      logits = lm[..., good] - lm[..., bad]
-    return jax.nn.sigmoid(logits), cache
+      return verifiers.reward_probs(out[head]), cache
+    return verifiers.step_tag_probs(out[head], *tags), cache
 
   return extend
 

@@ -40,7 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ttcjax.decoding.decoder import put_rows
 from ttcjax.search.base import VerifierFns
+from ttcjax.search.batching import bucket
 
 
 class Fallback(Exception):
@@ -51,20 +53,6 @@ class Fallback(Exception):
 @functools.partial(jax.jit, static_argnums=0)
 def _extend(extend_fn, params, tokens, mask, cache):
   return extend_fn(params, tokens, mask, cache)
-
-
-def _put(cache, rows: jax.Array, sub):
-  """`cache` with `sub`'s first `len(rows)` rows written over rows `rows`
-  (every leaf has rows on axis 0 but `index`, taken from `sub`; see
-  `ttcjax.decoding.cache`)."""
-  n = len(rows)
-  return jax.tree.map(lambda mine, theirs: theirs if jnp.ndim(mine) == 0
-                      else mine.at[rows].set(theirs[:n]), cache, sub)
-
-
-def _width(size: int) -> int:
-  """A call's width: the next power of two >= `size` (at least 1)."""
-  return 1 << max(int(size) - 1, 0).bit_length()
 
 
 class RowCache:
@@ -102,7 +90,7 @@ class RowCache:
     return tree if self.verifier.shard is None else self.verifier.shard(tree)
 
   def _slots(self, used: int) -> int:
-    return min(self.inc.max_len, _width(used + 1))
+    return bucket(used + 1, self.inc.max_len)
 
   def _fit(self, longest: int, index: int) -> int:
     """The width of a call feeding at most `longest` ids at slot `index`:
@@ -115,7 +103,7 @@ class RowCache:
     if longest > left:
       raise Fallback(f"{index + longest} verifier cache slots exceed "
                      f"IncrementalVerifier.max_len={self.inc.max_len}")
-    return min(_width(longest), left)
+    return bucket(longest, left)
 
   def _plan(self, lengths: dict[int, int], rows: int
             ) -> tuple[int, int, list[int]]:
@@ -129,11 +117,11 @@ class RowCache:
     if self.verifier.shard is not None or few == 0:
       return one, 0, []
     ordered = sorted(lengths.values(), reverse=True)
-    main = _width(ordered[few]) if len(ordered) > few else 0
+    main = bucket(ordered[few], one) if len(ordered) > few else 0
     long = sorted(r for r, n in lengths.items() if n > main)
     if not long or main >= one:
       return one, 0, []
-    return main, min(_width(ordered[0] - main), one - main), long
+    return main, bucket(ordered[0] - main, one - main), long
 
   def _feed(self, chunks: dict[int, list[int]], rows: int) -> np.ndarray:
     """Feeds `chunks[r]` to row `r` (other rows: padding).
@@ -166,7 +154,7 @@ class RowCache:
       out, cache = _extend(self.inc.extend_fn, self.verifier.params,
                            ids[sub, main:], mask[sub, main:] & ~fill[:, None],
                            cache)
-      self.cache = _put(self.cache, jnp.asarray(long), cache)
+      self.cache = put_rows(self.cache, jnp.asarray(long), cache)
       scores[long, main:] = np.asarray(jax.device_get(out))[:len(long)]
     return scores
 

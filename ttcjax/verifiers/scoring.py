@@ -28,6 +28,19 @@ ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 AGGREGATIONS = ("last", "min", "prod", "mean")
 
 
+def reward_probs(logits: jax.Array) -> jax.Array:
+  """Scores from reward-head logits: `sigmoid`, as float32."""
+  return jax.nn.sigmoid(logits.astype(jnp.float32))
+
+
+def step_tag_probs(logits: jax.Array, good_id: int, bad_id: int
+                   ) -> jax.Array:
+  """Scores from `[..., V]` LM-head logits at step tags: P(good)
+  renormalised over the (good, bad) tag ids, as float32."""
+  logits = logits.astype(jnp.float32)
+  return jax.nn.sigmoid(logits[..., good_id] - logits[..., bad_id])
+
+
 def reward_head_score_fn(apply_fn: Callable[[Any, jax.Array, jax.Array],
                                             jax.Array]) -> ScoreFn:
   """A score_fn from a scalar reward head.
@@ -42,8 +55,7 @@ def reward_head_score_fn(apply_fn: Callable[[Any, jax.Array, jax.Array],
   """
 
   def score_fn(params, tokens, token_mask):
-    return jax.nn.sigmoid(
-        apply_fn(params, tokens, token_mask).astype(jnp.float32))
+    return reward_probs(apply_fn(params, tokens, token_mask))
 
   return score_fn
 
@@ -73,8 +85,8 @@ def step_tag_score_fn(logits_fn: Callable[[Any, jax.Array, jax.Array],
                      f"{good_id}")
 
   def score_fn(params, tokens, token_mask):
-    logits = logits_fn(params, tokens, token_mask).astype(jnp.float32)
-    return jax.nn.sigmoid(logits[..., good_id] - logits[..., bad_id])
+    return step_tag_probs(logits_fn(params, tokens, token_mask), good_id,
+                          bad_id)
 
   return score_fn
 
