@@ -69,7 +69,7 @@ def test_results_json_is_byte_identical_across_reruns(study):
   again = report.analyze(*synthetic_study(), config=CONFIG)
   text = (workdir / "results.json").read_text()
   assert text == report.results_json(again)
-  assert json.loads(text)["schema_version"] == 2
+  assert json.loads(text)["schema_version"] == 3
 
 
 def test_report_and_figures_written(study):

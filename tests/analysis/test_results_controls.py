@@ -196,3 +196,30 @@ def test_results_with_every_control_are_byte_identical_across_reruns():
     return report.results_json(report.analyze(
         recs, oracle, prm, config=CONFIG, oracle_records=oracle_recs))
   assert once() == once()
+
+
+def test_beam_minus_baseline_per_bin_is_a_paired_interval():
+  recs, oracle, prm = study()
+  # Beam alone at 64: no baseline cell there, so counted, not compared.
+  recs += [record(u, "beam", dict(WEIGHTED, beam_width=4), 64, True)
+           for u in UIDS]
+  a = report.analyze(recs, oracle, prm, config=CONFIG)
+  c = a["comparisons"]
+  assert c["baseline_label"] == "best-of-N weighted"
+  assert c["budgets_without_baseline"] == 1
+  assert [r["budget"] for r in c["rows"]] == [4, 16]
+  bins = a["difficulty"]["oracle"]["assignment"]
+  hard = [i for i, u in enumerate(UIDS) if bins[u] == 2]
+  assert len(hard) == 10
+  for row in c["rows"]:
+    # Beam solves i < 15, best-of-N i < 10: the difference is 1 on 10..14.
+    assert row["difference"]["value"] == pytest.approx(0.25)
+    # Paired: every problem's difference is >= 0, so is every resample's.
+    assert row["difference"]["ci_low"] >= 0
+    diff = np.array([1.0 if 10 <= i < 15 else 0.0 for i in range(20)])
+    w = stats.bootstrap_weights(20, CONFIG["n_bootstrap"], 0)
+    want = stats.summarize(stats.weighted_mean(w[:, hard], diff[hard]))
+    assert row["bins"]["oracle"]["2"] == pytest.approx(want)
+  text = report.report_markdown(a)
+  assert "## Compared methods vs the baseline per bin" in text
+  assert "at a budget the baseline lacks" in text

@@ -165,13 +165,21 @@ def test_headline_lines_carry_intervals_and_warnings_first():
           "search": {"baseline_label": "best-of-N weighted",
                      "kinds": {"oracle": {"headline": [eff]}}},
           "search_all": {"baseline_label": "x",
-                         "kinds": {"oracle": {"headline": [eff]}}}}}
+                         "kinds": {"oracle": {"headline": [eff]}}}},
+      "comparisons": {"baseline_label": "best-of-N weighted", "rows": [
+          {"method": "b4", "label": "beam M=4", "budget": b,
+           "difference": acc, "bins": {"oracle": {"10": acc, "2": acc}}}
+          for b in (16.0, 64.0)]}}
   lines = embedded_study.headline(results)
   assert lines[0] == "too small"
   assert not any("search_all" in l for l in lines)
   body = [l for l in lines[1:] if not l.startswith("problems")]
   assert body and all("[" in l for l in body), body
-  assert "ratio 4 [2, 8]" in lines[-1]
+  assert any("ratio 4 [2, 8]" in l for l in lines)
+  # The compared method at its largest budget only, bins in numeric order.
+  assert lines[-1] == ("beam M=4 - best-of-N weighted at 64: +0.500 [+0.400, "
+                       "+0.600] (oracle bins: bin 2 +0.500 [+0.400, +0.600]; "
+                       "bin 10 +0.500 [+0.400, +0.600])")
 
 
 def test_a_prm_from_the_large_model_trains_after_it():

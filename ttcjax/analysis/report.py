@@ -33,7 +33,7 @@ from ttcjax.analysis.results import AnalysisConfig, analyze  # re-exported
 __all__ = ["AnalysisConfig", "RESULTS_SCHEMA", "analyze", "write_report"]
 
 RESULTS_SCHEMA = """\
-schema_version: 2
+schema_version: 3
 warnings: [str]                        # the report's and console's first
                                        # lines: config notice, headline
                                        # direction not shown, cut rates
@@ -61,6 +61,9 @@ methods: {method_id: {label, strategy, hparams, families: [family],
            policy_flops, verifier_flops, flops},   # per-problem means
     unfinished: {candidates, unfinished, rate, no_answer_rate},
     bins: {kind: {bin: acc}}}]}}
+comparisons: {baseline: method_id, baseline_label, budgets_without_baseline,
+  rows: [{method, label, budget, difference: acc,   # method - baseline,
+    bins: {kind: {bin: acc}}}]}        # paired bootstrap (Fig. 3 right)
 unfinished: {threshold, by_method: {method_id: {label, candidates,
     unfinished, rate, max_rate}},     # candidates cut: token cap, cache
   over_threshold: [{method, label, budget, rate}]}   # end, round limit
@@ -280,6 +283,27 @@ def _compute_optimal_md(analysis, families=None, methods=None,
   return out
 
 
+def _comparisons_md(analysis, comparisons=None,
+                    title="## Compared methods vs the baseline per bin"):
+  c = analysis["comparisons"] if comparisons is None else comparisons
+  if not c or not c["rows"]:
+    return []
+  out = [title, "", f"Accuracy of each method minus {c['baseline_label']} "
+         f"at the same budget [95% CI of the difference: paired bootstrap "
+         f"over problems] (paper Fig. 3 right).", ""]
+  if c["budgets_without_baseline"]:
+    out += [f"Left out: {c['budgets_without_baseline']} method/budget cells "
+            f"at a budget the baseline lacks.", ""]
+  bins = _bins(analysis)
+  for kind in _kinds(analysis):
+    out += [f"{kind} bins:", ""]
+    rows = [[r["label"], _num(r["budget"]), _acc(r["difference"], 2)]
+            + [_acc(r["bins"][kind][b], 2) for b in bins] for r in c["rows"]]
+    out += _table(["method", "budget", "all"] + [f"bin {b}" for b in bins],
+                  rows)
+  return out
+
+
 def _unfinished_md(analysis):
   u = analysis["unfinished"]
   out = ["## Cut candidates", "",
@@ -325,6 +349,9 @@ def _oracle_md(analysis):
   out = ["## Oracle-verifier control", "", f"{o['label']}.", ""]
   out += _methods_md(analysis, o["methods"], "### Accuracy per method "
                      "(oracle verifier)")
+  out += _comparisons_md(analysis, o.get("comparisons"),
+                         "### Compared methods vs the baseline per bin "
+                         "(oracle verifier)")
   out += _compute_optimal_md(analysis, o["compute_optimal"], o["methods"],
                              "### Compute-optimal (oracle verifier)")
   return out
@@ -401,7 +428,8 @@ def report_markdown(analysis: Mapping[str, Any],
     lines += [f"Left out (not every problem has a record): "
               f"{len(p['incomplete_cells'])} method/budget cells.", ""]
   lines += _difficulty_md(analysis) + _verifier_md(analysis)
-  lines += _methods_md(analysis) + _unfinished_md(analysis)
+  lines += _methods_md(analysis) + _comparisons_md(analysis)
+  lines += _unfinished_md(analysis)
   lines += _compute_optimal_md(analysis) + _oracle_md(analysis)
   lines += _revisions_md(analysis) + _flops_md(analysis)
   if figures:

@@ -32,7 +32,7 @@ import numpy as np
 from ttcjax.analysis import compute_optimal as co
 from ttcjax.analysis import controls, difficulty, flops_matched, stats
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KINDS = ("oracle", "predicted")
 POOL_OTHER = {"equal": "at_most", "at_most": "equal"}
 FAMILY_LABELS = {
@@ -336,6 +336,43 @@ def _methods_section(cfg, cells, labels, kinds, weights, bin_cols):
   return methods
 
 
+def _comparisons_section(cfg, cells, labels, kinds, weights, bin_cols):
+  """Each method of `comparison_strategies` minus the search baseline at the
+  same budget, overall and per bin (paper Fig. 3 right, with the CI the
+  figure lacks).
+
+  Paired: both accuracies are taken on the same bootstrap rows, so the
+  interval is that of the difference, not two overlapping intervals. A
+  budget where the baseline has no cell is left out (counted)."""
+  spec = cfg.baselines.get("search")
+  base_id = co.find_method(cells, spec) if spec else None
+  out = {"baseline": base_id,
+         "baseline_label": labels.get(base_id) if base_id else None,
+         "rows": [], "budgets_without_baseline": 0}
+  if base_id is None:
+    return out
+  base = {c.budget: c for c in cells if c.method == base_id}
+  for c in sorted(cells, key=lambda c: (c.method, c.budget)):
+    if c.strategy not in cfg.comparison_strategies:
+      continue
+    b = base.get(c.budget)
+    if b is None:
+      out["budgets_without_baseline"] += 1
+      continue
+    diff = c.correct - b.correct
+    row = {"method": c.method, "label": labels[c.method], "budget": c.budget,
+           "difference": stats.summarize(stats.weighted_mean(weights, diff),
+                                         cfg.ci_level),
+           "bins": {}}
+    for kind in kinds:
+      row["bins"][kind] = {
+          bn: stats.summarize(stats.weighted_mean(weights[:, cols],
+                                                  diff[cols]), cfg.ci_level)
+          for bn, cols in bin_cols[kind].items()}
+    out["rows"].append(row)
+  return out
+
+
 def _revisions_section(cfg, cells, labels, kinds, weights, bin_cols):
   mine = [c for c in cells if c.strategy == cfg.revision_strategy
           and "revision_length" in c.hparams]
@@ -439,6 +476,8 @@ def _oracle_section(cfg, records, uids, kinds, weights, bin_cols, folds):
           "problems": info,
           "methods": _methods_section(cfg, cells, labels, kinds, weights,
                                       bin_cols),
+          "comparisons": _comparisons_section(cfg, cells, labels, kinds,
+                                              weights, bin_cols),
           "compute_optimal": families,
           "unfinished": controls.unfinished(cfg, cells, labels)}
 
@@ -518,6 +557,8 @@ def analyze(records: Iterable[Mapping[str, Any]],
       "difficulty": diff_out,
       "methods": _methods_section(cfg, cells, labels, kinds, weights,
                                   bin_cols),
+      "comparisons": _comparisons_section(cfg, cells, labels, kinds,
+                                          weights, bin_cols),
       "unfinished": unfinished,
       "direction": direction,
       "verifier": controls.verifier(cfg, uids, oracle_samples, prm_scores,

@@ -576,8 +576,10 @@ def headline(results: Mapping[str, Any]) -> list[str]:
             f"compute-optimal {fam} ({kind} bins) vs {body['baseline_label']}"
             f" at N={e['target_budget']:g} (acc "
             f"{_acc(e.get('baseline_accuracy'))}): {_ratio(e)}")
+  lines += _comparison_lines(results.get("comparisons"), "")
   oracle = results.get("oracle_verifier")
   if oracle:
+    lines += _comparison_lines(oracle.get("comparisons"), "oracle verifier, ")
     for fam, body in sorted((oracle.get("compute_optimal") or {}).items()):
       if fam not in heads:
         continue
@@ -593,6 +595,23 @@ def headline(results: Mapping[str, Any]) -> list[str]:
     for kind, accs in sorted((fm.get("large_model") or {}).items()):
       lines.append(f"large model greedy ({kind} bins) all: "
                    f"{_acc((accs or {}).get('all'))}")
+  return lines
+
+
+def _comparison_lines(comparisons: Mapping[str, Any] | None,
+                      prefix: str) -> list[str]:
+  """Each compared method minus the baseline at its largest budget, overall
+  and per oracle bin (paired CIs, results.json `comparisons`)."""
+  rows = (comparisons or {}).get("rows") or []
+  lines = []
+  for method in sorted({r["method"] for r in rows}):
+    r = max((r for r in rows if r["method"] == method),
+            key=lambda r: r["budget"])
+    per_bin = "; ".join(f"bin {b} {_acc(a, '+')}" for b, a in sorted(
+        (r["bins"].get("oracle") or {}).items(), key=lambda kv: int(kv[0])))
+    lines.append(f"{prefix}{r['label']} - {comparisons['baseline_label']} at "
+                 f"{r['budget']:g}: {_acc(r['difference'], '+')}"
+                 + (f" (oracle bins: {per_bin})" if per_bin else ""))
   return lines
 
 
