@@ -262,7 +262,8 @@ def test_in_pool_specs_and_unfinished_counts():
   uids = ["a", "b"]
   recs = records_of(BON, 2, [1, 0], uids)
   recs[0]["candidates"] = [{"finished": True}, {"finished": False}]
-  recs[1]["candidates"] = [{"finished": False}, {"finished": False}]
+  recs[1]["candidates"] = [{"finished": False, "cut": "token_cap"},
+                           {"finished": False, "cut": "cache_end"}]
   recs[1]["answer"] = None
   recs[0]["answer"] = "3"
   majority = {"strategy": "best_of_n", "hparams": {"selection": "majority"}}
@@ -271,7 +272,10 @@ def test_in_pool_specs_and_unfinished_counts():
   weighted = [c for c in cells if co.in_pool(c, [BON])]
   assert len(weighted) == 1
   assert weighted[0].unfinished == {"candidates": 4, "unfinished": 3,
-                                    "rate": 0.75, "no_answer_rate": 0.5}
+                                    "rate": 0.75, "no_answer_rate": 0.5,
+                                    "by_reason": {"cache_end": 1,
+                                                  "token_cap": 1,
+                                                  "unknown": 1}}
   assert len([c for c in cells if co.in_pool(c, ["best_of_n"])]) == 2
   other = [c for c in cells if c not in weighted][0]
   assert other.unfinished["rate"] is None  # records without candidates

@@ -89,6 +89,27 @@ def test_cut_rate_over_threshold_is_in_the_first_lines():
   clean = report.analyze(*study(), config=CONFIG)
   assert not clean["unfinished"]["over_threshold"]
   assert not any("cut" in w for w in clean["warnings"])
+  # These records carry no reason (written before reasons were recorded).
+  assert beam[0]["by_reason"] == {"unknown": 160}
+
+
+def test_cut_candidates_are_counted_per_reason():
+  recs, oracle, prm = study()
+  for r in recs:
+    if r["strategy"] == "beam":  # 3 of 4 cut: 2 by the cache, 1 by the cap
+      r["candidates"] = [dict(r["candidates"][0], finished=False, cut=why)
+                         for why in ("cache_end", "cache_end", "token_cap")
+                         ] + [r["candidates"][0]]
+  a = report.analyze(recs, oracle, prm, config=CONFIG)
+  beam = [m for m in a["unfinished"]["by_method"].values()
+          if m["label"].startswith("beam")][0]
+  assert beam["by_reason"] == {"cache_end": 80, "token_cap": 40}
+  assert beam["unfinished"] == 120 and beam["rate"] == 0.75
+  worst = a["unfinished"]["over_threshold"][0]
+  assert worst["by_reason"] == {"cache_end": 40, "token_cap": 20}
+  assert any("75.0% (cache_end 40, token_cap 20)" in w
+             for w in a["warnings"])
+  assert "cache_end 80, token_cap 40" in report.report_markdown(a)
 
 
 def test_direction_warning_points_at_committed_results():

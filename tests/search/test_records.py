@@ -77,6 +77,17 @@ def test_record_fields_and_flops():
                         policy_config=cfg)
 
 
+def test_an_unfinished_candidate_carries_its_cut_reason():
+  result = _result()
+  cut = dataclasses.replace(result.candidates[0], finished=False,
+                            cut="cache_end")
+  rec = records.make_record(
+      dataclasses.replace(result, candidates=(cut, result.candidates[1])),
+      hparams={}, grade_fn=lambda a: a == "4")
+  assert rec["candidates"][0]["cut"] == "cache_end"
+  assert "cut" not in rec["candidates"][1]  # finished: no key
+
+
 def test_writer_appends_and_keys_read_back(tmp_path):
   path = tmp_path / "sub" / "records.jsonl"
   assert records.existing_keys(path) == set()

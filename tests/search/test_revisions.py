@@ -189,7 +189,8 @@ def test_same_key_same_result_and_batch_composition_does_not_matter():
 
 def _cands(rows):
   return tuple(Candidate(token_ids=(), step_ends=(), step_scores=(s,),
-                         score=s, answer=a, finished=f) for a, s, f in rows)
+                         score=s, answer=a, finished=f,
+                         cut=None if f else "token_cap") for a, s, f in rows)
 
 
 def _select(rows, length, how):

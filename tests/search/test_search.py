@@ -131,7 +131,7 @@ def test_the_last_round_decodes_to_eos(strategy):
   assert set(result.trace[-1].status) == {"complete"}
   assert len(result.candidates) == N
   for c in result.candidates:
-    assert c.finished and c.answer is not None
+    assert c.finished and c.answer is not None and c.cut is None
     assert c.token_ids[-1] == testing.EOS
     assert len(c.step_ends) == len(c.step_scores) == 4
   assert result.chosen >= 0
@@ -145,6 +145,11 @@ def test_unfinished_candidates_are_never_chosen():
   statuses = [c.finished for r in results for c in r.candidates]
   assert all(len(r.candidates) == N for r in results)
   assert any(statuses) and not all(statuses)
+  # The siblings had only ended a step: left behind, not cut by a limit.
+  assert {c.cut for r in results for c in r.candidates
+          if not c.finished} == {"left_behind"}
+  assert all(c.cut is None for r in results for c in r.candidates
+             if c.finished)
   for r in results:
     if r.chosen >= 0:
       assert r.candidates[r.chosen].finished
@@ -157,6 +162,7 @@ def test_unfinished_candidates_are_never_chosen():
     assert result.candidates and not any(c.finished
                                          for c in result.candidates)
     assert result.chosen == -1 and result.answer is None
+    assert {c.cut for c in result.candidates} == {"token_cap"}
 
 
 def test_candidates_cut_by_max_gen_end_unfinished():
@@ -166,7 +172,7 @@ def test_candidates_cut_by_max_gen_end_unfinished():
     (result,) = _run(strategy, _problems(1), policy)
     assert result.answer is None
     assert all(not c.finished and len(c.token_ids) == 16
-               for c in result.candidates)
+               and c.cut == "token_cap" for c in result.candidates)
 
 
 @pytest.mark.parametrize("max_len", [9, 10])
@@ -180,6 +186,7 @@ def test_a_full_cache_cuts_candidates(max_len):
   assert result.trace[-1].new_tokens == (max_len - 9,) * N
   assert set(result.trace[-1].status) == {"truncated"}
   assert result.candidates and not any(c.finished for c in result.candidates)
+  assert {c.cut for c in result.candidates} == {"cache_end"}
 
 
 def test_giving_up_finishes_without_an_answer():
@@ -498,7 +505,8 @@ def test_sharded_beam_search_equals_unsharded(monkeypatch):
 def _cand(answer, score, finished=True, tokens=3, read=5):
   return search.Candidate(token_ids=(1,) * tokens, step_ends=(),
                           step_scores=(), score=score, answer=answer,
-                          finished=finished, verifier_tokens=read)
+                          finished=finished, verifier_tokens=read,
+                          cut=None if finished else "token_cap")
 
 
 HAND = [_cand("1/2", 0.9), _cand("0.5", 0.3), _cand("3", 0.6),
@@ -623,3 +631,15 @@ def test_search_imports_no_model_or_data_stack():
           "('tensorflow', 'seqio', 'gin') or m.startswith('ttcjax.models')]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_candidate_says_why_it_was_cut_and_only_if_it_was():
+  with pytest.raises(ValueError, match="cut"):
+    search.Candidate(token_ids=(), step_ends=(), step_scores=(), score=0.0,
+                     answer=None, finished=False)
+  with pytest.raises(ValueError, match="cut"):
+    search.Candidate(token_ids=(), step_ends=(), step_scores=(), score=0.0,
+                     answer=None, finished=True, cut="token_cap")
+  with pytest.raises(ValueError, match="cut"):
+    search.Candidate(token_ids=(), step_ends=(), step_scores=(), score=0.0,
+                     answer=None, finished=False, cut="bored")

@@ -85,10 +85,12 @@ class Cell:
     correct: `[n_problems]` float 0/1, in the study's uid order.
     cost: per-problem means of `COST_FIELDS` (None where records lack one)
       and `flops` (policy + verifier).
-    unfinished: `{'candidates', 'unfinished', 'rate', 'no_answer_rate'}`:
-      candidates over all problems, how many ended unfinished, their
-      fraction (None without per-candidate records), and the fraction of
-      problems whose record has no answer.
+    unfinished: `{'candidates', 'unfinished', 'rate', 'by_reason',
+      'no_answer_rate'}`: candidates over all problems, how many ended
+      unfinished, their fraction, how many per `search.base.CUT_REASONS`
+      reason (None without per-candidate records; 'unknown' for records
+      that predate reasons), and the fraction of problems whose record has
+      no answer.
   """
   method: str
   strategy: str
@@ -181,17 +183,24 @@ def build_cells(records: Iterable[Mapping[str, Any]], uids: Sequence[str], *,
 def _unfinished(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   total = cut = 0
   known = True
+  reasons: dict[str, int] = {}
   for r in rows:
     cands = r.get("candidates")
     if cands is None:
       known = False
       continue
     total += len(cands)
-    cut += sum(not bool(c.get("finished", True)) for c in cands)
+    for c in cands:
+      if not bool(c.get("finished", True)):
+        cut += 1
+        # Records written before candidates carried a reason: 'unknown'.
+        why = c.get("cut") or "unknown"
+        reasons[why] = reasons.get(why, 0) + 1
   no_answer = sum(r.get("answer") is None for r in rows)
   return {"candidates": total if known else None,
           "unfinished": cut if known else None,
           "rate": (cut / total) if known and total else None,
+          "by_reason": dict(sorted(reasons.items())) if known else None,
           "no_answer_rate": no_answer / len(rows) if rows else None}
 
 

@@ -36,22 +36,27 @@ def unfinished(cfg, cells, labels):
     u = c.unfinished
     m = by_method.setdefault(c.method, {"label": labels[c.method],
                                         "candidates": 0, "unfinished": 0,
+                                        "by_reason": {},
                                         "known": True, "max_rate": None})
     if u.get("candidates") is None:
       m["known"] = False
       continue
     m["candidates"] += u["candidates"]
     m["unfinished"] += u["unfinished"]
+    for why, n in (u.get("by_reason") or {}).items():
+      m["by_reason"][why] = m["by_reason"].get(why, 0) + n
     if u["rate"] is not None:
       m["max_rate"] = max(m["max_rate"] or 0.0, u["rate"])
       if u["rate"] > cfg.cut_rate_threshold:
         over.append({"method": c.method, "label": labels[c.method],
-                     "budget": c.budget, "rate": u["rate"]})
+                     "budget": c.budget, "rate": u["rate"],
+                     "by_reason": dict(u.get("by_reason") or {})})
   for m in by_method.values():
     m["rate"] = (m["unfinished"] / m["candidates"]
                  if m["known"] and m["candidates"] else None)
+    m["by_reason"] = dict(sorted(m["by_reason"].items()))
     if not m.pop("known"):
-      m["candidates"] = m["unfinished"] = None
+      m["candidates"] = m["unfinished"] = m["by_reason"] = None
   return {"threshold": cfg.cut_rate_threshold, "by_method": by_method,
           "over_threshold": sorted(over, key=lambda o: (-o["rate"],
                                                         o["label"],
@@ -94,9 +99,18 @@ def warnings(cfg, cut, trend, oracle_cut=None) -> list[str]:
           f"{what}{len(u['over_threshold'])} method/budget cells cut more "
           f"than {u['threshold']:.0%} of their candidates (unfinished: token "
           f"cap, cache end or round limit; counted wrong), worst "
-          f"{worst['label']} at {worst['budget']:g}: {worst['rate']:.1%}. "
+          f"{worst['label']} at {worst['budget']:g}: {worst['rate']:.1%}"
+          f"{_reasons(worst.get('by_reason'))}. "
           f"Methods: {', '.join(names)}.")
   return out
+
+
+def _reasons(by_reason) -> str:
+  """' (token_cap 3, cache_end 1)': cut candidates per reason."""
+  if not by_reason:
+    return ""
+  return " (" + ", ".join(f"{k} {v}" for k, v in sorted(
+      by_reason.items(), key=lambda kv: (-kv[1], kv[0]))) + ")"
 
 
 def _fmt_acc(a):

@@ -59,14 +59,16 @@ methods: {method_id: {label, strategy, hparams, families: [family],
   points: [{budget, budget_n, accuracy: acc,
     cost: {generations, policy_tokens, prompt_tokens, verifier_tokens,
            policy_flops, verifier_flops, flops},   # per-problem means
-    unfinished: {candidates, unfinished, rate, no_answer_rate},
+    unfinished: {candidates, unfinished, rate, by_reason, no_answer_rate},
     bins: {kind: {bin: acc}}}]}}
 comparisons: {baseline: method_id, baseline_label, budgets_without_baseline,
   rows: [{method, label, budget, difference: acc,   # method - baseline,
     bins: {kind: {bin: acc}}}]}        # paired bootstrap (Fig. 3 right)
 unfinished: {threshold, by_method: {method_id: {label, candidates,
-    unfinished, rate, max_rate}},     # candidates cut: token cap, cache
-  over_threshold: [{method, label, budget, rate}]}   # end, round limit
+    unfinished, rate, max_rate, by_reason: {reason: n}}},   # candidates
+  over_threshold: [{method, label, budget, rate, by_reason}]}  # cut:
+      # token_cap, cache_end, round_limit, left_behind (DVTS siblings);
+      # unknown for records written before candidates carried a reason
 direction: null | {method, label, from_budget, to_budget, gain: acc,
   shown}                               # search baseline, largest - smallest
                                        # budget (paired bootstrap)
@@ -312,9 +314,12 @@ def _unfinished_md(analysis):
          f"{u['threshold']:.0%} in some cell: "
          f"{len(u['over_threshold'])} cells.", ""]
   rows = [[m["label"], _num(m["candidates"], "d") if m["candidates"]
-           is not None else "-", _pct(m["rate"]), _pct(m["max_rate"])]
+           is not None else "-", _pct(m["rate"]), _pct(m["max_rate"]),
+           ", ".join(f"{k} {v}" for k, v in (m.get("by_reason") or {})
+                     .items()) or "-"]
           for _, m in sorted(u["by_method"].items())]
-  return out + _table(["method", "candidates", "cut", "worst cell"], rows)
+  return out + _table(["method", "candidates", "cut", "worst cell",
+                       "cut by reason"], rows)
 
 
 def _verifier_md(analysis):

@@ -211,6 +211,14 @@ class TaskFns:
   equiv_fn: Callable[[str, str], bool]
 
 
+# Why a candidate ended unfinished (`Candidate.cut`): its tokens reached
+# max_gen; its rows' cache had no slot left (tree searches: all rows of a
+# batch share one cache index); the tree search ran out of rounds while it
+# was going on; or its DVTS subtree ended on a sibling while it had only
+# ended a step.
+CUT_REASONS = ("token_cap", "cache_end", "round_limit", "left_behind")
+
+
 @dataclasses.dataclass(frozen=True)
 class Candidate:
   """One solution a search produced.
@@ -225,6 +233,8 @@ class Candidate:
     finished: ended with EOS or (stop_at_answer) a final-answer step;
       unfinished candidates (cut by max_gen, the cache or max_rounds) are
       never chosen.
+    cut: why an unfinished candidate ended (one of `CUT_REASONS`); None
+      for a finished one.
     verifier_tokens: tokens the verifier read for this candidate alone
       (best-of-N); None where prefixes were shared (tree searches).
     text: `detokenize(token_ids)`, if a detokenizer was given.
@@ -237,6 +247,14 @@ class Candidate:
   finished: bool
   verifier_tokens: int | None = None
   text: str | None = None
+  cut: str | None = None
+
+  def __post_init__(self):
+    if self.finished != (self.cut is None) or (
+        self.cut is not None and self.cut not in CUT_REASONS):
+      raise ValueError(f"Candidate: finished={self.finished} needs cut=None"
+                       f" and an unfinished one a cut in {CUT_REASONS}, got "
+                       f"cut={self.cut!r}")
 
 
 @dataclasses.dataclass(frozen=True)

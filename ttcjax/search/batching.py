@@ -137,8 +137,10 @@ def chunks(problems: Sequence[SearchProblem], config: SearchConfig):
 def make_candidate(ids: Sequence[int], step_ends: Sequence[int],
                    values: Sequence[float], how: str, finished: bool,
                    policy: PolicyFns, task: TaskFns,
-                   verifier_tokens: int | None = None) -> Candidate:
-  """A `Candidate` with its score, answer and (optional) text."""
+                   verifier_tokens: int | None = None,
+                   cut: str | None = None) -> Candidate:
+  """A `Candidate` with its score, answer and (optional) text; `cut` says
+  why an unfinished one ended (`base.CUT_REASONS`)."""
   ids = tuple(int(i) for i in ids)
   values = tuple(float(v) for v in values)
   score = float(aggregate(np.asarray([values], np.float32).reshape(1, -1),
@@ -147,4 +149,4 @@ def make_candidate(ids: Sequence[int], step_ends: Sequence[int],
       token_ids=ids, step_ends=tuple(int(e) for e in step_ends),
       step_scores=values, score=score, answer=task.answer_fn(ids),
       finished=bool(finished), verifier_tokens=verifier_tokens,
-      text=policy.detokenize(ids) if policy.detokenize else None)
+      text=policy.detokenize(ids) if policy.detokenize else None, cut=cut)

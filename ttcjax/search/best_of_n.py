@@ -98,7 +98,9 @@ def _best_of_n_batch(real, padded, budget, policy, verifier, task, config,
     candidates = tuple(
         batching.make_candidate(tokens[r, :num[r]], ends[r], scores[r],
                             config.aggregation, finished[r], policy, task,
-                            verifier_tokens=read[r]) for r in span)
+                            verifier_tokens=read[r],
+                            cut=None if finished[r] else "token_cap")
+        for r in span)
     chosen = select(candidates, config.selection, task.equiv_fn)
     results.append(SearchResult(
         uid=problem.uid, strategy="best_of_n", budget=n,

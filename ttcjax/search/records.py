@@ -96,7 +96,8 @@ def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
   Returns:
     A JSON-ready dict with uid, strategy, hparams, budget, answer, correct,
     chosen, generations, policy_tokens, prompt_tokens, verifier_tokens,
-    per-candidate answers/scores/finished/correct, and flops_policy /
+    per-candidate answers/scores/finished/correct/tokens (and `cut`, the
+    reason, for an unfinished one), and flops_policy /
     flops_verifier / flops when `policy_config` is given.
 
   Raises:
@@ -122,9 +123,10 @@ def make_record(result: SearchResult, *, hparams: Mapping[str, Any],
       "policy_tokens": result.policy_tokens_generated,
       "prompt_tokens": result.prompt_tokens_prefilled,
       "verifier_tokens": result.verifier_tokens_read,
-      "candidates": [{"answer": c.answer, "score": round(c.score, 6),
-                      "finished": c.finished, "correct": grade(c.answer),
-                      "tokens": len(c.token_ids)}
+      "candidates": [dict({"answer": c.answer, "score": round(c.score, 6),
+                           "finished": c.finished, "correct": grade(c.answer),
+                           "tokens": len(c.token_ids)},
+                          **({} if c.cut is None else {"cut": c.cut}))
                      for c in result.candidates],
   }
   if policy_config is not None:

@@ -227,7 +227,8 @@ class _Chains:
         ends = (len(solutions[r]),) if solutions[r] else ()
         self.candidates[r].append(batching.make_candidate(
             tokens[r, :num[r]], ends, scores[r], "last", finished[r],
-            self.policy, self.task, verifier_tokens=read[r]))
+            self.policy, self.task, verifier_tokens=read[r],
+            cut=None if finished[r] else "token_cap"))
     return self._results()
 
   def _results(self) -> list[SearchResult]:

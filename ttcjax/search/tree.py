@@ -293,10 +293,12 @@ class _Batch:
     return self.config.stop_at_answer and self.task.answer_fn(
         [int(i) for i in ids]) is not None
 
-  def _candidate(self, tree, r, tokens, num, finished):
+  def _candidate(self, tree, r, tokens, num, cut=None):
+    """Row `r`'s candidate: finished unless `cut` says why it ended."""
     return batching.make_candidate(tokens[r, :num[r]], tree.ends[r],
                                    tree.values[r], self.config.aggregation,
-                                   finished, self.policy, self.task)
+                                   cut is None, self.policy, self.task,
+                                   cut=cut)
 
   def run(self) -> list[SearchResult]:
     policy, dec = self.policy, self.policy.decoder
@@ -344,7 +346,7 @@ class _Batch:
     tokens, num = jax.device_get((state.tokens, state.num_generated))
     rows = np.flatnonzero(live)
     status, new_step = {}, {}
-    old_steps = {}
+    old_steps, cut = {}, {}  # cut: why a 'truncated' row ended
     for r in rows:
       last = int(tokens[r, num[r] - 1]) if num[r] else -1
       end = num[r] - (last == dec.eos_id)
@@ -364,6 +366,7 @@ class _Batch:
         status[r] = "step"
       else:
         status[r] = "truncated"
+        cut[r] = "token_cap" if num[r] >= dec.max_gen else "cache_end"
 
     # Lookahead: continuing rows roll out; the state comes back unchanged.
     rollout_new = dict.fromkeys(rows, 0)
@@ -426,7 +429,8 @@ class _Batch:
     by_problem = {}
     for r in rows:
       by_problem.setdefault(int(self.problem[r]), []).append(r)
-    survivors = self._prune(rnd, tree, by_problem, status, agg, tokens, num)
+    survivors = self._prune(rnd, tree, by_problem, status, cut, agg, tokens,
+                            num)
     for p, mine in by_problem.items() if cfg.trace else ():
       tree.traces[p].append(RoundTrace(
           slots=tuple(int(self.slot[r]) for r in mine),
@@ -440,9 +444,10 @@ class _Batch:
     tree, state = self._expand(rnd, tree, state, survivors)
     return tree, state, num
 
-  def _prune(self, rnd, tree, by_problem, status, agg, tokens, num):
+  def _prune(self, rnd, tree, by_problem, status, cut, agg, tokens, num):
     """Applies the prune rule per group: moves leaving rows' candidates
-    into `tree`; returns `{problem: {group: ((row, children), ...)}}`."""
+    into `tree` (`cut`: why each truncated row ended); returns `{problem:
+    {group: ((row, children), ...)}}`."""
     last_round = rnd == self.config.max_rounds - 1
     survivors = {}
     for p, rows in by_problem.items():
@@ -456,9 +461,11 @@ class _Batch:
             value=tuple(float(agg[r]) for r in members),
             finished=len(tree.finished[p]), budget=self.n, size=self.size),
                                      self.n)
-        tree.finished[p] += [self._candidate(tree, r, tokens, num, True)
+        tree.finished[p] += [self._candidate(tree, r, tokens, num)
                              for r in decision.complete]
-        tree.unfinished[p] += [self._candidate(tree, r, tokens, num, False)
+        # A row that had only ended a step leaves behind (DVTS siblings).
+        tree.unfinished[p] += [self._candidate(
+            tree, r, tokens, num, cut.get(r, "left_behind"))
                                for r in decision.truncated]
         kept = tuple((r, c) for r, c in decision.children if c)
         if sum(c for _, c in kept) > self.size:
@@ -474,7 +481,8 @@ class _Batch:
         tree.done[p] = True
         survivors.pop(p, None)
       elif last_round:  # rounds exhausted: survivors end unfinished
-        tree.unfinished[p] += [self._candidate(tree, r, tokens, num, False)
+        tree.unfinished[p] += [self._candidate(tree, r, tokens, num,
+                                               "round_limit")
                                for g in survivors[p].values() for r, _ in g]
         tree.done[p] = True
     return survivors
