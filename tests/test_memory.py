@@ -134,3 +134,35 @@ def test_decode_state_bytes_match_real_placement(shape):
   assert memory.decode_state_bytes(rows, max_gen,
                                    memory.AbstractMesh.of(*shape),
                                    rules) == _local_bytes(placed)
+
+
+def test_an_incremental_verifier_adds_its_cache_per_row():
+  """With `verifier_cache_len`, the PRM's own cache (its layers, kv heads,
+  head_dim and dtype, for every policy row) is counted, and the call that
+  reads every row into it is a peak of its own."""
+  mesh, h100 = memory.AbstractMesh.of(), memory.DEVICES["h100"]
+  prm = memory.QWEN25_MATH_PRM_7B
+  off = memory.math500_shapes(rows=64)
+  on = dataclasses.replace(off, verifier_cache_len=512)
+  a, b = (memory.estimate(s, mesh, h100) for s in (off, on))
+  rows, slots = 64, 512
+  by_hand = (2 * prm.n_layers * rows * prm.n_kv_heads * slots * prm.head_dim
+             * 2 + rows * slots + rows * 4 + 4)  # bf16 k, v; valid; next_pos
+  assert b.cache - a.cache == by_hand == memory.cache_bytes(prm, rows, slots,
+                                                            mesh)
+  assert (b.params, b.activations, b.phase, b.state) == (
+      a.params, a.activations, a.phase, a.state)
+  assert b.total - a.total == by_hand
+  # Every row reads up to verifier_len - prompt_len new tokens at once.
+  new = off.verifier_len - off.prompt_len
+  peak = (rows * prm.n_heads * new * slots * (4 + 2) +
+          2 * rows * new * prm.d_ff * 2)
+  peaks = memory.activation_bytes(on, mesh)
+  assert peaks["incremental verifier"] == peak < peaks["verifier"]
+  assert "incremental verifier" not in memory.activation_bytes(off, mesh)
+  # Longer, it is the largest peak.
+  long = dataclasses.replace(on, verifier_cache_len=4096)
+  est = memory.estimate(long, mesh, h100)
+  assert est.phase == "incremental verifier"
+  assert est.activations == memory.activation_bytes(long, mesh)[
+      "incremental verifier"]

@@ -18,6 +18,9 @@ What is counted, per device:
   fields), rows over the batch axes as `shard_rows` places them, once per
   state alive (a lookahead roll-out keeps the candidates' state besides
   the rolled-out one);
+* with an incremental verifier (`SearchShapes.verifier_cache_len`), the
+  verifier's KV cache of that many slots for every policy row, laid out
+  and sharded as the policy's (`ttcjax.search.incremental`);
 * the largest of three activation peaks, which happen one at a time:
   - prefill: the LM logits `lm_logits` computes at every prompt position,
     `[prompt_rows, prompt_len, vocab] float32`;
@@ -26,7 +29,11 @@ What is counted, per device:
     probabilities (compute dtype), `[n, heads, L, L]`, plus the MLP's two
     hidden activations `[n, L, d_ff]`, for `n = verifier_rows` rows scored
     per call, plus its `[n, L, vocab] float32` logits when the verifier is
-    read from its LM head (step-tag PRMs such as RLHFlow's).
+    read from its LM head (step-tag PRMs such as RLHFlow's);
+  - incremental verifier call: the same for every row at once (its
+    calls read all rows), `t = verifier_len - prompt_len` new tokens (the
+    most one round may add: the last round decodes to EOS) attending
+    `verifier_cache_len` keys, `[rows, heads, t, verifier_cache_len]`.
 
 Activation peaks are estimates (XLA may fuse or rematerialise); the check
 keeps `headroom` of HBM free for them being off, for XLA's own buffers and
@@ -181,6 +188,9 @@ class SearchShapes:
       `logprobs`); 0: the decode state is not counted.
     decode_states: decode states alive at once (2 for lookahead: see
       `stepping.rollout_and_rollback`).
+    verifier_cache_len: slots per row of the verifier's own KV cache when
+      it is read incrementally (`VerifierFns.incremental`); 0: no cache
+      (every call re-reads whole inputs).
   """
   policy: ModelConfig
   verifier: ModelConfig | None
@@ -192,6 +202,7 @@ class SearchShapes:
   verifier_rows: int
   max_gen: int = 0
   decode_states: int = 1
+  verifier_cache_len: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,22 +247,37 @@ def activation_bytes(shapes: SearchShapes, mesh,
   }
   ver = shapes.verifier
   if ver is not None:
-    n, length = shapes.verifier_rows, shapes.verifier_len
-    heads = ("activation_batch", "activation_heads", None, None)
-    scores = shard_bytes((n, ver.n_heads, length, length), f32, heads, mesh,
-                         rules)
-    probs = shard_bytes((n, ver.n_heads, length, length),
-                        as_dtype(ver.dtype), heads, mesh, rules)
-    mlp = 2 * shard_bytes((n, length, ver.d_ff), as_dtype(ver.dtype),
-                          ("activation_batch", "activation_length",
-                           "activation_mlp"), mesh, rules)
-    out["verifier"] = scores + probs + mlp
-    if not ver.reward_head:  # an LM-head PRM (step tags) computes logits
-      out["verifier"] += shard_bytes(
-          (n, length, ver.vocab_size), f32,
-          ("activation_batch", "activation_length", "activation_vocab"),
-          mesh, rules)
+    out["verifier"] = _verifier_call_bytes(
+        ver, shapes.verifier_rows, shapes.verifier_len, shapes.verifier_len,
+        mesh, rules)
+    if shapes.verifier_cache_len:
+      out["incremental verifier"] = _verifier_call_bytes(
+          ver, shapes.rows, max(shapes.verifier_len - shapes.prompt_len, 1),
+          shapes.verifier_cache_len, mesh, rules)
   return out
+
+
+def _verifier_call_bytes(ver: ModelConfig, n: int, length: int, keys: int,
+                         mesh, rules) -> int:
+  """One layer's attention scores and probabilities `[n, heads, length,
+  keys]`, the MLP's hidden activations and, for an LM-head verifier, its
+  logits."""
+  f32 = np.float32
+  heads = ("activation_batch", "activation_heads", None, None)
+  scores = shard_bytes((n, ver.n_heads, length, keys), f32, heads, mesh,
+                       rules)
+  probs = shard_bytes((n, ver.n_heads, length, keys), as_dtype(ver.dtype),
+                      heads, mesh, rules)
+  mlp = 2 * shard_bytes((n, length, ver.d_ff), as_dtype(ver.dtype),
+                        ("activation_batch", "activation_length",
+                         "activation_mlp"), mesh, rules)
+  total = scores + probs + mlp
+  if not ver.reward_head:  # an LM-head PRM (step tags) computes logits
+    total += shard_bytes(
+        (n, length, ver.vocab_size), f32,
+        ("activation_batch", "activation_length", "activation_vocab"),
+        mesh, rules)
+  return total
 
 
 def estimate(shapes: SearchShapes, mesh, device: Device,
@@ -263,6 +289,9 @@ def estimate(shapes: SearchShapes, mesh, device: Device,
     params += param_bytes(shapes.verifier, mesh, rules)
   cache = cache_bytes(shapes.policy, shapes.rows, shapes.cache_len, mesh,
                       rules)
+  if shapes.verifier is not None and shapes.verifier_cache_len:
+    cache += cache_bytes(shapes.verifier, shapes.rows,
+                         shapes.verifier_cache_len, mesh, rules)
   peaks = activation_bytes(shapes, mesh, rules)
   phase = max(peaks, key=peaks.get)
   state = shapes.decode_states * decode_state_bytes(

@@ -1,5 +1,6 @@
 """The end-to-end study's wiring (fast) and a micro run (slow)."""
 
+import dataclasses
 import json
 import os
 
@@ -8,7 +9,7 @@ import pytest
 from ttcjax import checkpoint, experiments
 from ttcjax.analysis import flops
 from ttcjax.experiments import sweep_runner
-from ttcjax.experiments import embedded, embedded_study, stages
+from ttcjax.experiments import embedded, embedded_study, stages, studies
 
 NEW = ("pretrain_large", "large_eval", "search_sweep", "difficulty_samples",
        "oracle_sweep",
@@ -81,6 +82,49 @@ def test_search_run_covers_strategies():
 
 CKPTS = sweep_runner.Checkpoints(policy="/p", prm="/q", revision="/r",
                                  orm="/o")
+
+# `stages.config_hash` of each preset's SweepConfig before
+# `incremental_verifier` was added: finished studies' search_sweep and
+# analysis stages hash it, so these must not change.
+SWEEP_HASHES = {"smoke": "1f412858c25859cb", "arith_cpu": "eec1e336313ee1e4",
+                "micro": "abe1a0db8a949bd8",
+                "countdown_smoke": "1f412858c25859cb",
+                "countdown_cpu": "eec1e336313ee1e4",
+                "countdown_micro": "abe1a0db8a949bd8"}
+
+
+@pytest.mark.parametrize("preset", sorted(embedded_study.SWEEPS))
+def test_presets_keep_their_hashes_and_the_verifier_reads_in_full(preset):
+  sweep = embedded_study.SWEEPS[preset]
+  assert not sweep.incremental_verifier
+  assert stages.config_hash(sweep) == SWEEP_HASHES[preset]
+  assert "incremental_verifier" not in stages.jsonable(sweep)
+
+
+def test_incremental_verifier_reaches_the_prm_sweep_only():
+  config = embedded.micro()
+  sweep = embedded_study.SWEEPS["micro"]
+  on = dataclasses.replace(sweep, incremental_verifier=True)
+  assert stages.jsonable(on)["incremental_verifier"] is True
+  assert not embedded_study.search_run(config, sweep,
+                                       CKPTS).incremental_verifier
+  assert embedded_study.search_run(config, on, CKPTS).incremental_verifier
+  oracle = embedded_study.search_run(
+      config, on, sweep_runner.Checkpoints(policy="/p"), oracle=True)
+  assert oracle.verifier == "oracle" and not oracle.incremental_verifier
+  hashes = [stages.stage_hashes(embedded_study.full_study_stages(config, s))
+            for s in (sweep, on)]
+  assert hashes[0] == stages.stage_hashes(
+      embedded_study.full_study_stages(config))
+  changed = {n for n in hashes[0] if hashes[0][n] != hashes[1][n]}
+  # The PRM sweep and the analysis reading it; not the oracle's sweep.
+  assert changed == {"search_sweep", "analysis"}
+  with pytest.raises(ValueError, match="incremental_verifier must be a bool"):
+    dataclasses.replace(sweep, incremental_verifier="yes")
+  # The study's gin setting: study.ArithStudy.sweep = {...: True}.
+  study = studies.ArithStudy(
+      preset="micro", sweep={"incremental_verifier": True})
+  assert stages.stage_hashes(study.stages()) == hashes[1]
 
 
 @pytest.mark.parametrize("preset", sorted(embedded_study.SWEEPS))

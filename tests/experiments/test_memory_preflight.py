@@ -143,6 +143,42 @@ def test_lookahead_counts_the_candidates_state_its_rollout_keeps(root):
     preflight.check_memory(look_run, device=chip, num_devices=1)
 
 
+def test_an_incremental_verifier_counts_its_cache_and_can_be_refused(root):
+  """`SearchRun.incremental_verifier`: the PRM's cache of
+  `verifier_cache_len` slots (the policy's tree cache; the reward-head
+  layout adds nothing) for every row is counted, exactly; a chip that
+  holds the run without it refuses it with it, in one line."""
+  off_run = _run(root, per_batch=1, verifier_rows=32)
+  on_run = dataclasses.replace(off_run, incremental_verifier=True)
+  assert sweep_runner.verifier_cache_len(on_run, PROMPT) == CACHE
+  (off,) = preflight.check_memory(off_run, device=H100, num_devices=1)
+  chip = memory.Device("chip", int(2 * off.estimate.total / 0.85), np.nan)
+  (off,) = preflight.check_memory(off_run, device=chip, num_devices=1)
+  (on,) = preflight.check_memory(
+      dataclasses.replace(on_run, max_new_tokens=GEN // 8), device=chip,
+      num_devices=1)  # a shorter cache fits (and runs the same code)
+  prm, rows = memory.QWEN25_MATH_PRM_7B, 64
+  prm_cache = (2 * prm.n_layers * rows * prm.n_kv_heads * CACHE *
+               prm.head_dim * 2 + rows * CACHE + rows * 4 + 4)
+  shapes = preflight._tree_shapes(  # pylint: disable=protected-access
+      on_run, 1, rows, PROMPT, POLICY, prm, False)
+  est = memory.estimate(shapes, memory.AbstractMesh.of(), chip)
+  assert shapes.verifier_cache_len == CACHE
+  assert est.cache == off.estimate.cache + prm_cache
+  assert est.total >= off.estimate.total + prm_cache
+  assert off.estimate.fits and not est.fits
+  with pytest.raises(ValueError) as info:
+    preflight.check_memory(on_run, device=chip, num_devices=1)
+  message = str(info.value)
+  assert "\n" not in message
+  for needle in ("beam beam_width=4 N=64 does not fit", "64 rows",
+                 f"{CACHE}-slot cache", f"and the PRM's {CACHE}-slot cache "
+                 "(SearchRun.incremental_verifier)",
+                 f"cache {_gib(est.cache)}",
+                 "or turn SearchRun.incremental_verifier off"):
+    assert needle in message, (needle, message)
+
+
 def test_no_tree_search_or_no_memory_limit_checks_nothing(root):
   run = _run(root)
   bon = dataclasses.replace(run, strategies=run.strategies[:1])

@@ -159,6 +159,20 @@ def test_hash_covers_nested_dataclasses_and_inputs():
     stages.config_hash(object())
 
 
+def test_a_field_hashed_if_set_keeps_old_hashes_until_set():
+  import dataclasses
+
+  def make(*fields):  # a config class named Config, as two versions of it
+    return dataclasses.make_dataclass("Config", fields, frozen=True)
+
+  old = make(("lr", float))
+  new = make(("lr", float), ("fast", bool, stages.hashed_if_set(False)))
+  assert stages.config_hash(new(0.1)) == stages.config_hash(old(0.1))
+  assert stages.config_hash(new(0.1, fast=True)) != stages.config_hash(
+      old(0.1))
+  assert stages.jsonable(new(0.1, fast=True))["fast"] is True
+
+
 def test_stage_order_and_names_are_validated(tmp_path):
   with pytest.raises(ValueError, match="do not come before"):
     stages.run_stages([_sum_stage([]), _square_stage([])], tmp_path)

@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ttcjax import decoding, models, partitioning, search, testing
 from ttcjax.experiments import callbacks
-from ttcjax.search import incremental
+from ttcjax.search import batching, incremental
 
 KEY = jax.random.key(0)
 TASK = testing.task_fns()
@@ -112,6 +112,29 @@ def test_incremental_scores_equal_full_rescoring(fed, strategy, kw,
   assert read < sum(r.verifier_tokens_read for r in full)
   # The prompt layout is read once per problem, not once per row.
   assert fed[0] == sum(len(p.prompt_ids) for p in _problems())
+
+
+@pytest.mark.parametrize("strategy,kw", [("beam", {"beam_width": 2}),
+                                         ("lookahead", {"lookahead": 1,
+                                                        "beam_width": 2})])
+def test_full_rescoring_counts_every_prefix_it_rereads(fed, monkeypatch,
+                                                       strategy, kw):
+  """Without the cache, a result's verifier tokens are the real (unmasked)
+  tokens of every PRM call: each round's whole inputs, prompt included."""
+  real, step_scores = [], batching.step_scores
+
+  def spy(score_fn, params, tokens, mask, ends):
+    real.append(int(np.asarray(mask).sum()))
+    return step_scores(score_fn, params, tokens, mask, ends)
+
+  monkeypatch.setattr(batching, "step_scores", spy)
+  full = _run(strategy, _verifier(True, None), **kw)
+  assert len(real) >= 2 and not fed
+  assert sum(r.verifier_tokens_read for r in full) == sum(real)
+  real.clear()
+  inc = _run(strategy, _verifier(True, 256), **kw)
+  assert not real  # every batch read incrementally
+  assert sum(r.verifier_tokens_read for r in inc) == sum(fed)
 
 
 def test_a_full_cache_falls_back_to_full_rescoring(fed):

@@ -7,6 +7,8 @@ import json
 import os
 
 import gin
+import jax
+import numpy as np
 import pytest
 
 from ttcjax import checkpoint, models, search, testing
@@ -145,6 +147,16 @@ def test_every_search_gin_file_parses(path):
   assert spec.strategy == os.path.basename(path)[:-len(".gin")]
   assert spec.budgets == (4, 16, 64)
   assert spec.configs(8)
+
+
+def test_incremental_verifier_is_a_gin_setting():
+  gin.clear_config()
+  try:
+    run = entry.parse([os.path.join(GIN_DIR, "beam.gin")], BINDINGS + [
+        "search.SearchRun.incremental_verifier = True"])
+  finally:
+    gin.clear_config()
+  assert run.incremental_verifier
 
 
 def test_required_checkpoints_must_be_bound():
@@ -344,3 +356,92 @@ def test_oracle_run_records_tokens_without_verifier_flops(checkpoints,
               [c["answer"] for c in prm[key]["candidates"]])
     # A candidate the oracle passes reaches the right answer.
     assert all(c["correct"] for c in r["candidates"] if c["score"] == 1.0)
+
+
+@pytest.fixture(scope="module")
+def stepping_checkpoints(tmp_path_factory, checkpoints):
+  """A random policy that ends steps (a newline, p ~ 0.1-0.5) and solutions
+  (EOS) often, so tree searches run several rounds in 12 tokens: every
+  embedding shares a large first component, which no layer writes to, and
+  the newline's and EOS's are larger there, which raises their logits
+  (tied embeddings)."""
+  tok = sweep_runner.make_tokenizer(checkpoints)
+  (newline,) = tok.stop_ids
+  params = jax.tree.map(np.array, testing.numpy_params(TINY, 0))
+  params["embedding"][:, 0] = 8.0
+  params["embedding"][newline, 0] += 3.0
+  params["embedding"][tok.eos_id, 0] += 2.5
+  for i in range(TINY.n_layers):
+    params[f"layer_{i}"]["attn"]["o_proj"]["kernel"][..., 0] = 0
+    params[f"layer_{i}"]["mlp"]["down_proj"]["kernel"][:, 0] = 0
+  root = tmp_path_factory.mktemp("stepping")
+  checkpoint.save(root / "policy", params, TINY)
+  return dataclasses.replace(checkpoints, policy=str(root / "policy"))
+
+
+def test_incremental_verifier_sweep_reads_less_for_the_same_records(
+    stepping_checkpoints, tmp_path):
+  """`SearchRun.incremental_verifier`: the same records (keys, candidates,
+  answers, correctness; scores to 1e-5), fewer verifier tokens for the tree
+  searches, and verifier FLOPs charged from the tokens each record read."""
+  tree = dict(budgets=[4], base={"max_rounds": 4})
+  checkpoints = stepping_checkpoints
+  off_config = dataclasses.replace(_run_config(checkpoints), strategies=[
+      sweep_runner.StrategySpec(strategy="best_of_n", budgets=[4]),
+      sweep_runner.StrategySpec(strategy="beam", grid={"beam_width": [2]},
+                                **tree),
+      sweep_runner.StrategySpec(strategy="lookahead",
+                                grid={"lookahead": [1], "beam_width": [2]},
+                                **tree)], problems_per_batch=3)
+  on_config = dataclasses.replace(off_config, incremental_verifier=True)
+  with pytest.raises(ValueError, match="incremental_verifier must be a bool"):
+    dataclasses.replace(off_config, incremental_verifier=1)
+  with pytest.raises(ValueError, match="needs verifier='prm'"):
+    dataclasses.replace(on_config, verifier="oracle")
+  sweep_runner.run(off_config, str(tmp_path / "off"))
+  sweep_runner.run(on_config, str(tmp_path / "on"))
+  read = lambda d: {records.record_key(r): r for r in records.read_records(
+      os.path.join(tmp_path, d, records.RECORDS_FILE))}
+  off, on = read("off"), read("on")
+  assert set(off) == set(on) and len(off) == 3 * 3
+  prm = TINY.replace(reward_head=True)
+  tok = sweep_runner.make_tokenizer(checkpoints)
+  width = sweep_runner.prompt_width(off_config, [
+      tok.encode_text.encode(p.prompt)
+      for p in sweep_runner.load_problems(off_config.problems)])
+  full_len = sweep_runner.prm_verifier_len(off_config, width)
+  cache_len = sweep_runner.verifier_cache_len(on_config, width)
+  assert cache_len == width + 4 * 12 > full_len
+  spent = {}
+  for key, a in off.items():
+    b = on[key]
+    for field in ("answer", "correct", "chosen", "generations",
+                  "policy_tokens", "prompt_tokens", "flops_policy"):
+      assert a[field] == b[field], (key, field)
+    assert [{**c, "score": None} for c in a["candidates"]] == [
+        {**c, "score": None} for c in b["candidates"]]
+    np.testing.assert_allclose([c["score"] for c in a["candidates"]],
+                               [c["score"] for c in b["candidates"]],
+                               atol=1e-5)
+    strategy = key[1]
+    if strategy == "best_of_n":  # reads each candidate once either way
+      assert a["verifier_tokens"] == b["verifier_tokens"]
+    else:
+      assert b["verifier_tokens"] < a["verifier_tokens"]
+    # Verifier FLOPs from the tokens read: a full read attends at most
+    # `full_len` keys, a cached one every slot of the cache.
+    for r, context in ((a, full_len), (b, full_len if strategy ==
+                                       "best_of_n" else cache_len)):
+      want = flops.search_flops(TINY, prompt_tokens=r["prompt_tokens"],
+                                generated_tokens=r["policy_tokens"],
+                                verifier=prm,
+                                verifier_tokens=r["verifier_tokens"],
+                                policy_context=0, verifier_context=context)
+      assert r["flops_verifier"] == want.verifier
+    for name, r in (("off", a), ("on", b)):
+      tokens, flop = spent.get((strategy, name), (0, 0.0))
+      spent[strategy, name] = (tokens + r["verifier_tokens"],
+                               flop + r["flops_verifier"])
+  print("verifier tokens, FLOPs (off / on):", {
+      s: (spent[s, "off"], spent[s, "on"])
+      for s in ("best_of_n", "beam", "lookahead")})

@@ -91,6 +91,13 @@ class SweepConfig:
     shows_direction: whether the preset is sized to show the headline's
       direction; False puts a notice first in the report and console that
       points at the committed arith_cpu results.
+    incremental_verifier: the PRM sweep's tree searches read the PRM
+      through a cache per row, only each round's new tokens
+      (`SearchRun.incremental_verifier`): same candidates and answers,
+      scores equal to 1e-5, fewer verifier tokens and FLOPs in the
+      records. Off in every preset (their committed results were made
+      without it); hashed only when on (`stages.hashed_if_set`), so
+      finished studies keep their stage hashes.
   """
   budgets: tuple[int, ...]
   beam_widths: tuple[Any, ...] = (4, "sqrt")
@@ -102,10 +109,14 @@ class SweepConfig:
   n_bootstrap: int = 200
   difficulty_samples: int = 64
   shows_direction: bool = True
+  incremental_verifier: bool = stages.hashed_if_set(False)
 
   def __post_init__(self):
     for name in ("budgets", "beam_widths", "lookaheads", "revision_lengths"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
+    if not isinstance(self.incremental_verifier, bool):
+      raise ValueError(f"SweepConfig.incremental_verifier must be a bool, "
+                       f"got {self.incremental_verifier!r}")
     if self.difficulty_samples < 2:
       raise ValueError(f"SweepConfig.difficulty_samples must be >= 2, got "
                        f"{self.difficulty_samples}")
@@ -286,7 +297,8 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
       problems_per_batch=min(sweep.problems_per_batch, count),
       seed=config.seed, prompt_len=config.prompt_len,
       revision_prompt_len=evaluate.revision_prompt_len(config, questions),
-      verifier="oracle" if oracle else "prm")
+      verifier="oracle" if oracle else "prm",
+      incremental_verifier=sweep.incremental_verifier and not oracle)
 
 
 def _checkpoints(ctx: stages.StageContext) -> sweep_runner.Checkpoints:
@@ -505,7 +517,7 @@ def full_study_stages(config: embedded.ArithStudyConfig,
           test_problems=c.test_problems),
                    ("pretrain_policy", "train_prm"), cost=1),
       stages.Stage("oracle_sweep", fn(_oracle_sweep, sw), dict(
-          sampling, sweep=sw, **embedded.task_fields(c), test_seed=c.test_seed,
+          sampling, sweep=dataclasses.replace(sw, incremental_verifier=False), **embedded.task_fields(c), test_seed=c.test_seed,
           test_problems=c.test_problems, strategies=ORACLE_STRATEGIES,
           tree=tree_lib.VERSION),
                    ("pretrain_policy",), cost=5),

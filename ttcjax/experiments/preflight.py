@@ -178,7 +178,10 @@ def _tree_shapes(run, problems, per_problem, width, policy, verifier,
       prompt_len=width, cache_len=sweep_runner.tree_cache_len(run, width),
       verifier_len=sweep_runner.prm_verifier_len(run, width),
       verifier_rows=min(run.verifier_rows or rows, rows),
-      max_gen=run.max_new_tokens, decode_states=2 if lookahead else 1)
+      max_gen=run.max_new_tokens, decode_states=2 if lookahead else 1,
+      verifier_cache_len=(sweep_runner.verifier_cache_len(run, width)
+                          if run.incremental_verifier and verifier is not None
+                          else 0))
 
 
 def check_memory(run: sweep_runner.SearchRun, *,
@@ -195,9 +198,12 @@ def check_memory(run: sweep_runner.SearchRun, *,
   cache of the prompt width plus `tree_cache_tokens` slots for every row,
   the decode state (twice for lookahead: a roll-out keeps the candidates'
   rows to restore them; its tokens go into the same cache, which is rolled
-  back), and the largest activation peak (prefill, decode step, verifier
-  call of `verifier_rows` rows). Nothing is compiled or restored: the
-  checkpoints' model configs and the problems' prompt lengths are read.
+  back), with `SearchRun.incremental_verifier` the PRM's own cache of
+  `sweep_runner.verifier_cache_len` slots for every row, and the largest
+  activation peak (prefill, decode step, verifier call of `verifier_rows`
+  rows, or of every row into its cache). Nothing is compiled or restored:
+  the checkpoints' model configs and the problems' prompt lengths are
+  read.
 
   A setting fails when it needs more than the device's memory less
   `memory.estimate`'s 15% headroom; passing does not promise the run fits
@@ -289,6 +295,9 @@ def _memory_error(worst: MemoryCheck, failed: int,
   cache = sweep_runner.tree_cache_len(run, width)
   others = (f" ({failed - 1} more tree-search settings do not fit either)"
             if failed > 1 else "")
+  prm_cache = (f" and the PRM's {sweep_runner.verifier_cache_len(run, width)}"
+               f"-slot cache (SearchRun.incremental_verifier)"
+               if run.incremental_verifier else "")
   if worst.fitting_problems:
     fix = (f"lower SearchRun.problems_per_batch to "
            f"{worst.fitting_problems}, or set SearchRun.max_rows = "
@@ -298,13 +307,15 @@ def _memory_error(worst: MemoryCheck, failed: int,
            f"run over more devices (SearchRun.mesh), shorten the cache "
            f"(SearchRun.tree_cache_tokens, max_new_tokens), lower "
            f"SearchRun.verifier_rows, or drop N from the budgets")
+  if prm_cache:
+    fix += ", or turn SearchRun.incremental_verifier off"
   return (
       f"{worst.setting} does not fit in memory: {worst.problems} problems "
       f"a batch (SearchRun.problems_per_batch={run.problems_per_batch}, "
       f"max_rows={run.max_rows}) x {per_problem} rows = {worst.rows} rows "
       f"with a {cache}-slot cache ({width} prompt + tree_cache_tokens "
-      f"{cache - width}) need {_gib(est.total)} per device on mesh {mesh} "
-      f"of {device.name} (params {_gib(est.params)}, cache "
+      f"{cache - width}){prm_cache} need {_gib(est.total)} per device on "
+      f"mesh {mesh} of {device.name} (params {_gib(est.params)}, cache "
       f"{_gib(est.cache)}, decode state {_gib(est.state)}, {est.phase} peak "
       f"{_gib(est.activations)}); the device has {_gib(est.capacity)}, "
       f"{_gib(est.usable)} after the {est.headroom:.0%} headroom"

@@ -83,12 +83,29 @@ class StageConfigError(RuntimeError):
   """A finished stage was made with another config than the one given."""
 
 
+HASHED_IF_SET = "hashed_if_set"
+
+
+def hashed_if_set(default: Any) -> Any:
+  """A dataclass field left out of `jsonable` (so of config hashes) while it
+  holds `default`: a field added to a config that finished stages hashed
+  keeps their hashes, and changes them only when set."""
+  return dataclasses.field(default=default, metadata={HASHED_IF_SET: True})
+
+
+def _hashed(value: Any, field: dataclasses.Field) -> bool:
+  if not field.metadata.get(HASHED_IF_SET):
+    return True
+  return getattr(value, field.name) != field.default
+
+
 def jsonable(value: Any) -> Any:
   """Canonical JSON-ready form of a config: dataclasses (with their type
-  name), mappings (keys as str), sequences and scalars."""
+  name; `hashed_if_set` fields only when not at their default), mappings
+  (keys as str), sequences and scalars."""
   if dataclasses.is_dataclass(value) and not isinstance(value, type):
     fields = {f.name: jsonable(getattr(value, f.name))
-              for f in dataclasses.fields(value)}
+              for f in dataclasses.fields(value) if _hashed(value, f)}
     return {"__type__": type(value).__name__, **fields}
   if isinstance(value, Mapping):
     return {str(k): jsonable(v) for k, v in sorted(value.items(),

@@ -20,7 +20,9 @@ heads over `model`), decode rows, caches and verifier rows are split over
 `data` x `fsdp`, and the searches run under `partitioning.activate`, with
 the layout `ttcjax.memory` budgets. `SearchRun.verifier_rows` bounds the
 rows the PRM/ORM reads per forward pass. Neither changes a record beyond
-float rounding.
+float rounding. `SearchRun.incremental_verifier` (tree searches read the
+PRM through a cache per row) does not either, except its cost: the
+verifier tokens and FLOPs it really spent.
 
 Run-level settings (checkpoints, sampler, token caps) are not part of a
 record's key: start a new workdir when they change. The entry point writes
@@ -233,6 +235,17 @@ class SearchRun:
       with one; PRM strategies only). Oracle records carry
       `"verifier": "oracle"`, its tokens in `verifier_tokens` and
       `flops_verifier` 0.
+    incremental_verifier: tree searches (beam, lookahead, DVTS, REBASE)
+      read the PRM through a key/value cache per row of
+      `verifier_cache_len` slots (`ttcjax.search.incremental`): each
+      problem's prompt layout once, then only each round's new tokens,
+      instead of re-reading every prefix each round. Candidates, answers
+      and records' keys are the same, scores equal to 1e-5; records count
+      the tokens it read (`verifier_tokens`, and `flops_verifier` from
+      them), and the memory check counts its cache
+      (`preflight.check_memory`). A batch whose cache fills re-scores in
+      full from then on. Best-of-N and revisions are unaffected. Needs
+      `verifier='prm'`.
   """
   problems: ProblemSource
   checkpoints: Checkpoints
@@ -249,6 +262,7 @@ class SearchRun:
   max_rows: int | None = None
   verifier_len: int | None = None
   verifier: str = "prm"
+  incremental_verifier: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "strategies", tuple(self.strategies))
@@ -279,6 +293,13 @@ class SearchRun:
                        f"exact step checker (task {self.problems.task!r}) "
                        f"and no 'revisions' strategy (strategies "
                        f"{sorted(s.strategy for s in self.strategies)})")
+    if not isinstance(self.incremental_verifier, bool):
+      raise ValueError(f"SearchRun.incremental_verifier must be a bool, got "
+                       f"{self.incremental_verifier!r}")
+    if self.incremental_verifier and oracle_run:
+      raise ValueError("SearchRun.incremental_verifier=True needs "
+                       "verifier='prm': the oracle is no model and keeps "
+                       "no cache")
     if "prm" in roles:
       _check_path(self.checkpoints.policy, "Checkpoints.policy", True)
       _check_path(self.checkpoints.prm, "Checkpoints.prm", not oracle_run)
@@ -411,6 +432,18 @@ def tree_cache_len(run_config: SearchRun, width: int) -> int:
   `SearchRun.tree_cache_tokens` (None: 4 x `max_new_tokens`)."""
   return width + (run_config.tree_cache_tokens or
                   4 * run_config.max_new_tokens)
+
+
+def verifier_cache_len(run_config: SearchRun, width: int) -> int:
+  """Cache slots per row of the incremental verifier
+  (`SearchRun.incremental_verifier`): the policy's tree cache
+  (`tree_cache_len`) plus what `Checkpoints.prm_format`'s layout adds for
+  40 steps (as `prm_verifier_len`). Each call takes as many slots for all
+  rows as its widest row, rounded up to a power of two, so a batch may
+  fill it before the policy's cache; it then re-scores in full."""
+  fmt = run_config.checkpoints.prm_format
+  extra = hf_prms.FIXED_TOKENS[fmt] + 40 * hf_prms.TOKENS_PER_STEP[fmt]
+  return tree_cache_len(run_config, width) + extra
 
 
 def prm_verifier_len(run_config: SearchRun, width: int) -> int:
@@ -563,9 +596,12 @@ def _setup(run_config: SearchRun, problems: Sequence[_Problem],
       build, tags = prm_layout(ckpts, tok, problems, prompts)
       prm_cfg, prm_params = _restore(ckpts.prm, "PRM", tags is None,
                                      placement)
+      incremental = trees and run_config.incremental_verifier
       verifier = verifier_fns(
           prm_cfg, prm_params, tok, prm_verifier_len(run_config, width),
-          rows=rows, shard=shard, build_input=build, tags=tags)
+          rows=rows, shard=shard, build_input=build, tags=tags,
+          cache_len=(verifier_cache_len(run_config, width) if incremental
+                     else None))
     cache = tree_cache_len(run_config, width) if trees else width + gen
     out["prm"] = sweep.Bundle(
         policy_fns(cfg, params, tok, max_gen=gen, prompt_len=width,

@@ -29,6 +29,7 @@ import jax
 from ttcjax import distributed, preemption
 from ttcjax.search import base, records, strategy
 from ttcjax.search.run import run_search
+from ttcjax.search.tree import TreeConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,6 +111,19 @@ class Bundle:
   verifier_config: Any = None
   verifier_free: bool = False
   flops_fn: Callable[..., Any] | None = None
+
+
+def verifier_context(verifier: base.VerifierFns,
+                     config: strategy.SearchConfig) -> int:
+  """Keys each verifier token attends, for records' FLOPs (the dense
+  context of `ttcjax.analysis.flops.search_flops`): `VerifierFns.max_len`,
+  the most a full read pads to; for a tree search with
+  `VerifierFns.incremental`, the larger of that and the cache's slots (a
+  cached read attends every slot; a batch whose cache fills re-reads in
+  full)."""
+  if verifier.incremental is not None and isinstance(config, TreeConfig):
+    return max(verifier.max_len, verifier.incremental.max_len)
+  return verifier.max_len
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +333,8 @@ def run_sweep(specs: Sequence[StrategySpec], problems: Sequence[Problem],
                   grade_fn=grade, policy_config=models.policy_config,
                   verifier_config=models.verifier_config,
                   policy_context=models.policy.max_len,
-                  verifier_context=models.verifier.max_len,
+                  verifier_context=verifier_context(models.verifier,
+                                                    config),
                   verifier_free=models.verifier_free,
                   flops_fn=models.flops_fn, extra=problem.extra))
           mine_done += len(batch)
