@@ -16,7 +16,7 @@ seqio = pytest.importorskip("seqio")
 tfds = pytest.importorskip("tensorflow_datasets")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from ttcjax import data
+from ttcjax import data, tasks
 from ttcjax.data import examples, seqio_tasks, tfds_builders, vocabularies
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks import math as math_task
@@ -145,6 +145,22 @@ def test_register_tasks_names_and_lazy_package_attrs(registered):
                         "ttcjax_prm", "ttcjax_orm", "ttcjax_revision"]
   assert data.register_tasks is seqio_tasks.register_tasks
   assert data.to_numpy_batches is seqio_tasks.to_numpy_batches
+
+
+def test_generated_tasks_register_by_name_and_refuse_math():
+  task = tasks.get("countdown")
+  names = seqio_tasks.register_tasks(generated_tasks=(task,),
+                                     arithmetic_splits={"train": (11, 3)},
+                                     suffix="_gen")
+  assert names == ["ttcjax_arithmetic_sft_gen", "ttcjax_countdown_sft_gen"]
+  got = first_examples("ttcjax_countdown_sft_gen", "train", 128, 5)
+  problems = task.problems(3, 11)
+  assert len(got) == 3
+  for ex, p in zip(got, problems):
+    assert_examples_equal(ex, examples.reference_example(TOK, task, p, 128))
+  with pytest.raises(ValueError, match="task 'math', which has no generated "
+                     "reference solutions"):
+    seqio_tasks.register_tasks(generated_tasks=(tasks.get("math", path="x"),))
 
 
 def test_arithmetic_task_matches_numpy_examples(registered):

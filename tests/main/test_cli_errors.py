@@ -88,6 +88,14 @@ _CASES = {
                             "--gin_bindings=ModelConfig.d_modle = 3",
                             f"--workdir={t / 'w'}"],
         ["ModelConfig.d_modle", "did you mean 'd_model'"], "w"),
+    "train_policy_on_math": (
+        "train", lambda t: ["--gin_file=models/tiny.gin",
+                            "--gin_file=runs/train_policy.gin",
+                            "--gin_bindings=TRAIN_STEPS = 100",
+                            "--gin_bindings=DataConfig.task = 'math'",
+                            f"--workdir={t / 'w'}"],
+        ["DataConfig.task='math' has no generated reference solutions",
+         "set DataConfig.task to one of ['arithmetic', 'countdown']"], "w"),
 }
 
 

@@ -15,7 +15,7 @@ from ttcjax.main import configure, gin_utils
 from ttcjax.training import roles
 from ttcjax.models import ModelConfig
 from ttcjax.partitioning import MeshConfig
-from ttcjax.tasks import arithmetic
+from ttcjax.tasks import arithmetic, countdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -77,6 +77,48 @@ def test_policy_run_from_gin(tmp_path):
   gin_utils.parse([str(workdir / "config.gin")], [])
   assert gin_utils.build(roles.TrainRun) == expected
   assert "TRAIN_STEPS = 3" in (workdir / "config.gin").read_text()
+
+
+def test_countdown_policy_run_from_gin(tmp_path):
+  """The policy's data through the `Task` interface: countdown by two gin
+  bindings, same run file."""
+  workdir = tmp_path / "countdown"
+  bindings = FAST + ["TRAIN_STEPS = 3", "DataConfig.train_examples = 32",
+                     "DataConfig.eval_examples = 8",
+                     "DataConfig.task = 'countdown'",
+                     "DataConfig.task_config = @CountdownConfig()",
+                     "CountdownConfig.max_numbers = 3"]
+  files = ["models/tiny.gin", "runs/train_policy.gin"]
+  _, history = configure.train_from_gin(files, bindings, workdir)
+  assert history[-1]["step"] == 3 and "eval_loss" in history[-1]
+  assert np.isfinite(history[-1]["loss"])
+  text = (workdir / "config.gin").read_text()
+  assert "DataConfig.task = 'countdown'" in text
+  assert "CountdownConfig.max_numbers = 3" in text
+  gin_utils.parse([str(workdir / "config.gin")], [])
+  run = gin_utils.build(roles.TrainRun)
+  assert run.data.task_config == countdown.CountdownConfig(max_numbers=3)
+
+
+def test_old_arithmetic_binding_is_the_task_config(tmp_path):
+  """`DataConfig.arithmetic` (older run files and workdirs' config.gin) is
+  an alias: the old run file builds the TrainRun the new one does."""
+  gin_utils.register(gin_utils.core_configurables() | roles.GIN_CONFIGURABLES)
+  gin_utils.parse(["models/tiny.gin", "runs/train_policy.gin"],
+                  ["TRAIN_STEPS = 100"])
+  new = gin_utils.build(roles.TrainRun)
+  with open(os.path.join(gin_utils.REPO_GIN_CONFIGS,
+                         "runs/train_policy.gin")) as f:
+    text = f.read()
+  task_lines = ("DataConfig.task = 'arithmetic'\n"
+                "DataConfig.task_config = @ArithmeticConfig()\n")
+  assert task_lines in text
+  old = tmp_path / "train_policy_old.gin"
+  old.write_text(text.replace(task_lines,
+                              "DataConfig.arithmetic = @ArithmeticConfig()\n"))
+  gin_utils.parse(["models/tiny.gin", str(old)], ["TRAIN_STEPS = 100"])
+  assert gin_utils.build(roles.TrainRun) == new
+  assert new.data.task_config == arithmetic.ArithmeticConfig()
 
 
 def test_prm_run_from_a_policy_checkpoint(tmp_path):

@@ -55,6 +55,21 @@ def test_grade_answer_of_the_extracted_answer_is_grade(name):
                                         task.problems(300, seed=0))
 
 
+def test_reference_solutions_is_said_by_the_class_and_holds():
+  """`Task.reference_solutions` (what a policy trains on) is read from the
+  class before it is built; the tasks that claim it deliver it."""
+  with_solutions = [n for n in tasks.registered()
+                    if tasks.task_class(n).reference_solutions]
+  assert with_solutions == ["arithmetic", "countdown"]
+  assert tasks.task_class("math") is type(tasks.get("math", path="x"))
+  for name in with_solutions:
+    task = tasks.get(name)
+    for p in task.problems(30, seed=1000):
+      assert p.solution and task.grade(p.solution, p)
+  with pytest.raises(ValueError, match="unknown task 'nope'"):
+    tasks.task_class("nope")
+
+
 def test_math_task_has_no_step_checker_and_reads_boxed_answers(tmp_path):
   path = tmp_path / "m.jsonl"
   path.write_text('{"problem": "1+1?", "answer": "2", "level": 1}\n'

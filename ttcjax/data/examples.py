@@ -215,6 +215,33 @@ def lm_example(tokenizer: TextTokenizer, prompt: str, target: str,
   return _example(ids + target_ids, target_start=len(ids))
 
 
+def reference_example(tokenizer: TextTokenizer, task: Any, problem: Any,
+                      max_len: Optional[int] = None) -> Example:
+  """The policy's example of a task's problem: `task.prompt(problem)`, then
+  the problem's reference solution (`lm_example`).
+
+  The one recipe for the policy's training data, used by the embedded study
+  and `ttcjax.training.roles` alike.
+
+  Args:
+    tokenizer: see `TextTokenizer`.
+    task: a `ttcjax.tasks.Task` (typed `Any`: this module imports no task).
+    problem: one of `task.problems(...)`, with a non-empty `solution`.
+    max_len: longest allowed sequence, or None (see `lm_example`).
+
+  Returns:
+    One unpadded LM example.
+
+  Raises:
+    ValueError: the problem has no reference solution.
+    ExampleTooLongError: the BOS, solution and EOS alone exceed max_len.
+  """
+  if not problem.solution:
+    raise ValueError(f"task {task.name!r}, problem {problem.uid!r}: no "
+                     "reference solution to train on")
+  return lm_example(tokenizer, task.prompt(problem), problem.solution, max_len)
+
+
 def prm_example(tokenizer: TextTokenizer, prompt: str, steps: Sequence[str],
                 step_labels: Sequence[float],
                 max_len: Optional[int] = None) -> Example:

@@ -16,6 +16,9 @@ Tasks (`register_tasks`; names end with `suffix`):
 
   ttcjax_arithmetic_sft  `ttcjax.tasks.arithmetic` problems, generated per
                          split from (seed, count); LM on the solution.
+  ttcjax_<name>_sft      the same for any other generated task given
+                         (`generated_tasks`, e.g. 'countdown'): LM on
+                         `task.prompt(problem)` then the solution.
   ttcjax_math_sft        MATH jsonl (`ttcjax.tasks.math.load_jsonl` format);
                          LM on `solution` after `math_prompt(problem)`.
   ttcjax_prm             jsonl `{"prompt", "steps": [..], "step_labels": [..]}`.
@@ -32,12 +35,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from ttcjax import tasks as tasks_lib
 from ttcjax.data import examples
 from ttcjax.data import vocabularies
 from ttcjax.tasks import arithmetic
@@ -259,15 +263,17 @@ def _math_source(files: Splits,
   return seqio.FunctionDataSource(dataset_fn, splits=list(files))
 
 
-def _arithmetic_source(config: arithmetic.ArithmeticConfig,
-                       splits: Mapping[str, tuple[int, int]]
-                       ) -> seqio.DataSource:
+def _generated_source(task: tasks_lib.Task,
+                      splits: Mapping[str, tuple[int, int]]
+                      ) -> seqio.DataSource:
+  """A generated task's problems: prompt, then the reference solution (the
+  fields `examples.reference_example` reads)."""
   splits = dict(splits)
 
   def records(split):
     seed, count = splits[split]
-    for problem in arithmetic.generate(config, count, seed):
-      yield {"prompt": arithmetic.prompt(problem), "target": problem.solution}
+    for problem in task.problems(count, seed):
+      yield {"prompt": task.prompt(problem), "target": problem.solution}
 
   def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
     del shuffle_files, seed  # Problems come from their own per-split seeds.
@@ -294,6 +300,7 @@ def register_tasks(
     vocabulary: Optional[seqio.Vocabulary] = None,
     arithmetic_config: Optional[arithmetic.ArithmeticConfig] = None,
     arithmetic_splits: Optional[Mapping[str, tuple[int, int]]] = None,
+    generated_tasks: Sequence[tasks_lib.Task] = (),
     math_files: Optional[Splits] = None,
     prm_files: Optional[Splits] = None,
     orm_files: Optional[Splits] = None,
@@ -308,8 +315,12 @@ def register_tasks(
       `HFVocabulary`.
     arithmetic_config: difficulty of the arithmetic task (default config
       when None).
-    arithmetic_splits: split -> (seed, count); `DEFAULT_ARITHMETIC_SPLITS` when
-      None.
+    arithmetic_splits: split -> (seed, count) of every generated task;
+      `DEFAULT_ARITHMETIC_SPLITS` when None.
+    generated_tasks: more tasks with generated reference solutions
+      (`Task.reference_solutions`), each registered as
+      `ttcjax_<task.name>_sft`; an 'arithmetic' task here replaces the one
+      of `arithmetic_config`.
     math_files: split -> MATH jsonl; the MATH task is registered when given.
     prm_files: split -> PRM jsonl.
     orm_files: split -> ORM jsonl.
@@ -323,8 +334,16 @@ def register_tasks(
   if vocabulary is None:
     vocabulary = vocabularies.ByteVocabulary()
   splits = arithmetic_splits or DEFAULT_ARITHMETIC_SPLITS
-  problems = arithmetic_config or arithmetic.ArithmeticConfig()
-  tasks = [("ttcjax_arithmetic_sft", "lm", _arithmetic_source(problems, splits))]
+  generated = {"arithmetic": arithmetic.ArithmeticTask(
+      arithmetic_config or arithmetic.ArithmeticConfig())}
+  for task in generated_tasks:
+    if not task.reference_solutions:
+      raise ValueError(f"register_tasks: generated_tasks holds task "
+                       f"{task.name!r}, which has no generated reference "
+                       f"solutions (give MATH as math_files)")
+    generated[task.name] = task
+  tasks = [(f"ttcjax_{name}_sft", "lm", _generated_source(task, splits))
+           for name, task in generated.items()]
   if math_files:
     tasks.append(("ttcjax_math_sft", "lm",
                   _math_source(math_files, math_prompt_fn)))

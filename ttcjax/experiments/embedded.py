@@ -596,8 +596,7 @@ def load_rows(path) -> list[dict]:
 def _pretrain_policy(config: ArithStudyConfig, ctx: stages.StageContext):
   task = config.make_task()
   problems = config.problems(config.pretrain_problems, config.pretrain_seed)
-  exs = [examples.lm_example(TOKENIZER, task.prompt(p), p.solution)
-         for p in problems]
+  exs = [examples.reference_example(TOKENIZER, task, p) for p in problems]
   return train_role(ctx, config.policy, config.pretrain, exs, what="policy")
 
 

@@ -60,9 +60,11 @@ def core_configurables() -> dict[str, type]:
   from ttcjax.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
   from ttcjax.partitioning import MeshConfig  # pylint: disable=g-import-not-at-top
   from ttcjax.tasks.arithmetic import ArithmeticConfig  # pylint: disable=g-import-not-at-top
+  from ttcjax.tasks.countdown import CountdownConfig  # pylint: disable=g-import-not-at-top
   from ttcjax.training.config import TrainConfig  # pylint: disable=g-import-not-at-top
   return {"ModelConfig": ModelConfig, "TrainConfig": TrainConfig,
-          "MeshConfig": MeshConfig, "ArithmeticConfig": ArithmeticConfig}
+          "MeshConfig": MeshConfig, "ArithmeticConfig": ArithmeticConfig,
+          "CountdownConfig": CountdownConfig}
 
 
 def register(configurables: Mapping[str, Callable[..., Any]]) -> None:

@@ -12,6 +12,7 @@ from ttcjax.tasks import base
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks import countdown
 from ttcjax.tasks import math
-from ttcjax.tasks.base import Task, get, register, registered
+from ttcjax.tasks.base import Task, get, register, registered, task_class
 
-__all__ = ["Task", "arithmetic", "base", "countdown", "get", "math", "register", "registered"]
+__all__ = ["Task", "arithmetic", "base", "countdown", "get", "math", "register", "registered",
+           "task_class"]

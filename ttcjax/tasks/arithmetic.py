@@ -364,6 +364,7 @@ class ArithmeticTask(_task_base.Task):
 
     name = "arithmetic"
     step_delimiter = STEP_DELIMITER
+    reference_solutions = True
 
     def __init__(self, config: ArithmeticConfig = ArithmeticConfig()):
         if not isinstance(config, ArithmeticConfig):

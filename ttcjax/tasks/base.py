@@ -41,10 +41,14 @@ class Task(abc.ABC):
     step_delimiter: the text that ends every step of a solution, the final
       answer step included (``"\\n"`` for the embedded tasks, ``"\\n\\n"``
       for MATH).
+    reference_solutions: whether `problems` draws problems from its seed,
+      each with a non-empty reference ``solution`` (the generated tasks):
+      what a policy is trained on (`ttcjax.training.roles.DataConfig.task`).
   """
 
   name: ClassVar[str] = ""
   step_delimiter: ClassVar[str] = "\n"
+  reference_solutions: ClassVar[bool] = False
 
   @abc.abstractmethod
   def problems(self, num: Optional[int], seed: int) -> list[Any]:
@@ -155,8 +159,9 @@ def registered() -> tuple[str, ...]:
   return tuple(sorted(_REGISTRY))
 
 
-def get(name: str, **kwargs) -> Task:
-  """Builds the task registered as ``name`` with its keyword config.
+def task_class(name: str) -> type[Task]:
+  """The class registered as ``name``, for what it says before it is built
+  (`Task.reference_solutions`).
 
   Raises:
     ValueError: naming the registered tasks when ``name`` is not one.
@@ -164,5 +169,14 @@ def get(name: str, **kwargs) -> Task:
   if name not in _REGISTRY:
     raise ValueError(f"unknown task {name!r}; registered tasks: "
                      f"{', '.join(registered())}")
-  return _REGISTRY[name](**kwargs)
+  return _REGISTRY[name]
+
+
+def get(name: str, **kwargs) -> Task:
+  """Builds the task registered as ``name`` with its keyword config.
+
+  Raises:
+    ValueError: naming the registered tasks when ``name`` is not one.
+  """
+  return task_class(name)(**kwargs)
 

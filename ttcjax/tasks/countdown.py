@@ -457,6 +457,7 @@ class CountdownTask(_task_base.Task):
 
     name = "countdown"
     step_delimiter = STEP_DELIMITER
+    reference_solutions = True
 
     def __init__(self, config: CountdownConfig = CountdownConfig()):
         if not isinstance(config, CountdownConfig):

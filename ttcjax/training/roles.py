@@ -2,7 +2,8 @@
 
 A `TrainRun` says which model to train for which role, on which data:
 
-  policy    LM on step-by-step arithmetic solutions (`ttcjax.tasks.arithmetic`).
+  policy    LM on the reference solutions of a generated task
+            (`DataConfig.task`: 'arithmetic', 'countdown'; `ttcjax.tasks`).
   prm       reward head on Monte-Carlo step labels, jsonl
             `{"prompt": str, "steps": [str], "step_labels": [float]}`
             (or token ids: `{"prompt_ids", "steps": [[int]], ...}`).
@@ -38,7 +39,7 @@ from etils import epath
 import jax
 import numpy as np
 
-from ttcjax import checkpoint, partitioning, tokenizer, training
+from ttcjax import checkpoint, partitioning, tasks, tokenizer, training
 from ttcjax.data import examples, packing
 from ttcjax.models.config import ModelConfig, as_dtype
 from ttcjax.tasks import arithmetic
@@ -52,8 +53,9 @@ _MAX_BYTE_VOCAB = 1024  # byte models may pad their vocabulary up to this
 # Fields a checkpoint may differ in from the run's model: they change neither
 # the parameter tree nor the function (param_dtype is cast on load).
 _FREE_FIELDS = ("param_dtype", "dtype", "max_len", "reward_head")
-_SEQIO_TASKS = {"policy": "ttcjax_arithmetic_sft", "prm": "ttcjax_prm",
-                "orm": "ttcjax_orm", "revision": "ttcjax_revision"}
+# The policy's seqio task is `ttcjax_<DataConfig.task>_sft`.
+_SEQIO_TASKS = {"prm": "ttcjax_prm", "orm": "ttcjax_orm",
+                "revision": "ttcjax_revision"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,10 +74,20 @@ class DataConfig:
     source: 'numpy' (examples built in Python) or 'seqio' (the registered
       seqio tasks; imports TensorFlow).
     shuffle_seed: order of the training examples.
-    arithmetic: problem distribution of the policy's data (role 'policy').
-    train_examples: arithmetic problems to train on.
+    task: the policy's problems (role 'policy'): a task of
+      `ttcjax.tasks.registered()` with generated reference solutions
+      (`Task.reference_solutions`: 'arithmetic', 'countdown'). An example is
+      `task.prompt(problem)` then the problem's solution
+      (`ttcjax.data.examples.reference_example`).
+    task_config: the task's config, built as `tasks.get(task,
+      config=task_config)` (an `ArithmeticConfig`, a `CountdownConfig`);
+      None is the task's default.
+    arithmetic: an alias kept for older gin files: `arithmetic=c` is
+      `task='arithmetic', task_config=c` (the config is rewritten so, and
+      compares equal).
+    train_examples: problems to train on.
     train_seed: their seed (seeds below 1000 are the study's eval problems).
-    eval_examples: arithmetic problems to evaluate on; 0 disables eval.
+    eval_examples: problems to evaluate on; 0 disables eval.
     eval_seed: their seed.
     train_file: jsonl of the role's records (roles prm, revision, orm).
     eval_file: jsonl of eval records, or None for no eval.
@@ -89,6 +101,8 @@ class DataConfig:
   pack: bool = False
   source: str = "numpy"
   shuffle_seed: int = 0
+  task: str = "arithmetic"
+  task_config: Any = None
   arithmetic: arithmetic.ArithmeticConfig | None = None
   train_examples: int = 20_000
   train_seed: int = 1000
@@ -114,6 +128,39 @@ class DataConfig:
       raise ValueError(f"DataConfig.pack=True needs DataConfig.source="
                        f"'numpy', got {self.source!r} (the seqio tasks do "
                        f"not pack)")
+    if self.task not in tasks.registered():
+      _fail("DataConfig", "task", self, f"one of {tasks.registered()}")
+    if self.arithmetic is not None:
+      if self.task != "arithmetic" or self.task_config is not None:
+        raise ValueError(
+            f"DataConfig.arithmetic is an alias of DataConfig.task_config "
+            f"for task 'arithmetic': with DataConfig.task={self.task!r} and "
+            f"task_config={self.task_config!r} set only DataConfig.task_config")
+      object.__setattr__(self, "task_config", self.arithmetic)
+      object.__setattr__(self, "arithmetic", None)
+
+  def make_task(self) -> tasks.Task:
+    """The policy's task: `tasks.get(task, config=task_config)`.
+
+    Raises:
+      ValueError: naming DataConfig.task when the task has no generated
+        reference solutions, or DataConfig.task_config when it does not
+        configure the task.
+    """
+    if not tasks.task_class(self.task).reference_solutions:
+      generated = [n for n in tasks.registered()
+                   if tasks.task_class(n).reference_solutions]
+      raise ValueError(
+          f"DataConfig.task={self.task!r} has no generated reference "
+          f"solutions to train the policy on: set DataConfig.task to one of "
+          f"{generated}, or use a trained policy instead of this run "
+          f"(ttcjax.main.convert_hf)")
+    kwargs = {} if self.task_config is None else {"config": self.task_config}
+    try:
+      return tasks.get(self.task, **kwargs)
+    except TypeError as e:
+      raise ValueError(f"DataConfig.task_config={self.task_config!r} does "
+                       f"not configure task {self.task!r}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -154,9 +201,8 @@ class TrainRun:
           f"and ModelConfig.reward_head={reward}, got "
           f"{self.train.objective!r} and {self.model.reward_head} (the run "
           f"file gin_configs/runs/train_{self.role}.gin binds both)")
-    if self.role == "policy" and self.data.arithmetic is None:
-      raise ValueError("TrainRun.role='policy' needs DataConfig.arithmetic "
-                       "(e.g. DataConfig.arithmetic = @ArithmeticConfig())")
+    if self.role == "policy":
+      self.data.make_task()  # a task without solutions, or a wrong config
     if self.role != "policy" and not self.data.train_file:
       raise ValueError(f"TrainRun.role={self.role!r} needs "
                        "DataConfig.train_file (a jsonl)")
@@ -295,13 +341,13 @@ def _examples(run: TrainRun, tok, split: str) -> list[examples.Example]:
   if run.role == "policy":
     count, seed = ((data.train_examples, data.train_seed) if split == "train"
                    else (data.eval_examples, data.eval_seed))
-    for problem in arithmetic.generate(data.arithmetic, count, seed):
+    task = data.make_task()
+    for problem in task.problems(count, seed):
       try:
-        built.append(examples.lm_example(tok, arithmetic.prompt(problem),
-                                         problem.solution, max_len))
+        built.append(examples.reference_example(tok, task, problem, max_len))
       except examples.ExampleTooLongError:
         dropped += 1
-    where = f"arithmetic {split} (seed {seed})"
+    where = f"{data.task} {split} (seed {seed})"
   else:
     where = data.train_file if split == "train" else data.eval_file
     for line, record in read_jsonl(where):
@@ -411,11 +457,15 @@ def seqio_sources(run: TrainRun, tok) -> tuple[Any, Any]:
   splits = {"train": (data.train_seed, data.train_examples)}
   if data.eval_examples:
     splits["validation"] = (data.eval_seed, data.eval_examples)
-  seqio_tasks.register_tasks(
-      vocabulary=vocabulary, arithmetic_config=data.arithmetic,
-      arithmetic_splits=splits,
-      **({f"{run.role}_files": files} if run.role != "policy" else {}))
-  name = _SEQIO_TASKS[run.role]
+  if run.role == "policy":
+    task = data.make_task()
+    seqio_tasks.register_tasks(vocabulary=vocabulary, generated_tasks=(task,),
+                               arithmetic_splits=splits)
+    name = f"ttcjax_{task.name}_sft"
+  else:
+    seqio_tasks.register_tasks(vocabulary=vocabulary,
+                               **{f"{run.role}_files": files})
+    name = _SEQIO_TASKS[run.role]
   train = IteratorSource(lambda: seqio_tasks.task_batches(
       name, "train", data.batch_size, max_len, shuffle=True,
       seed=data.shuffle_seed, num_epochs=None, drop_remainder=True))
