@@ -85,8 +85,10 @@ CKPTS = sweep_runner.Checkpoints(policy="/p", prm="/q", revision="/r",
 
 # `stages.config_hash` of each preset's SweepConfig before
 # `incremental_verifier` was added: finished studies' search_sweep and
-# analysis stages hash it, so these must not change.
-SWEEP_HASHES = {"smoke": "1f412858c25859cb", "arith_cpu": "eec1e336313ee1e4",
+# analysis stages hash it, so these must not change. arith_cpu's changed
+# once, on purpose, when its sweeps got 768 tree cache slots
+# (`tree_cache_tokens`; it was "eec1e336313ee1e4").
+SWEEP_HASHES = {"smoke": "1f412858c25859cb", "arith_cpu": "8b96c21836914f30",
                 "micro": "abe1a0db8a949bd8",
                 "countdown_smoke": "1f412858c25859cb",
                 "countdown_cpu": "eec1e336313ee1e4",
@@ -99,6 +101,8 @@ def test_presets_keep_their_hashes_and_the_verifier_reads_in_full(preset):
   assert not sweep.incremental_verifier
   assert stages.config_hash(sweep) == SWEEP_HASHES[preset]
   assert "incremental_verifier" not in stages.jsonable(sweep)
+  assert ("tree_cache_tokens" in stages.jsonable(sweep)) == (
+      sweep.tree_cache_tokens is not None)
 
 
 def test_incremental_verifier_reaches_the_prm_sweep_only():
@@ -286,3 +290,17 @@ def test_micro_study_end_to_end(tmp_path):
   embedded_study.run_full_study(embedded.micro(), workdir, log=again.append)
   done = [l for l in again if "skipped" in l]
   assert len(done) == len(embedded_study.full_study_stages(embedded.micro()))
+
+
+def test_the_sweep_tree_cache_reaches_the_search_runs():
+  ckpts = CKPTS
+  for preset, want in (("arith_cpu", 768), ("micro", None)):
+    config = embedded.PRESETS[preset]()
+    sw = embedded_study.SWEEPS[preset]
+    assert sw.tree_cache_tokens == want
+    for oracle in (False, True):
+      run = embedded_study.search_run(config, sw, ckpts, oracle=oracle)
+      assert run.tree_cache_tokens == want
+  # The grown cache still fits the model's positions after the prompt.
+  config = embedded.arith_cpu()
+  assert 768 <= config.policy.max_len - config.prompt_len

@@ -98,6 +98,12 @@ class SweepConfig:
       records. Off in every preset (their committed results were made
       without it); hashed only when on (`stages.hashed_if_set`), so
       finished studies keep their stage hashes.
+    tree_cache_tokens: `SearchRun.tree_cache_tokens` of the sweeps (None:
+      4 x max_new_tokens). All rows of a tree-search batch share one cache
+      index, so each round spends the batch's longest step; a row still
+      going when the slots run out is cut ('cache_end'). Room for every
+      row to reach the token cap is about max_rounds x the longest step.
+      Hashed only when set (`stages.hashed_if_set`).
   """
   budgets: tuple[int, ...]
   beam_widths: tuple[Any, ...] = (4, "sqrt")
@@ -110,6 +116,7 @@ class SweepConfig:
   difficulty_samples: int = 64
   shows_direction: bool = True
   incremental_verifier: bool = stages.hashed_if_set(False)
+  tree_cache_tokens: int | None = stages.hashed_if_set(None)
 
   def __post_init__(self):
     for name in ("budgets", "beam_widths", "lookaheads", "revision_lengths"):
@@ -148,10 +155,14 @@ SWEEPS = {
                          difficulty_samples=16, shows_direction=False),
     # 128 of the 256 test problems and one lookahead k keep the sweep
     # (~100k generations) near an hour on 2 cores; the difficulty draw adds
-    # 64 samples per problem (~8k generations).
+    # 64 samples per problem (~8k generations). With the default 384 tree
+    # cache slots beam search at N=64 cut 1.8% (M=4) / 2.3% (M=8) of its
+    # candidates, ~97% of them at 27-63 of the 96 tokens allowed: the
+    # cache's end, not the token cap (docs/results/arith_cpu).
     "arith_cpu": SweepConfig(budgets=(4, 16, 64), lookaheads=(1,),
                              revision_lengths=(1, 4, 16), problems=128,
-                             n_bootstrap=1000, difficulty_samples=64),
+                             n_bootstrap=1000, difficulty_samples=64,
+                             tree_cache_tokens=768),
     "micro": SweepConfig(budgets=(2,), revision_lengths=(1, 2),
                          problems_per_batch=4, n_bins=2, n_bootstrap=20,
                          difficulty_samples=2, shows_direction=False),
@@ -297,6 +308,7 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
       problems_per_batch=min(sweep.problems_per_batch, count),
       seed=config.seed, prompt_len=config.prompt_len,
       revision_prompt_len=evaluate.revision_prompt_len(config, questions),
+      tree_cache_tokens=sweep.tree_cache_tokens,
       verifier="oracle" if oracle else "prm",
       incremental_verifier=sweep.incremental_verifier and not oracle)
 
@@ -517,7 +529,8 @@ def full_study_stages(config: embedded.ArithStudyConfig,
           test_problems=c.test_problems),
                    ("pretrain_policy", "train_prm"), cost=1),
       stages.Stage("oracle_sweep", fn(_oracle_sweep, sw), dict(
-          sampling, sweep=dataclasses.replace(sw, incremental_verifier=False), **embedded.task_fields(c), test_seed=c.test_seed,
+          sampling, sweep=dataclasses.replace(sw, incremental_verifier=False),
+          **embedded.task_fields(c), test_seed=c.test_seed,
           test_problems=c.test_problems, strategies=ORACLE_STRATEGIES,
           tree=tree_lib.VERSION),
                    ("pretrain_policy",), cost=5),
