@@ -1,6 +1,8 @@
 """Tests of the generic stage runner: atomic commits, skipping, hashes,
 resume after a kill."""
 
+import dataclasses
+import functools
 import json
 import os
 
@@ -187,3 +189,78 @@ def test_atomic_write_leaves_no_temp_file(tmp_path):
   assert os.listdir(tmp_path / "a") == ["x.json"]
   assert json.loads((tmp_path / "a" / "x.json").read_text()) == {
       "a": [2], "b": 1}
+
+
+# --- Per-stage config scope (issue 11) ---------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+  a: int = 1
+  b: int = 2
+  c: int = 3
+
+  @property
+  def a_plus_c(self):
+    return self.a + self.c
+
+  def twice_b(self):
+    return 2 * self.b
+
+
+def _scoped(name, reads, inputs=(), use=None):
+  view = stages.ConfigView(_Cfg())
+  config = {r: getattr(view, r) for r in reads}
+  fn = functools.partial(lambda v, ctx: use(v), view)
+  return stages.Stage(name, fn, config, inputs), view
+
+
+def test_a_stage_reads_only_what_its_hash_and_its_inputs_cover():
+  first, v1 = _scoped("first", ["a"])
+  second, v2 = _scoped("second", ["b"], inputs=("first",))
+  stages.scope([first, second])
+  assert (v1.a, v2.a, v2.b) == (1, 1, 2)  # second inherits first's field
+  with pytest.raises(stages.StageScopeError,
+                     match=r"stage 'first' reads _Cfg\.b, which its hashed"):
+    v1.b  # pylint: disable=pointless-statement
+  with pytest.raises(stages.StageScopeError, match="_Cfg.c"):
+    v2.c  # pylint: disable=pointless-statement
+  # Properties and methods run against the view, so what they read counts.
+  with pytest.raises(stages.StageScopeError, match="_Cfg.c"):
+    v1.a_plus_c  # pylint: disable=pointless-statement
+  assert v2.twice_b() == 4
+  with pytest.raises(stages.StageScopeError, match="_Cfg.b"):
+    v1.twice_b()
+  # replace() gives a view of the new config that may read what changed.
+  assert v1.replace(c=7).a_plus_c == 8
+  with pytest.raises(stages.StageScopeError, match="_Cfg.b"):
+    v1.replace(c=7).b  # pylint: disable=pointless-statement
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    v1.a = 5
+
+
+def test_run_stages_seals_the_views_before_any_stage_runs(tmp_path):
+  ok, _ = _scoped("ok", ["a"], use=lambda v: {"a": v.a})
+  leak, _ = _scoped("leak", ["a"], inputs=("ok",), use=lambda v: {"b": v.b})
+  stages.run_stages([ok], tmp_path / "w1")
+  with pytest.raises(stages.StageScopeError, match="stage 'leak' reads"):
+    stages.run_stages([ok, leak], tmp_path / "w2")
+
+
+def test_study_stage_hashes_are_golden():
+  """Every preset's stage hashes (default and prm_init='large') as
+  committed: finished studies keep resuming. A change here reruns users'
+  stages; update the file only on purpose, saying why in the commit."""
+  from ttcjax.experiments import embedded, embedded_study  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(__file__), "golden",
+                      "stage_hashes.json")
+  with open(path) as f:
+    golden = json.load(f)
+  got = {}
+  for name, make in sorted(embedded.PRESETS.items()):
+    got[name] = stages.stage_hashes(
+        embedded_study.full_study_stages(make(), name))
+    got[name + "+large"] = stages.stage_hashes(
+        embedded_study.full_study_stages(make().replace(prm_init="large"),
+                                         name))
+  assert got == golden

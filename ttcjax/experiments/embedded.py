@@ -730,51 +730,64 @@ def _sampling_config(c: ArithStudyConfig) -> dict:
           "chunk_problems": c.chunk_problems}
 
 
+def scoped_stage(name: str, f: Callable[..., Any], config: Any,
+                 make_config: Callable[[Any], Any],
+                 inputs: Sequence[str] = (), cost: float = 1.0,
+                 args: Sequence[Any] = ()) -> stages.Stage:
+  """A stage whose function `f(view, *args, ctx)` and hashed config
+  `make_config(view)` see `config` through one `stages.ConfigView`: once
+  `stages.scope` seals it, `f` reads only the fields the hash covers (its
+  own and its inputs')."""
+  view = stages.ConfigView(config)
+  return stages.Stage(name, functools.partial(f, view, *args),
+                      make_config(view), tuple(inputs), cost)
+
+
 def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
-  """The training stages, in order (each hashes only what it reads)."""
+  """The training stages, in order (each hashes what it reads, and its
+  function reads only that: `scoped_stage`)."""
   c = config
-  sampling = _sampling_config(c)
-  fn = lambda f: functools.partial(f, c)
+  st = functools.partial(scoped_stage, config=c)
   return [
-      stages.Stage("pretrain_policy", fn(_pretrain_policy), dict(
-          **task_fields(c), policy=c.policy, seed=c.pretrain_seed,
-          problems=c.pretrain_problems, training=c.pretrain,
+      st("pretrain_policy", _pretrain_policy, make_config=lambda v: dict(
+          **task_fields(v), policy=v.policy, seed=v.pretrain_seed,
+          problems=v.pretrain_problems, training=v.pretrain,
           packing=packing.VERSION), cost=5),
-      stages.Stage("sample_train", fn(_sample_train), dict(
-          sampling, **task_fields(c), seed=c.label_seed,
-          problems=c.label_problems, samples=c.samples_per_problem),
-                   ("pretrain_policy",), cost=0.5),
-      stages.Stage("mc_labels", fn(_mc_labels), dict(
-          sampling, **task_fields(c), seed=c.label_seed,
-          problems=c.label_problems, rollouts=c.rollouts,
-          include_reference=c.include_reference),
-                   ("pretrain_policy", "sample_train"), cost=5),
-      stages.Stage("train_prm", fn(_train_prm), dict(
-          training=c.prm, packing=packing.VERSION,
+      st("sample_train", _sample_train, make_config=lambda v: dict(
+          _sampling_config(v), **task_fields(v), seed=v.label_seed,
+          problems=v.label_problems, samples=v.samples_per_problem),
+         inputs=("pretrain_policy",), cost=0.5),
+      st("mc_labels", _mc_labels, make_config=lambda v: dict(
+          _sampling_config(v), **task_fields(v), seed=v.label_seed,
+          problems=v.label_problems, rollouts=v.rollouts,
+          include_reference=v.include_reference),
+         inputs=("pretrain_policy", "sample_train"), cost=5),
+      st("train_prm", _train_prm, make_config=lambda v: dict(
+          training=v.prm, packing=packing.VERSION,
           # Only when set: the default keeps the hashes it had.
-          **({"prm_init": c.prm_init} if c.prm_init != "policy" else {})),
-                   (PRM_INITS[c.prm_init], "mc_labels"),
-                   cost=2 if c.prm_init == "policy" else 20),
-      stages.Stage("revision_data", fn(_revision_data), dict(
-          sampling, **task_fields(c), seed=c.revision_seed,
-          problems=c.revision_problems, samples=c.revision_samples),
-                   ("pretrain_policy",), cost=1),
-      stages.Stage("train_revision", fn(_train_revision), dict(
-          training=c.revision, packing=packing.VERSION,
-          max_len=c.revision_max_len,
-          context=c.revision_context,
-          targets_per_problem=c.revision_targets_per_problem,
-          reference_targets=c.revision_reference_targets,
-          include_reference=c.include_reference,
+          **({"prm_init": v.prm_init} if v.prm_init != "policy" else {})),
+         inputs=(PRM_INITS[c.prm_init], "mc_labels"),
+         cost=2 if c.prm_init == "policy" else 20),
+      st("revision_data", _revision_data, make_config=lambda v: dict(
+          _sampling_config(v), **task_fields(v), seed=v.revision_seed,
+          problems=v.revision_problems, samples=v.revision_samples),
+         inputs=("pretrain_policy",), cost=1),
+      st("train_revision", _train_revision, make_config=lambda v: dict(
+          training=v.revision, packing=packing.VERSION,
+          max_len=v.revision_max_len,
+          context=v.revision_context,
+          targets_per_problem=v.revision_targets_per_problem,
+          reference_targets=v.revision_reference_targets,
+          include_reference=v.include_reference,
           # Only when set: finished studies made before the option keep
           # their hashes.
-          **({"keep_correct": c.revision_keep_correct}
-             if c.revision_keep_correct else {})),
-                   ("pretrain_policy", "revision_data"), cost=2),
-      stages.Stage("train_orm", fn(_train_orm), dict(
-          training=c.orm, packing=packing.VERSION,
-          max_len=c.revision_max_len,
-          context=c.revision_context,
-          include_reference=c.include_reference),
-                   ("pretrain_policy", "revision_data"), cost=2),
+          **({"keep_correct": v.revision_keep_correct}
+             if v.revision_keep_correct else {})),
+         inputs=("pretrain_policy", "revision_data"), cost=2),
+      st("train_orm", _train_orm, make_config=lambda v: dict(
+          training=v.orm, packing=packing.VERSION,
+          max_len=v.revision_max_len,
+          context=v.revision_context,
+          include_reference=v.include_reference),
+         inputs=("pretrain_policy", "revision_data"), cost=2),
   ]

@@ -500,45 +500,46 @@ def full_study_stages(config: embedded.ArithStudyConfig,
   after pretrain_policy, since the PRM starts from it."""
   sw = sweep_for(config, sweep)
   c = config
-  fn = lambda f, *a: functools.partial(f, c, *a)
-  large = large_model_config(c.policy)
-  sampling = embedded._sampling_config(c)  # pylint: disable=protected-access
-  large_stage = stages.Stage("pretrain_large", fn(_pretrain_large), dict(
-      **embedded.task_fields(c), policy=large, seed=c.pretrain_seed,
-      problems=c.pretrain_problems, training=c.pretrain,
-      packing=packing.VERSION), cost=20)
+  st = functools.partial(embedded.scoped_stage, config=c)
+  sampling = embedded._sampling_config  # pylint: disable=protected-access
+  large_stage = st("pretrain_large", _pretrain_large, make_config=lambda v: dict(
+      **embedded.task_fields(v), policy=large_model_config(v.policy),
+      seed=v.pretrain_seed, problems=v.pretrain_problems,
+      training=v.pretrain, packing=packing.VERSION), cost=20)
   head = embedded.training_stages(c) + evaluate.eval_stages(c)
   if c.prm_init == "large":  # the PRM starts from it: train it first
     head.insert(1, large_stage)
   todo = head + ([] if c.prm_init == "large" else [large_stage]) + [
-      stages.Stage("large_eval", fn(_large_eval), dict(
-          sampling, **embedded.task_fields(c), test_seed=c.test_seed,
-          test_problems=c.test_problems, prompt_len=c.prompt_len),
-                   ("pretrain_large",), cost=1),
-      stages.Stage("search_sweep", fn(_search_sweep, sw), dict(
-          sampling, sweep=sw, **embedded.task_fields(c),
-          test_seed=c.test_seed,
-          test_problems=c.test_problems,
-          revision_attempts=c.revision_attempts,
-          revision_context=c.revision_context, tree=tree_lib.VERSION),
-                   ("pretrain_policy", "train_prm", "train_revision",
-                    "train_orm"), cost=10),
-      stages.Stage(DIFFICULTY_STAGE, fn(_difficulty_samples, sw), dict(
-          sampling, problems=sw.problems, samples=sw.difficulty_samples,
-          **embedded.task_fields(c), test_seed=c.test_seed,
-          test_problems=c.test_problems),
-                   ("pretrain_policy", "train_prm"), cost=1),
-      stages.Stage("oracle_sweep", fn(_oracle_sweep, sw), dict(
-          sampling, sweep=dataclasses.replace(sw, incremental_verifier=False),
-          **embedded.task_fields(c), test_seed=c.test_seed,
-          test_problems=c.test_problems, strategies=ORACLE_STRATEGIES,
+      st("large_eval", _large_eval, make_config=lambda v: dict(
+          sampling(v), **embedded.task_fields(v), test_seed=v.test_seed,
+          test_problems=v.test_problems, prompt_len=v.prompt_len),
+         inputs=("pretrain_large",), cost=1),
+      st("search_sweep", _search_sweep, args=(sw,), make_config=lambda v: dict(
+          sampling(v), sweep=sw, **embedded.task_fields(v),
+          test_seed=v.test_seed,
+          test_problems=v.test_problems,
+          revision_attempts=v.revision_attempts,
+          revision_context=v.revision_context, tree=tree_lib.VERSION),
+         inputs=("pretrain_policy", "train_prm", "train_revision",
+                 "train_orm"), cost=10),
+      st(DIFFICULTY_STAGE, _difficulty_samples, args=(sw,),
+         make_config=lambda v: dict(
+             sampling(v), problems=sw.problems, samples=sw.difficulty_samples,
+             **embedded.task_fields(v), test_seed=v.test_seed,
+             test_problems=v.test_problems),
+         inputs=("pretrain_policy", "train_prm"), cost=1),
+      st("oracle_sweep", _oracle_sweep, args=(sw,), make_config=lambda v: dict(
+          sampling(v), sweep=dataclasses.replace(sw, incremental_verifier=False),
+          **embedded.task_fields(v), test_seed=v.test_seed,
+          test_problems=v.test_problems, strategies=ORACLE_STRATEGIES,
           tree=tree_lib.VERSION),
-                   ("pretrain_policy",), cost=5),
+         inputs=("pretrain_policy",), cost=5),
   ]
   names = [s.name for s in todo]
   return todo + [
-      stages.Stage("analysis", fn(_analysis, sw), dict(
-          sweep=sw, flops=flops_info(c)), analysis_inputs(names), cost=1),
+      st("analysis", _analysis, args=(sw,), make_config=lambda v: dict(
+          sweep=sw, flops=flops_info(v)), inputs=analysis_inputs(names),
+         cost=1),
   ]
 
 

@@ -301,25 +301,28 @@ def _eval_revision(config: embedded.ArithStudyConfig,
                                        config.revision_attempts))
 
 
+def _eval_sampling(c) -> dict[str, Any]:
+  return dict(seed=c.seed, temperature=c.temperature,
+              max_new_tokens=c.max_new_tokens, decode_rows=c.decode_rows,
+              chunk_problems=c.chunk_problems, **embedded.task_fields(c),
+              test_seed=c.test_seed)
+
+
 def eval_stages(config: embedded.ArithStudyConfig) -> list[stages.Stage]:
   """The evaluation stages (after `embedded.training_stages`)."""
-  c = config
-  sampling = dict(seed=c.seed, temperature=c.temperature,
-                  max_new_tokens=c.max_new_tokens, decode_rows=c.decode_rows,
-                  chunk_problems=c.chunk_problems, **embedded.task_fields(c),
-                  test_seed=c.test_seed)
-  fn = lambda f: functools.partial(f, c)
+  st = functools.partial(embedded.scoped_stage, config=config)
   return [
-      stages.Stage("eval_policy", fn(_eval_policy), dict(
-          sampling, problems=c.test_problems, samples=c.eval_samples),
-                   ("pretrain_policy",), cost=1),
-      stages.Stage("eval_prm", fn(_eval_prm), dict(sampling),
-                   ("eval_policy", "train_prm"), cost=0.3),
-      stages.Stage("eval_revision", fn(_eval_revision), dict(
-          sampling, problems=c.revision_eval_problems,
-          chains=c.revision_chains, attempts=c.revision_attempts,
-          context=c.revision_context),
-                   ("train_revision", "train_orm"), cost=2),
+      st("eval_policy", _eval_policy, make_config=lambda v: dict(
+          _eval_sampling(v), problems=v.test_problems,
+          samples=v.eval_samples),
+         inputs=("pretrain_policy",), cost=1),
+      st("eval_prm", _eval_prm, make_config=lambda v: dict(_eval_sampling(v)),
+         inputs=("eval_policy", "train_prm"), cost=0.3),
+      st("eval_revision", _eval_revision, make_config=lambda v: dict(
+          _eval_sampling(v), problems=v.revision_eval_problems,
+          chains=v.revision_chains, attempts=v.revision_attempts,
+          context=v.revision_context),
+         inputs=("train_revision", "train_orm"), cost=2),
   ]
 
 

@@ -58,13 +58,16 @@ what an uninterrupted one does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import math
 import os
 import pathlib
 import shutil
 import time
+import types
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
@@ -257,6 +260,94 @@ class Stage:
     if not self.cost > 0:
       raise ValueError(f"Stage {self.name!r}: cost must be > 0, got "
                        f"{self.cost!r}")
+
+
+class StageScopeError(AttributeError):
+  """A stage read a config field that its hashed config does not cover."""
+
+
+class ConfigView:
+  """One stage's view of a study config: what its hash covers, nothing else.
+
+  While the stage's hashed config is built from the view, every dataclass
+  field read is recorded. `scope` then seals it: the stage function, which
+  receives the view, may read the recorded fields and those its input
+  stages' views recorded (their hashes are folded into its own); any other
+  field raises `StageScopeError` naming the stage and the field. So a stage
+  that starts reading a field reruns when the field changes, or fails
+  until its config hashes the field.
+
+  Properties and methods of the config's class run against the view, so
+  what they read is checked too; `replace(**changes)` returns a view of the
+  changed config that may also read the changed fields.
+  """
+
+  def __init__(self, config: Any, allowed: frozenset[str] | None = None,
+               stage: str | None = None):
+    if not dataclasses.is_dataclass(config):
+      raise TypeError(f"ConfigView needs a dataclass config, got "
+                      f"{type(config).__name__}")
+    object.__setattr__(self, "_config", config)
+    object.__setattr__(self, "_fields",
+                       frozenset(f.name for f in dataclasses.fields(config)))
+    object.__setattr__(self, "_read", set())
+    object.__setattr__(self, "_allowed", allowed)
+    object.__setattr__(self, "_stage", stage)
+
+  def __getattr__(self, name: str) -> Any:
+    config = object.__getattribute__(self, "_config")
+    if name in object.__getattribute__(self, "_fields"):
+      allowed = object.__getattribute__(self, "_allowed")
+      if allowed is None:
+        object.__getattribute__(self, "_read").add(name)
+      elif name not in allowed:
+        raise StageScopeError(
+            f"stage {self._stage!r} reads {type(config).__name__}.{name}, "
+            f"which its hashed config does not cover: add it to the stage's "
+            f"config (or to an input stage's)")
+      return getattr(config, name)
+    if name == "replace":
+      def replace(**changes):
+        allowed = object.__getattribute__(self, "_allowed")
+        return ConfigView(dataclasses.replace(config, **changes),
+                          None if allowed is None else allowed | set(changes),
+                          self._stage)
+      return replace
+    attr = inspect.getattr_static(type(config), name)
+    if isinstance(attr, property):
+      return attr.fget(self)
+    if inspect.isfunction(attr):
+      return types.MethodType(attr, self)
+    return getattr(config, name)
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+  def __repr__(self) -> str:
+    return f"ConfigView({self._config!r}, stage={self._stage!r})"
+
+
+def scope(todo: Sequence["Stage"]) -> None:
+  """Seals the `ConfigView`s bound to each stage's function (a
+  `functools.partial`): each may read the fields recorded while its hashed
+  config was built, and those of its inputs' views."""
+  allowed: dict[str, frozenset[str]] = {}
+  for stage in todo:
+    inherited = frozenset().union(*(allowed.get(n, frozenset())
+                                    for n in stage.inputs))
+    views = [a for a in _bound_args(stage.fn) if isinstance(a, ConfigView)]
+    own = frozenset().union(*(object.__getattribute__(v, "_read")
+                              for v in views))
+    allowed[stage.name] = own | inherited
+    for v in views:
+      object.__setattr__(v, "_allowed", allowed[stage.name])
+      object.__setattr__(v, "_stage", stage.name)
+
+
+def _bound_args(fn: Any) -> list[Any]:
+  if isinstance(fn, functools.partial):
+    return list(fn.args) + list(fn.keywords.values())
+  return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,6 +663,7 @@ def run_stages(stages: Sequence[Stage], workdir: os.PathLike, *,
                      f"{on_change!r}")
   workdir = Path(workdir)
   hashes = stage_hashes(stages)
+  scope(stages)  # stage functions read only what their hashes cover
   with workdir_lock.hold(workdir):
     return _run_locked(stages, workdir, hashes, on_change, log)
 
