@@ -2,27 +2,37 @@
 
 Both libraries run the same random Llama weights: the model is built with
 `transformers.LlamaForCausalLM`, saved as safetensors and imported with
-`ttcjax.models.hf_import.load_hf`. Prints:
+`ttcjax.models.hf_import.load_hf`. By default it prints only the headline
+rows, at 2 repetitions:
 
   1. per size, sampled tokens/s (prefill + decode) of ttcjax and of
-     transformers (`sdpa` and `eager`; the faster is the baseline) and the
-     ratio, from the median of interleaved repetitions;
-  2. time per decode step split into dense layers (+ LM head), attention over
-     the cache, cache update, sampling and token bookkeeping: jitted
-     `fori_loop`s of each part at the decode shapes, next to the full step;
-  3. what fused projections, other attention formulations or cache layouts,
-     and Gumbel sampling would change, each raced against the current code;
-  4. for the largest size, decode FLOP/s over the FLOP/s of jitted float32
-     matmuls measured in the same run, and the step's memory traffic;
-  5. the shared-prefix fan-out cost (prefill of one long prompt with
-     `num_samples=64` over `num_samples=1`) and what it is made of;
+     transformers (`sdpa`) and the ratio, from the median (and fastest) of
+     interleaved repetitions;
+  2. for the largest size, decode FLOP/s over the FLOP/s of a jitted float32
+     matmul chain of decode shape measured in the same run;
+  3. the shared-prefix fan-out cost at 4M: prefill of one long prompt with
+     `num_samples=64` over `num_samples=1`;
 
-then the targets, PASS or MISS. Nothing is asserted. The numbers depend on
+then the targets, PASS or MISS. `--full` (3 repetitions) adds transformers'
+`eager` attention (the faster of the two is the baseline), and
+
+  * time per decode step split into dense layers (+ LM head), attention over
+    the cache, cache update, sampling and token bookkeeping: jitted
+    `fori_loop`s of each part at the decode shapes, next to the full step;
+  * what fused projections, other attention formulations or cache layouts,
+    and Gumbel sampling would change, each raced against the current code;
+  * decode FLOP/s over a 1024^3 matmul, and the step's memory traffic
+    against a measured read bandwidth;
+  * the fan-out ratio at every size, and what it is made of.
+
+Nothing is asserted. The numbers depend on
 the machine and on whatever else runs on it: the load average is printed,
 and torch's thread barriers suffer far more than XLA from a busy CPU, so a
 ratio whose median and fastest repetitions disagree was measured under load.
 
-  python bench/decode.py            # full run (~5 minutes on 2 idle cores)
+  python bench/decode.py            # headline rows (under 5 minutes on 2
+                                    # idle cores)
+  python bench/decode.py --full     # and every profile and variant
   python bench/decode.py --quick    # smoke run, small shapes
 """
 
@@ -417,8 +427,10 @@ def variant_times(cfg, params, w: Workload) -> list[tuple[str, float, float]]:
 # Baselines and fan-out.
 
 
-def matmul_rates(batch: int, reps: int, iters: int) -> tuple[float, float]:
-  """FLOP/s of jitted float32 matmuls: decode-shaped chain, and 1024^3."""
+def matmul_rates(batch: int, reps: int, iters: int, square: bool
+                 ) -> tuple[float, float | None]:
+  """FLOP/s of jitted float32 matmuls: decode-shaped chain, and (with
+  `square`, else None) 1024^3."""
   key = jax.random.key(4)
   x = jax.random.normal(key, (batch, 512), jnp.float32)
   w1 = jax.random.normal(key, (512, 1536), jnp.float32) / math.sqrt(512)
@@ -426,6 +438,8 @@ def matmul_rates(batch: int, reps: int, iters: int) -> tuple[float, float]:
   t = _race({0: _loop(lambda ws, i, x: (x @ ws[0]) @ ws[1], (w1, w2), x,
                       iters)}, max(reps, 5))[0]
   small = 2 * (2 * batch * 512 * 1536) / t
+  if not square:
+    return small, None
   a = jax.random.normal(key, (1024, 1024), jnp.float32)
   square = jax.jit(lambda a, c: a @ c)
   t = _race({0: _timer(lambda: square(a, a))}, max(reps, 5))[0]
@@ -457,10 +471,11 @@ def _minor_faults() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def fanout_times(cfg, params, w: Workload) -> dict[str, float]:
+def fanout_times(cfg, params, w: Workload, parts: bool
+                 ) -> dict[str, float]:
   """Prefill + first token of one long prompt with n-way and 1-way fan-out.
 
-  Also times what the n-way overhead is made of: gathering the cache into n
+  With `parts`, also times what the n-way overhead is made of: gathering the cache into n
   new rows (`KVCache.repeat`, a fresh buffer whose pages are touched for the
   first time: the page faults are counted), the same copy written into a
   donated, already-touched cache, and the prompt pass with the LM head at
@@ -487,6 +502,8 @@ def fanout_times(cfg, params, w: Workload) -> dict[str, float]:
     return run
   times = interleaved({n: runner(n), 1: runner(1)}, reps)
   out = {k: statistics.median(times[k]["total"]) for k in (n, 1)}
+  if not parts:
+    return out
 
   every = jax.jit(lambda p, c: models.apply(cfg, p, prompt, mask, c))
   _, full = every(params, cache)
@@ -528,8 +545,9 @@ def fanout_times(cfg, params, w: Workload) -> dict[str, float]:
 
 
 def run_size(name: str, w: Workload, attn_impls: list[str],
-             small_rate: float) -> dict:
-  """Times ttcjax and HF on one size, prints its block, measures its parts."""
+             small_rate: float, full: bool) -> dict:
+  """Times ttcjax and HF on one size, prints its block; with `full`,
+  measures its parts and variants."""
   with tempfile.TemporaryDirectory() as tmp:
     n_hf = build_hf(name, tmp)
     cfg, params = hf_import.load_hf(tmp)
@@ -564,11 +582,13 @@ def run_size(name: str, w: Workload, attn_impls: list[str],
   speedup_best = best_of[baseline] / best_of["ttcjax"]
   print(f"  ttcjax / {baseline}: {speedup:.2f}x (fastest reps: "
         f"{speedup_best:.2f}x)\n")
-  return dict(cfg=cfg, params=params, n=n_hf, decode=med["ttcjax"]["decode"],
-              step=step, speedup=speedup, speedup_best=speedup_best,
-              parts=part_times(cfg, params, state, w),
-              variants=variant_times(cfg, params, w),
-              floor=w.batch * flops.matmul_flops_per_token(cfg) / small_rate)
+  out = dict(cfg=cfg, params=params, n=n_hf, decode=med["ttcjax"]["decode"],
+             step=step, speedup=speedup, speedup_best=speedup_best)
+  if full:
+    out.update(parts=part_times(cfg, params, state, w),
+               variants=variant_times(cfg, params, w),
+               floor=w.batch * flops.matmul_flops_per_token(cfg) / small_rate)
+  return out
 
 
 def print_parts(results: dict, w: Workload):
@@ -602,8 +622,9 @@ def print_parts(results: dict, w: Workload):
 
 
 def print_flops(name: str, r: dict, w: Workload, small_rate: float,
-                square_rate: float) -> float:
-  """Prints decode FLOP/s against the matmul rates; returns the headline."""
+                square_rate: float | None) -> float:
+  """Prints decode FLOP/s against the matmul rates (the 1024^3 one and the
+  memory traffic unless `square_rate` is None); returns the headline."""
   steps = w.new_tokens - 1
   per_step = flops.decode_flops(r["cfg"], context_len=w.cache_len,
                                 batch=w.batch, cache_len=w.cache_len)
@@ -617,6 +638,8 @@ def print_flops(name: str, r: dict, w: Workload, small_rate: float,
   print(f"  jitted f32 matmul chain [{w.batch},512]x[512,1536]x[1536,512] "
         f"{small_rate / 1e9:6.1f} GFLOP/s  -> ratio "
         f"{achieved / small_rate:.2f}  (headline)")
+  if square_rate is None:
+    return achieved / small_rate
   print(f"  jitted f32 matmul 1024^3          {square_rate / 1e9:8.1f} GFLOP/s"
         f"  -> ratio {achieved / square_rate:.2f}")
   weights, cache = step_bytes(r["cfg"], w)
@@ -642,13 +665,24 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="smoke run: small batch and lengths, 1 repetition")
+  parser.add_argument("--full", action="store_true",
+                      help="also the per-part profile, the variants, HF "
+                           "eager attention, the 1024^3 matmul and memory "
+                           "traffic, and fan-out at every size with its "
+                           "parts")
   parser.add_argument("--sizes", default="4M,34M",
                       help=f"comma-separated subset of {list(SIZES)}")
-  parser.add_argument("--hf_attn", default="sdpa,eager",
+  parser.add_argument("--hf_attn", default=None,
                       help="HF attention implementations to time; the "
-                           "fastest is the baseline")
-  parser.add_argument("--reps", type=int, default=3)
+                           "fastest is the baseline (default sdpa; --full: "
+                           "sdpa,eager)")
+  parser.add_argument("--reps", type=int, default=None,
+                      help="repetitions (default 2; --full: 3)")
   args = parser.parse_args()
+  if args.hf_attn is None:
+    args.hf_attn = "sdpa,eager" if args.full else "sdpa"
+  if args.reps is None:
+    args.reps = 3 if args.full else 2
   w = Workload(reps=args.reps)
   if args.quick:
     w = Workload(batch=8, prompt_len=8, new_tokens=16, fanout_prompt=64,
@@ -668,11 +702,15 @@ def main():
   print(f"workload: batch {w.batch}, prompt {w.prompt_len} random ids, "
         f"{w.new_tokens} new tokens sampled at temperature 1 (no top-k/p), "
         f"cache {w.cache_len} slots, float32; median of {w.reps} reps after "
-        "a warm-up\n")
-  small_rate, square_rate = matmul_rates(w.batch, w.reps, w.part_iters)
-  results = {n: run_size(n, w, args.hf_attn.split(","), small_rate)
+        "a warm-up; " + ("--full" if args.full else "headline rows only "
+                         "(--full: profiles and variants)") + "\n")
+  small_rate, square_rate = matmul_rates(w.batch, w.reps, w.part_iters,
+                                         args.full)
+  results = {n: run_size(n, w, args.hf_attn.split(","), small_rate,
+                         args.full)
              for n in sizes}
-  print_parts(results, w)
+  if args.full:
+    print_parts(results, w)
   big = sizes[-1]
   frac = print_flops(big, results[big], w, small_rate, square_rate)
 
@@ -680,11 +718,17 @@ def main():
         f"token, cache {w.fanout_prompt + w.new_tokens} slots, ms")
   fan = {}
   n = w.fanout_samples
+  # The target is read at 4M; --full measures every size.
+  fan_name = "4M" if "4M" in results else big
   for name, r in results.items():
-    t = fanout_times(r["cfg"], r["params"], w)
+    if not args.full and name != fan_name:
+      continue
+    t = fanout_times(r["cfg"], r["params"], w, args.full)
     fan[name] = t[n] / t[1]
     print(f"  {name:4s} num_samples={n}: {t[n] * 1e3:7.1f}   num_samples=1: "
           f"{t[1] * 1e3:7.1f}   ratio {fan[name]:.2f}")
+    if not args.full:
+      continue
     print(f"       of which: cache.repeat({n}) {t['repeat'] * 1e3:.1f} "
           f"({t['repeat faults']:.0f} page faults/call); the same copy into "
           f"a donated cache {t['donated'] * 1e3:.1f}; prompt pass with LM head"
@@ -696,7 +740,6 @@ def main():
           for n, r in results.items()]
   rows.append((f"decode FLOP/s / matmul FLOP/s at {big}", frac, ">=",
                TARGETS["matmul"]))
-  fan_name = "4M" if "4M" in fan else big
   rows.append((f"fan-out x{w.fanout_samples} / x1 at {fan_name}",
                fan[fan_name], "<=", TARGETS["fan-out"]))
   print_summary(rows)
