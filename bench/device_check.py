@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ttcjax import models, search, testing, verifiers
+from ttcjax.verifiers import cached as cached_scores
 from ttcjax.analysis import flops
 from ttcjax.decoding import Decoder, Sampling
 from ttcjax.search import batching, incremental, tree
@@ -187,20 +188,6 @@ def with_reward_head(cfg: models.ModelConfig, params, rng: jax.Array):
   return {**params, "reward_head": head}
 
 
-def reward_extend_fn(cfg: models.ModelConfig):
-  """The reward head read through a KV cache (`IncrementalVerifier.
-  extend_fn`). The same as `ttcjax.experiments.callbacks.extend_fn`, which
-  this script does not import: the experiments package needs optax and
-  orbax."""
-
-  def extend(params, tokens, token_mask, cache):
-    out, cache = models.apply(cfg, params, tokens, token_mask, cache,
-                              ("reward",))
-    return verifiers.reward_probs(out["reward"]), cache
-
-  return extend
-
-
 class SearchClock:
   """While installed, times a tree search's rounds and verifier calls.
 
@@ -269,7 +256,7 @@ def search_rows(policy_cfg, params, prm_params, args) -> dict[str, dict]:
       params=prm_params, max_len=prompt_len + max_gen, pad_id=PAD_ID)
   cached = dataclasses.replace(full, incremental=search.IncrementalVerifier(
       init_cache=functools.partial(models.init_cache, prm_cfg),
-      extend_fn=reward_extend_fn(prm_cfg),
+      extend_fn=cached_scores.extend_fn(prm_cfg),
       max_len=2 * (prompt_len + max_gen)))
   # Prompts of ids above NL_ID: no delimiter, EOS or padding in them.
   rng = np.random.default_rng(3)

@@ -1,18 +1,14 @@
 """bench/device_check.sh --tiny runs on a CPU and prints every section's
 figures, so the accelerator check cannot rot between GPU runs."""
 
-import importlib.util
 import math
 import os
 import re
 import subprocess
 import sys
 
-import jax
-import numpy as np
-
-from ttcjax import models, testing
 from ttcjax.experiments import callbacks
+from ttcjax.verifiers import cached
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -63,21 +59,17 @@ def test_tiny_run_prints_every_section():
   assert re.search(r"^total [0-9.]+ s$", out, re.M), out
 
 
-def test_reward_extend_fn_matches_the_experiments_one():
-  # device_check builds its own copy (the experiments package needs optax
-  # and orbax); it must score as the study's incremental verifier does.
-  spec = importlib.util.spec_from_file_location(
-      "device_check", os.path.join(ROOT, "bench", "device_check.py"))
-  device_check = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(device_check)
-  cfg = device_check.CONFIG_TINY.replace(reward_head=True, dtype="float32",
-                                         param_dtype="float32")
-  params = testing.numpy_params(cfg, seed=0, stddev=None)
-  tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (2, 6))
-  mask = np.array([[True] * 6, [False, False] + [True] * 4])
-  got, want = (
-      jax.jit(fn)(params, tokens, mask, models.init_cache(cfg, 2, 8))[0]
-      for fn in (device_check.reward_extend_fn(cfg),
-                 callbacks.extend_fn(cfg)))
-  np.testing.assert_allclose(got, want, rtol=1e-6)
-  assert np.all((got > 0) & (got < 1))
+def test_device_check_needs_the_core_package_only():
+  # A bare JAX + Flax host runs it: the cached PRM scores come from
+  # ttcjax.verifiers.cached (what the sweeps use too), not experiments.
+  code = (
+      "import importlib.util, sys\n"
+      f"spec = importlib.util.spec_from_file_location('dc', "
+      f"{os.path.join(ROOT, 'bench', 'device_check.py')!r})\n"
+      "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+      "bad = [m for m in ('optax', 'orbax', 'ttcjax.experiments', 'gin',\n"
+      "       'tensorflow', 'seqio') if m in sys.modules]\n"
+      "assert not bad, bad\n")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+                 env=dict(os.environ, PYTHONPATH=ROOT))
+  assert callbacks.extend_fn is cached.extend_fn

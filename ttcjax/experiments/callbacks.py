@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from ttcjax import decoding, models, verifiers
 from ttcjax.search import base
+from ttcjax.verifiers import cached
 
 
 def sampler_for(temperature: float) -> decoding.Sampler:
@@ -72,22 +73,9 @@ def reward_score_fn(config: models.ModelConfig, rows: int | None = None,
                                                                   rows)
 
 
-@functools.cache
-def extend_fn(config: models.ModelConfig,
-              tags: tuple[int, int] | None = None) -> Callable[..., Any]:
-  """`reward_score_fn`'s scores read through a KV cache: `(params,
-  tokens[n, t], token_mask[n, t], cache) -> (scores[n, t], cache)`
-  (`base.IncrementalVerifier.extend_fn`); one object per (config, tags)."""
-  head = "reward" if tags is None else "lm"
-
-  def extend(params, tokens, token_mask, cache):
-    out, cache = models.apply(config, params, tokens, token_mask, cache,
-                              (head,))
-    if tags is None:
-      return verifiers.reward_probs(out[head]), cache
-    return verifiers.step_tag_probs(out[head], *tags), cache
-
-  return extend
+# `IncrementalVerifier.extend_fn` of a ttcjax model (lives in the core
+# package so bench/device_check.py can use it without optax/orbax).
+extend_fn = cached.extend_fn
 
 
 def incremental_verifier(config: models.ModelConfig, cache_len: int,

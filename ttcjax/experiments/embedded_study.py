@@ -286,18 +286,18 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
       for k in sweep.lookaheads
   ] + [
       sweep_runner.StrategySpec(strategy="dvts", budgets=b),
+  ] + ([] if oracle else [  # the oracle sweep reads no revision setting
       sweep_runner.StrategySpec(strategy="revisions", budgets=b,
                               grid={"revision_length":
                                     sweep.revision_lengths},
                               base={"revision_context":
                                     config.revision_context},
                               selections=("weighted", "majority")),
-  ]
+  ])
   if oracle:
     specs = [dataclasses.replace(s, selections=("weighted",))
              if s.strategy == "best_of_n" else s
              for s in specs if s.strategy in ORACLE_STRATEGIES]
-  questions = [p.question for p in _test_problems(config)]
   count = min(sweep.problems or config.test_problems, config.test_problems)
   return sweep_runner.SearchRun(
       problems=sweep_runner.ProblemSource(
@@ -307,7 +307,12 @@ def search_run(config: embedded.ArithStudyConfig, sweep: SweepConfig,
       max_new_tokens=config.max_new_tokens, temperature=config.temperature,
       problems_per_batch=min(sweep.problems_per_batch, count),
       seed=config.seed, prompt_len=config.prompt_len,
-      revision_prompt_len=evaluate.revision_prompt_len(config, questions),
+      # Read only by revisions: a run without them (the difficulty draw,
+      # the oracle sweep) neither needs nor hashes the revision settings.
+      revision_prompt_len=(evaluate.revision_prompt_len(
+          config, [p.question for p in _test_problems(config)])
+                           if any(s.strategy == "revisions" for s in specs)
+                           else None),
       tree_cache_tokens=sweep.tree_cache_tokens,
       verifier="oracle" if oracle else "prm",
       incremental_verifier=sweep.incremental_verifier and not oracle)
