@@ -304,3 +304,22 @@ def test_the_sweep_tree_cache_reaches_the_search_runs():
   # The grown cache still fits the model's positions after the prompt.
   config = embedded.arith_cpu()
   assert 768 <= config.policy.max_len - config.prompt_len
+
+
+def test_a_study_without_the_large_model():
+  config = embedded.countdown_cpu()
+  full = stages.stage_hashes(embedded_study.full_study_stages(config))
+  todo = embedded_study.full_study_stages(config, large_model=False)
+  names = [s.name for s in todo]
+  assert "pretrain_large" not in names and "large_eval" not in names
+  assert "large_eval" not in {s.name: s for s in todo}["analysis"].inputs
+  hashes = stages.stage_hashes(todo)
+  # Every other stage is the full study's: the large model runs later.
+  assert {n: h for n, h in hashes.items() if n != "analysis"} == {
+      n: full[n] for n in names if n != "analysis"}
+  assert hashes["analysis"] != full["analysis"]
+  with pytest.raises(ValueError, match="prm_init='large'"):
+    embedded_study.full_study_stages(config.replace(prm_init="large"),
+                                     large_model=False)
+  study = studies.ArithStudy(preset="countdown_cpu", large_model=False)
+  assert [s.name for s in study.stages()] == names

@@ -497,12 +497,17 @@ def analysis_inputs(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def full_study_stages(config: embedded.ArithStudyConfig,
-                      sweep: SweepConfig | str | None = None
-                      ) -> list[stages.Stage]:
+                      sweep: SweepConfig | str | None = None,
+                      large_model: bool = True) -> list[stages.Stage]:
   """Training, evaluation, the large model, the search sweep, the report.
 
   With `ArithStudyConfig.prm_init='large'`, pretrain_large comes right
-  after pretrain_policy, since the PRM starts from it."""
+  after pretrain_policy, since the PRM starts from it. `large_model=False`
+  leaves out pretrain_large and large_eval (the ~14x model, the study's
+  longest training); the report then has no FLOPs-matched comparison."""
+  if not large_model and config.prm_init == "large":
+    raise ValueError("large_model=False: the PRM starts from the large model "
+                     "(ArithStudyConfig.prm_init='large'); keep it")
   sw = sweep_for(config, sweep)
   c = config
   st = functools.partial(embedded.scoped_stage, config=c)
@@ -514,11 +519,12 @@ def full_study_stages(config: embedded.ArithStudyConfig,
   head = embedded.training_stages(c) + evaluate.eval_stages(c)
   if c.prm_init == "large":  # the PRM starts from it: train it first
     head.insert(1, large_stage)
-  todo = head + ([] if c.prm_init == "large" else [large_stage]) + [
+  todo = head + ([large_stage] if large_model and c.prm_init != "large"
+                 else []) + ([
       st("large_eval", _large_eval, make_config=lambda v: dict(
           sampling(v), **embedded.task_fields(v), test_seed=v.test_seed,
           test_problems=v.test_problems, prompt_len=v.prompt_len),
-         inputs=("pretrain_large",), cost=1),
+         inputs=("pretrain_large",), cost=1)] if large_model else []) + [
       st("search_sweep", _search_sweep, args=(sw,), make_config=lambda v: dict(
           sampling(v), sweep=sw, **embedded.task_fields(v),
           test_seed=v.test_seed,

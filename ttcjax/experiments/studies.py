@@ -68,10 +68,14 @@ class ArithStudy:
       `{'seed': 1, 'test_problems': 128}`; 'arithmetic' still names the
       task_config of an arithmetic preset).
     sweep: `SweepConfig` fields to replace (e.g. `{'budgets': (4, 16)}`).
+    large_model: train and evaluate the ~14x model for the FLOPs-matched
+      comparison (the study's longest training); False leaves it out and
+      the report without that section.
   """
   preset: str = "smoke"
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   sweep: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  large_model: bool = True
 
   def __post_init__(self):
     if self.preset not in embedded.PRESETS or self.preset not in (
@@ -102,7 +106,8 @@ class ArithStudy:
                             "ArithStudy.sweep")
 
   def stages(self) -> list[stages.Stage]:
-    return embedded_study.full_study_stages(self.config(), self.sweep_config())
+    return embedded_study.full_study_stages(self.config(), self.sweep_config(),
+                                            large_model=self.large_model)
 
   def preflight(self) -> None:
     """Fails before any work if the sweep's tree-search cache or token cap
