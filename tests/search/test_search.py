@@ -643,3 +643,32 @@ def test_a_candidate_says_why_it_was_cut_and_only_if_it_was():
   with pytest.raises(ValueError, match="cut"):
     search.Candidate(token_ids=(), step_ends=(), step_scores=(), score=0.0,
                      answer=None, finished=False, cut="bored")
+
+
+def test_a_child_of_a_shorter_beam_is_not_cut():
+  # A random model that ends steps often, at random lengths: refilled
+  # children land in rows that held longer beams. The cache (252 slots)
+  # holds 12 rounds of 16-token steps, so no row may end at 'cache_end';
+  # before tree.VERSION 3 a child was compared with its row's previous
+  # occupant and cut as if the cache were full.
+  cfg = REAL.replace(max_len=256)
+  params = jax.tree.map(np.array, testing.numpy_params(cfg, seed=0))
+  params["embedding"][:, 0] = 8.0
+  params["embedding"][testing.NL, 0] += 3.0
+  params["embedding"][testing.EOS, 0] += 1.0
+  for i in range(cfg.n_layers):
+    params[f"layer_{i}"]["attn"]["o_proj"]["kernel"][..., 0] = 0
+    params[f"layer_{i}"]["mlp"]["down_proj"]["kernel"][:, 0] = 0
+  policy = search.PolicyFns(
+      decoder=decoding.Decoder(models.decode_step_fn(cfg),
+                               eos_id=testing.EOS, stop_ids=(testing.NL,),
+                               max_gen=16),
+      params=params, init_cache=lambda b, n: models.init_cache(cfg, b, n),
+      max_len=256, pad_id=testing.PAD, prompt_len=4)
+  results = _run("beam", _problems(4), policy, budget=8, beam_width=2,
+                 max_rounds=12, trace=True)
+  reasons = collections.Counter(c.cut for r in results for c in r.candidates)
+  lengths = {n for r in results for t in r.trace for n in t.new_tokens if n}
+  assert len(lengths) > 2, lengths  # steps of many lengths
+  assert reasons["cache_end"] == 0, reasons
+  assert sum(c.finished for r in results for c in r.candidates) > 0

@@ -58,9 +58,11 @@ STATUSES = ("step", "complete", "truncated")
 
 # What a tree search returns for a given key, hyper-parameters and models.
 # Study stages that store search results hash it, so a change of semantics
-# (2: beams refilled to N, DVTS's N candidates, last round to EOS) reruns
+# (2: beams refilled to N, DVTS's N candidates, last round to EOS; 3: a
+# child no longer compared with its row's previous occupant, which cut
+# children of shorter beams as if the cache were full) reruns
 # them; record keys (`records.hparams_of`) do not change.
-VERSION = 2
+VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -441,8 +443,12 @@ class _Batch:
           status=tuple(status[r] for r in mine),
           survivors=tuple(int(self.slot[r]) for g in survivors.get(p, {})
                           .values() for r, _ in g)))
-    tree, state = self._expand(rnd, tree, state, survivors)
-    return tree, state, num
+    tree, state, src = self._expand(rnd, tree, state, survivors)
+    # Token counts of the rows as they are now: a child in row r must be
+    # compared with its parent's count next round, not with what row r held
+    # (else a child of a shorter beam looks as if it made no progress and
+    # is cut as 'cache_end').
+    return tree, state, num[src]
 
   def _prune(self, rnd, tree, by_problem, status, cut, agg, tokens, num):
     """Applies the prune rule per group: moves leaving rows' candidates
@@ -488,7 +494,8 @@ class _Batch:
     return survivors
 
   def _expand(self, rnd, tree, state, survivors):
-    """Each survivor's children fill consecutive rows of its group."""
+    """Each survivor's children fill consecutive rows of its group; returns
+    the tree, the decode state and `src` (the row each row now copies)."""
     src = np.arange(len(self.problem))
     alive = np.zeros(len(src), bool)
     parent = np.full(len(src), -1)
@@ -507,12 +514,12 @@ class _Batch:
         ends=[list(tree.ends[s]) for s in src],
         values=[list(tree.values[s]) for s in src])
     if not alive.any():
-      return tree, state
+      return tree, state, src
     if self.rows_cache is not None:
       self.rows_cache.take(src)
     state = state.take(jnp.asarray(src)).with_rngs(
         batching.row_keys(self.problem_keys, self.n, rnd + 1))
-    return tree, self._shard(state)
+    return tree, self._shard(state), src
 
   def _results(self, tree) -> list[SearchResult]:
     out = []
