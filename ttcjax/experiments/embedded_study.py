@@ -155,10 +155,11 @@ SWEEPS = {
                          difficulty_samples=16, shows_direction=False),
     # 128 of the 256 test problems and one lookahead k keep the sweep
     # (~100k generations) near an hour on 2 cores; the difficulty draw adds
-    # 64 samples per problem (~8k generations). With the default 384 tree
-    # cache slots beam search at N=64 cut 1.8% (M=4) / 2.3% (M=8) of its
-    # candidates, ~97% of them at 27-63 of the 96 tokens allowed: the
-    # cache's end, not the token cap (docs/results/arith_cpu).
+    # 64 samples per problem (~8k generations). 768 tree cache slots (384
+    # by default) leave room for 40 rounds of 12-byte steps. (Beam search's
+    # 1.8% / 2.3% cut at N=64 before tree.VERSION 3 was not the cache: 768
+    # slots cut the same candidates; a refilled child was compared with its
+    # row's previous occupant, fixed in VERSION 3.)
     "arith_cpu": SweepConfig(budgets=(4, 16, 64), lookaheads=(1,),
                              revision_lengths=(1, 4, 16), problems=128,
                              n_bootstrap=1000, difficulty_samples=64,
