@@ -121,6 +121,10 @@ class SweepConfig:
   def __post_init__(self):
     for name in ("budgets", "beam_widths", "lookaheads", "revision_lengths"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
+    if self.tree_cache_tokens is not None and not (
+        isinstance(self.tree_cache_tokens, int) and self.tree_cache_tokens > 0):
+      raise ValueError(f"SweepConfig.tree_cache_tokens must be None or an "
+                       f"int > 0, got {self.tree_cache_tokens!r}")
     if not isinstance(self.incremental_verifier, bool):
       raise ValueError(f"SweepConfig.incremental_verifier must be a bool, "
                        f"got {self.incremental_verifier!r}")

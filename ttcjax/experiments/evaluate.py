@@ -302,9 +302,7 @@ def _eval_revision(config: embedded.ArithStudyConfig,
 
 
 def _eval_sampling(c) -> dict[str, Any]:
-  return dict(seed=c.seed, temperature=c.temperature,
-              max_new_tokens=c.max_new_tokens, decode_rows=c.decode_rows,
-              chunk_problems=c.chunk_problems, **embedded.task_fields(c),
+  return dict(embedded._sampling_config(c), **embedded.task_fields(c),  # pylint: disable=protected-access
               test_seed=c.test_seed)
 
 

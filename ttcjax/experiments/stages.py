@@ -295,12 +295,16 @@ class ConfigView:
     object.__setattr__(self, "_stage", stage)
 
   def __getattr__(self, name: str) -> Any:
-    config = object.__getattribute__(self, "_config")
-    if name in object.__getattribute__(self, "_fields"):
-      allowed = object.__getattribute__(self, "_allowed")
-      if allowed is None:
-        object.__getattribute__(self, "_read").add(name)
-      elif name not in allowed:
+    # Only called for names not in the instance dict (set in __init__);
+    # private names never reach the config (and a copy without __init__
+    # cannot recurse here).
+    if name.startswith("_"):
+      raise AttributeError(name)
+    config = self._config
+    if name in self._fields:
+      if self._allowed is None:
+        self._read.add(name)
+      elif name not in self._allowed:
         raise StageScopeError(
             f"stage {self._stage!r} reads {type(config).__name__}.{name}, "
             f"which its hashed config does not cover: add it to the stage's "
@@ -308,7 +312,7 @@ class ConfigView:
       return getattr(config, name)
     if name == "replace":
       def replace(**changes):
-        allowed = object.__getattribute__(self, "_allowed")
+        allowed = self._allowed
         return ConfigView(dataclasses.replace(config, **changes),
                           None if allowed is None else allowed | set(changes),
                           self._stage)
@@ -336,8 +340,7 @@ def scope(todo: Sequence["Stage"]) -> None:
     inherited = frozenset().union(*(allowed.get(n, frozenset())
                                     for n in stage.inputs))
     views = [a for a in _bound_args(stage.fn) if isinstance(a, ConfigView)]
-    own = frozenset().union(*(object.__getattribute__(v, "_read")
-                              for v in views))
+    own = frozenset().union(*(v._read for v in views))  # pylint: disable=protected-access
     allowed[stage.name] = own | inherited
     for v in views:
       object.__setattr__(v, "_allowed", allowed[stage.name])
