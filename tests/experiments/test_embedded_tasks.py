@@ -193,3 +193,29 @@ def test_arithmetic_override_still_names_the_task_config():
   study = studies.ArithStudy(preset="countdown_micro",
                              overrides={"task_config": cd})
   assert study.config().make_task().config == cd
+
+
+def test_pretrain_drills_are_validated_mixed_in_and_hashed():
+  cd = embedded.countdown_micro()
+  with pytest.raises(ValueError, match="pretrain_drills must be in"):
+    cd.replace(pretrain_drills=cd.pretrain_problems + 1)
+  with pytest.raises(ValueError, match="task 'arithmetic' has no drills"):
+    embedded.micro().replace(pretrain_drills=1)
+  drilled = cd.replace(pretrain_drills=5)
+  plain_exs = embedded.pretraining_examples(cd)
+  exs = embedded.pretraining_examples(drilled)
+  assert len(plain_exs) == cd.pretrain_problems
+  assert len(exs) == cd.pretrain_problems + 5
+  # Each drill follows its problem's reference; the references are unchanged.
+  texts = [TOK.decode([int(t) for t in e["tokens"] if t > 2]) for e in exs]
+  assert [t.startswith("Reach ") for t in texts[:10]] == [True, False] * 5
+  assert all(t.startswith("Play ") for t in texts[1:10:2])
+  refs = [e for i, e in enumerate(exs) if i >= 10 or i % 2 == 0]
+  assert all((a["tokens"] == b["tokens"]).all() for a, b in zip(refs, plain_exs))
+  sweep = embedded_study.SWEEPS["countdown_micro"]
+  a = stages.stage_hashes(embedded_study.full_study_stages(cd, sweep))
+  b = stages.stage_hashes(embedded_study.full_study_stages(drilled, sweep))
+  # Drills change the pretrained models, so every stage downstream of them.
+  assert a["pretrain_policy"] != b["pretrain_policy"]
+  assert a["pretrain_large"] != b["pretrain_large"]
+  assert a["oracle_sweep"] != b["oracle_sweep"]

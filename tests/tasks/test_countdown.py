@@ -315,3 +315,35 @@ def test_max_solutions_draws_hard_problems():
     hard = countdown.generate(CountdownConfig(max_solutions=1), 30, seed=0)
     assert all(p.n_solutions == 1 for p in hard)
     assert all(countdown.grade(p.solution, p) for p in hard)
+
+
+def test_drills_are_legal_play_without_the_target(problems):
+    task = tasks.get("countdown")
+    assert task.has_drills and not tasks.get("arithmetic").has_drills
+    assert tasks.get("arithmetic").drill(None, 0) is None
+    last_is_target = 0
+    for p in problems[:100]:
+        prompt, text = task.drill(p, seed=7)
+        assert (prompt, text) == task.drill(p, seed=7)  # deterministic
+        assert prompt == f"Play {' '.join(map(str, p.numbers))}\n"
+        assert len(prompt) <= task.max_prompt_chars() + 1
+        steps = task.split_steps(text)
+        assert len(steps) == p.n_numbers and steps[-1].startswith("#### ")
+        final = int(steps[-1][5:])
+        # Every move is legal: the text solves the game whose target is the
+        # number it ends on, and nothing in it needed the problem's target.
+        game = _problem(p.numbers, final)
+        assert task.check_steps(game, text) == [True] * len(steps)
+        assert task.grade(text, game)
+        last_is_target += final == p.target
+    # The point of a drill: its last result is not the target to copy.
+    assert last_is_target < 10
+    assert len({task.drill(p, seed=s)[1] for p in problems[:20]
+                for s in range(3)}) > 40  # seeds draw different games
+
+
+
+def test_a_drill_always_finds_a_move():
+    # Equal numbers leave only a/a (sums and products pass max_value).
+    prompt, text = countdown.drill(_problem((7, 7), 1, max_value=10), seed=0)
+    assert prompt == "Play 7 7\n" and text == "7/7=1, left 1\n#### 1\n"

@@ -107,6 +107,10 @@ class ArithStudyConfig:
       where a barely trained policy must still yield data (tests).
     pretrain_problems, pretrain_seed: the policy's training problems.
     pretrain: the policy's training.
+    pretrain_drills: the first this many pretraining problems also yield a
+      drill (`Task.drill`: for Countdown, random legal play from the
+      problem's numbers, no target), mixed in after each one's reference;
+      0: references only. For the policy and the ~14x model alike.
     label_problems, label_seed: problems whose samples the PRM learns from.
     samples_per_problem: samples per labelled problem (paper: 16).
     rollouts: Monte-Carlo roll-outs per step (paper: 16).
@@ -157,6 +161,7 @@ class ArithStudyConfig:
   pretrain_problems: int
   pretrain_seed: int = 1000
   pretrain: RoleTraining
+  pretrain_drills: int = 0
   label_problems: int
   label_seed: int = 1001
   samples_per_problem: int = 16
@@ -203,6 +208,14 @@ class ArithStudyConfig:
       if getattr(self, name) < 1:
         raise ValueError(f"ArithStudyConfig.{name} must be >= 1, got "
                          f"{getattr(self, name)}")
+    if not 0 <= self.pretrain_drills <= self.pretrain_problems:
+      raise ValueError(f"ArithStudyConfig.pretrain_drills must be in [0, "
+                       f"pretrain_problems={self.pretrain_problems}], got "
+                       f"{self.pretrain_drills}")
+    if self.pretrain_drills and not task.has_drills:
+      raise ValueError(f"ArithStudyConfig.pretrain_drills="
+                       f"{self.pretrain_drills}: task {self.task!r} has no "
+                       f"drills (Task.drill); set it to 0")
     if self.prm_init not in PRM_INITS:
       raise ValueError(f"ArithStudyConfig.prm_init must be one of "
                        f"{tuple(PRM_INITS)}, got {self.prm_init!r}")
@@ -260,6 +273,12 @@ def task_fields(config: ArithStudyConfig) -> dict[str, Any]:
   if config.task == "arithmetic":
     return {"arithmetic": config.task_config}
   return {"task": config.task, "task_config": config.task_config}
+
+
+def pretrain_drills_field(config: ArithStudyConfig) -> dict[str, int]:
+  """The pretraining stages' hash entry for drills: only when set, so
+  studies without them keep their hashes."""
+  return {"drills": config.pretrain_drills} if config.pretrain_drills else {}
 
 
 def _train(objective: str, steps: int, lr: float, seed: int,
@@ -593,11 +612,25 @@ def load_rows(path) -> list[dict]:
 # --- Stage functions ---------------------------------------------------------
 
 
-def _pretrain_policy(config: ArithStudyConfig, ctx: stages.StageContext):
+def pretraining_examples(config: ArithStudyConfig) -> list[examples.Example]:
+  """The policy's (and the ~14x model's) training examples: each
+  pretraining problem's reference solution, followed, for the first
+  `pretrain_drills` problems, by that problem's drill (`Task.drill`, drawn
+  with `pretrain_seed`)."""
   task = config.make_task()
   problems = config.problems(config.pretrain_problems, config.pretrain_seed)
-  exs = [examples.reference_example(TOKENIZER, task, p) for p in problems]
-  return train_role(ctx, config.policy, config.pretrain, exs, what="policy")
+  exs = []
+  for i, p in enumerate(problems):
+    exs.append(examples.reference_example(TOKENIZER, task, p))
+    if i < config.pretrain_drills:
+      exs.append(examples.lm_example(TOKENIZER, *task.drill(
+          p, config.pretrain_seed)))
+  return exs
+
+
+def _pretrain_policy(config: ArithStudyConfig, ctx: stages.StageContext):
+  return train_role(ctx, config.policy, config.pretrain,
+                    pretraining_examples(config), what="policy")
 
 
 def _sample_train(config: ArithStudyConfig, ctx: stages.StageContext):
@@ -752,7 +785,7 @@ def training_stages(config: ArithStudyConfig) -> list[stages.Stage]:
       st("pretrain_policy", _pretrain_policy, make_config=lambda v: dict(
           **task_fields(v), policy=v.policy, seed=v.pretrain_seed,
           problems=v.pretrain_problems, training=v.pretrain,
-          packing=packing.VERSION), cost=5),
+          packing=packing.VERSION, **pretrain_drills_field(v)), cost=5),
       st("sample_train", _sample_train, make_config=lambda v: dict(
           _sampling_config(v), **task_fields(v), seed=v.label_seed,
           problems=v.label_problems, samples=v.samples_per_problem),

@@ -520,7 +520,8 @@ def full_study_stages(config: embedded.ArithStudyConfig,
   large_stage = st("pretrain_large", _pretrain_large, make_config=lambda v: dict(
       **embedded.task_fields(v), policy=large_model_config(v.policy),
       seed=v.pretrain_seed, problems=v.pretrain_problems,
-      training=v.pretrain, packing=packing.VERSION), cost=20)
+      training=v.pretrain, packing=packing.VERSION,
+      **embedded.pretrain_drills_field(v)), cost=20)
   head = embedded.training_stages(c) + evaluate.eval_stages(c)
   if c.prm_init == "large":  # the PRM starts from it: train it first
     head.insert(1, large_stage)

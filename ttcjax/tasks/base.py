@@ -135,6 +135,24 @@ class Task(abc.ABC):
     """Whether `check_steps` is implemented."""
     return type(self).check_steps is not Task.check_steps
 
+  def drill(self, problem: Any, seed: int) -> Optional[tuple[str, str]]:
+    """A practice example made from ``problem`` without its goal, or None.
+
+    ``(prompt, text)`` that a base LM's pretraining may mix with the
+    reference solutions, to teach the task's step mechanics where the
+    references let a model shortcut them (Countdown: random legal play from
+    the problem's numbers, since a reference's last result is always the
+    stated target). Deterministic in ``(problem, seed)``. The default is None:
+    the task has no drills.
+    """
+    del problem, seed
+    return None
+
+  @property
+  def has_drills(self) -> bool:
+    """Whether `drill` is implemented."""
+    return type(self).drill is not Task.drill
+
   def difficulty_features(self, problem: Any) -> dict[str, Any]:
     """Task-native difficulty descriptors of ``problem`` (for reports only)."""
     del problem

@@ -42,6 +42,7 @@ from ttcjax.tasks import base as _task_base
 STEP_DELIMITER = "\n"
 ANSWER_PREFIX = "#### "
 QUESTION_PREFIX = "Reach "
+PLAY_PREFIX = "Play "  # a drill's prompt: numbers, no target (see `drill`)
 LEFT = ", left "
 DERIVATION_SEPARATOR = "; "  # joins the lines of an extracted answer
 
@@ -274,6 +275,49 @@ def prompt(problem: Problem) -> str:
     return problem.question + STEP_DELIMITER
 
 
+def drill(problem: Problem, seed: int) -> tuple[str, str]:
+    """A practice game on ``problem``'s numbers without its target.
+
+    The prompt is ``"Play a b c\n"``; the text is uniformly random legal
+    moves (each state's moves as :func:`_moves` lists them) until one number
+    is left, then ``#### n`` with that number, in the notation of a solution::
+
+        Play 3 4 6 8
+        8*3=24, left 4 6 24
+        24+6=30, left 4 30
+        30-4=26, left 26
+        #### 26
+
+    Why: every reference solution's last move yields the target, which the
+    question states, so a model trained on references alone learns to copy
+    the target into the last line instead of computing it. Measured on
+    countdown_cpu (no drills): 49% of the policy's samples end with a wrong
+    operation whose written result is the target (``14+10=19``), the policy's
+    own greedy choice in 4,745 of those 4,786 steps, and a PRM initialised
+    from the policy ranks them against correct solutions at within-problem
+    AUC 0.54. A drill's last result is whatever the moves make, so the
+    model has to compute it there too, as a base LM that knows arithmetic
+    would (the paper's base model does). Drawn with
+    ``random.Random(f"countdown-drill:{seed}:{problem.uid}")``.
+
+    Args:
+      problem: the problem whose numbers are played.
+      seed: the drill stream's seed.
+
+    Returns:
+      ``(prompt, text)``, each line ending with :data:`STEP_DELIMITER`.
+    """
+    rng = random.Random(f"countdown-drill:{seed}:{problem.uid}")
+    state, lines = tuple(sorted(problem.numbers)), []
+    while len(state) > 1:  # a state always has a move: a-b if a > b, else a/a
+        moves = _moves(state, problem.max_value)
+        head, state = moves[rng.randrange(len(moves))]
+        lines.append(f"{head}{LEFT}{_render(state)}")
+    lines.append(f"{ANSWER_PREFIX}{state[0]}")
+    return (PLAY_PREFIX + _render(sorted(problem.numbers)) + STEP_DELIMITER,
+            "".join(line + STEP_DELIMITER for line in lines))
+
+
 def split_steps(text: str) -> list[str]:
     """Splits a solution into steps, each keeping its trailing delimiter."""
     steps = text.split(STEP_DELIMITER)
@@ -500,6 +544,9 @@ class CountdownTask(_task_base.Task):
         # A valid step into a dead end can no longer be completed: the
         # oracle scores the ideal value, not step validity.
         return reachable_after_steps(problem, text)
+
+    def drill(self, problem: Problem, seed: int) -> tuple[str, str]:
+        return drill(problem, seed)
 
     def difficulty_features(self, problem: Problem) -> dict:
         return {"n_numbers": problem.n_numbers, "n_solutions": problem.n_solutions,
