@@ -142,7 +142,7 @@ def test_an_incremental_verifier_adds_its_cache_per_row():
   reads every row into it is a peak of its own."""
   mesh, h100 = memory.AbstractMesh.of(), memory.DEVICES["h100"]
   prm = memory.QWEN25_MATH_PRM_7B
-  off = memory.math500_shapes(rows=64)
+  off = memory.math500_shapes(rows=64, verifier_rows=64)
   on = dataclasses.replace(off, verifier_cache_len=512)
   a, b = (memory.estimate(s, mesh, h100) for s in (off, on))
   rows, slots = 64, 512
@@ -166,3 +166,20 @@ def test_an_incremental_verifier_adds_its_cache_per_row():
   assert est.phase == "incremental verifier"
   assert est.activations == memory.activation_bytes(long, mesh)[
       "incremental verifier"]
+
+
+def test_an_incremental_verifier_read_in_groups_peaks_per_group():
+  """`verifier_rows < rows`: the incremental calls read groups of that many
+  rows (`IncrementalVerifier.rows`), so their peak is a group's, and the
+  cache copy one group gathers is counted besides every row's cache."""
+  mesh, h100 = memory.AbstractMesh.of(), memory.DEVICES["h100"]
+  prm, slots = memory.QWEN25_MATH_PRM_7B, 4096
+  whole = dataclasses.replace(memory.math500_shapes(rows=64, verifier_rows=64),
+                              verifier_cache_len=slots)
+  grouped = dataclasses.replace(whole, verifier_rows=16)
+  a, b = (memory.activation_bytes(s, mesh)["incremental verifier"]
+          for s in (whole, grouped))
+  assert a == 4 * b
+  ea, eb = (memory.estimate(s, mesh, h100) for s in (whole, grouped))
+  assert eb.cache - ea.cache == memory.cache_bytes(prm, 16, slots, mesh)
+  assert ea.phase == "incremental verifier" and eb.total < ea.total

@@ -20,7 +20,9 @@ What is counted, per device:
   the rolled-out one);
 * with an incremental verifier (`SearchShapes.verifier_cache_len`), the
   verifier's KV cache of that many slots for every policy row, laid out
-  and sharded as the policy's (`ttcjax.search.incremental`);
+  and sharded as the policy's (`ttcjax.search.incremental`), plus, when
+  its calls read fewer rows than the batch (`verifier_rows < rows`), the
+  copy of one group's cache rows a call gathers;
 * the largest of three activation peaks, which happen one at a time:
   - prefill: the LM logits `lm_logits` computes at every prompt position,
     `[prompt_rows, prompt_len, vocab] float32`;
@@ -30,10 +32,11 @@ What is counted, per device:
     hidden activations `[n, L, d_ff]`, for `n = verifier_rows` rows scored
     per call, plus its `[n, L, vocab] float32` logits when the verifier is
     read from its LM head (step-tag PRMs such as RLHFlow's);
-  - incremental verifier call: the same for every row at once (its
-    calls read all rows), `t = verifier_len - prompt_len` new tokens (the
-    most one round may add: the last round decodes to EOS) attending
-    `verifier_cache_len` keys, `[rows, heads, t, verifier_cache_len]`.
+  - incremental verifier call: the same for `verifier_rows` rows (its
+    calls read the rows in groups of that many),
+    `t = verifier_len - prompt_len` new tokens (the most one round may
+    add: the last round decodes to EOS) attending `verifier_cache_len`
+    keys, `[verifier_rows, heads, t, verifier_cache_len]`.
 
 Activation peaks are estimates (XLA may fuse or rematerialise); the check
 keeps `headroom` of HBM free for them being off, for XLA's own buffers and
@@ -252,7 +255,8 @@ def activation_bytes(shapes: SearchShapes, mesh,
         mesh, rules)
     if shapes.verifier_cache_len:
       out["incremental verifier"] = _verifier_call_bytes(
-          ver, shapes.rows, max(shapes.verifier_len - shapes.prompt_len, 1),
+          ver, shapes.verifier_rows,
+          max(shapes.verifier_len - shapes.prompt_len, 1),
           shapes.verifier_cache_len, mesh, rules)
   return out
 
@@ -292,6 +296,9 @@ def estimate(shapes: SearchShapes, mesh, device: Device,
   if shapes.verifier is not None and shapes.verifier_cache_len:
     cache += cache_bytes(shapes.verifier, shapes.rows,
                          shapes.verifier_cache_len, mesh, rules)
+    if shapes.verifier_rows < shapes.rows:  # a group's gathered copy
+      cache += cache_bytes(shapes.verifier, shapes.verifier_rows,
+                           shapes.verifier_cache_len, mesh, rules)
   peaks = activation_bytes(shapes, mesh, rules)
   phase = max(peaks, key=peaks.get)
   state = shapes.decode_states * decode_state_bytes(

@@ -158,13 +158,15 @@ def test_an_incremental_verifier_counts_its_cache_and_can_be_refused(root):
       dataclasses.replace(on_run, max_new_tokens=GEN // 8), device=chip,
       num_devices=1)  # a shorter cache fits (and runs the same code)
   prm, rows = memory.QWEN25_MATH_PRM_7B, 64
-  prm_cache = (2 * prm.n_layers * rows * prm.n_kv_heads * CACHE *
-               prm.head_dim * 2 + rows * CACHE + rows * 4 + 4)
+  prm_cache = lambda n: (2 * prm.n_layers * n * prm.n_kv_heads * CACHE *
+                         prm.head_dim * 2 + n * CACHE + n * 4 + 4)
   shapes = preflight._tree_shapes(  # pylint: disable=protected-access
       on_run, 1, rows, PROMPT, POLICY, prm, False)
   est = memory.estimate(shapes, memory.AbstractMesh.of(), chip)
-  assert shapes.verifier_cache_len == CACHE
-  assert est.cache == off.estimate.cache + prm_cache
+  assert shapes.verifier_cache_len == CACHE and shapes.verifier_rows == 32
+  # Every row's cache, and the copy of a group of 32 rows a call gathers.
+  assert est.cache == off.estimate.cache + prm_cache(rows) + prm_cache(32)
+  prm_cache = prm_cache(rows)
   assert est.total >= off.estimate.total + prm_cache
   assert off.estimate.fits and not est.fits
   with pytest.raises(ValueError) as info:

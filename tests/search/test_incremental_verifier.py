@@ -117,6 +117,38 @@ def test_incremental_scores_equal_full_rescoring(fed, strategy, kw,
 @pytest.mark.parametrize("strategy,kw", [("beam", {"beam_width": 2}),
                                          ("lookahead", {"lookahead": 1,
                                                         "beam_width": 2})])
+def test_rows_read_in_groups_equal_one_call(monkeypatch, strategy, kw):
+  """`IncrementalVerifier.rows=5` of 12 rows: calls of at most 5 rows
+  (groups of 5, 5 and 2 padded to 5), same scores and tokens read."""
+  shapes, extend = [], incremental._extend
+
+  def spy(extend_fn, params, tokens, mask, cache):
+    shapes.append(tokens.shape)
+    assert cache.valid.shape[0] == tokens.shape[0]
+    return extend(extend_fn, params, tokens, mask, cache)
+
+  monkeypatch.setattr(incremental, "_extend", spy)
+  whole = _run(strategy, _verifier(True, 256), **kw)
+  assert max(n for n, _ in shapes[1:]) == 12
+  shapes.clear()
+  inc = _verifier(True, 256)
+  grouped = dataclasses.replace(
+      inc, incremental=dataclasses.replace(inc.incremental, rows=5))
+  parts = _run(strategy, grouped, **kw)
+  _assert_same(whole, parts)
+  assert [r.verifier_tokens_read for r in whole] == [
+      r.verifier_tokens_read for r in parts]
+  assert shapes and max(n for n, _ in shapes) == 5
+
+
+def test_incremental_verifier_rows_are_validated():
+  with pytest.raises(ValueError, match="IncrementalVerifier.rows"):
+    callbacks.incremental_verifier(REAL, 64, rows=0)
+
+
+@pytest.mark.parametrize("strategy,kw", [("beam", {"beam_width": 2}),
+                                         ("lookahead", {"lookahead": 1,
+                                                        "beam_width": 2})])
 def test_full_rescoring_counts_every_prefix_it_rereads(fed, monkeypatch,
                                                        strategy, kw):
   """Without the cache, a result's verifier tokens are the real (unmasked)

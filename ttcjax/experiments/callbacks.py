@@ -79,17 +79,18 @@ extend_fn = cached.extend_fn
 
 
 def incremental_verifier(config: models.ModelConfig, cache_len: int,
-                         tags: tuple[int, int] | None = None
+                         tags: tuple[int, int] | None = None,
+                         rows: int | None = None
                          ) -> base.IncrementalVerifier:
   """The model as an `IncrementalVerifier` (reward head, or with `tags` the
   (good, bad) LM-head ids) with at most `cache_len` cache slots per row.
 
   A tree search then holds a cache of `cache_len` slots for every row of its
-  batch besides the policy's, and reads all rows in each call (`rows`
-  chunking of `reward_score_fn` does not apply to it)."""
+  batch besides the policy's, and reads at most `rows` rows a call (None:
+  all; more are fed in groups, as `reward_score_fn` chunks its rows)."""
   return base.IncrementalVerifier(
       init_cache=functools.partial(models.init_cache, config),
-      extend_fn=extend_fn(config, tags), max_len=cache_len)
+      extend_fn=extend_fn(config, tags), max_len=cache_len, rows=rows)
 
 
 def verifier_fns(config: models.ModelConfig, params: Any, *, max_len: int,
@@ -107,4 +108,4 @@ def verifier_fns(config: models.ModelConfig, params: Any, *, max_len: int,
       score_fn=reward_score_fn(config, rows), params=params, max_len=max_len,
       pad_id=pad_id, shard=shard,
       incremental=(None if cache_len is None else
-                   incremental_verifier(config, cache_len)))
+                   incremental_verifier(config, cache_len, rows=rows)))

@@ -541,7 +541,7 @@ def verifier_fns(config: models.ModelConfig, params: Any, tok: Tokenizer,
                           shard=shard,
                           incremental=(None if cache_len is None else
                                        callbacks.incremental_verifier(
-                                           config, cache_len, tags)))
+                                           config, cache_len, tags, rows)))
 
 
 def prm_layout(ckpts: Checkpoints, tok: Tokenizer,

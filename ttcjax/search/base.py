@@ -163,15 +163,24 @@ class IncrementalVerifier:
       as it fills; every call takes as many slots for all rows as its
       widest row, so a search needs more than its longest verifier input.
       A batch that would need more falls back to full re-scoring.
+    rows: most rows one call reads (None: every row of the batch); more
+      are fed in groups of this many, each group's cache rows gathered and
+      put back (bounds the activation peak; `VerifierFns.shard` must be
+      able to split a group).
   """
   init_cache: Callable[[int, int], Any]
   extend_fn: Callable[..., Any]
   max_len: int
+  rows: int | None = None
 
   def __post_init__(self):
     if not isinstance(self.max_len, int) or self.max_len < 1:
       raise ValueError(f"IncrementalVerifier.max_len must be a positive "
                        f"int, got {self.max_len!r}")
+    if self.rows is not None and (not isinstance(self.rows, int)
+                                  or self.rows < 1):
+      raise ValueError(f"IncrementalVerifier.rows must be a positive int "
+                       f"or None, got {self.rows!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,11 @@ width rounded up to a power of two, so few shapes compile), and the cache
 doubles as it fills, up to `IncrementalVerifier.max_len`. So that one long
 step does not make every row read padding as wide as itself, the at most
 1/8 of the rows with the longest chunks read what does not fit the others'
-width in a batch of their own (gathered, then put back; not with `shard`). A round that would
+width in a batch of their own (gathered, then put back; not with `shard`).
+With `IncrementalVerifier.rows`, a call reads at most that many rows: the
+rows are fed in groups (each group's cache rows gathered, extended, then
+put back), so the activation peak is a group's, not the batch's, at the
+cost of one group's cache copy (`ttcjax.memory` counts both). A round that would
 need more slots, or a `build_input` that does not extend a row's earlier
 ids, raises `Fallback` before anything is fed; the search then re-scores
 that batch in full from that round on. Scores equal full re-scoring up to
@@ -141,22 +145,51 @@ class RowCache:
       mask[r, :len(chunk)] = True
     scores = np.zeros((rows, main + extra), np.float32)
     if main:
-      out, self.cache = _extend(
-          self.inc.extend_fn, self.verifier.params,
-          *self._place((ids[:, :main], mask[:, :main])), self.cache)
-      scores[:, :main] = jax.device_get(out)
+      scores[:, :main] = self._extend_rows(ids[:, :main], mask[:, :main])
     if long:
       # Stragglers, repeated to `rows // 8` rows (the copies feed nothing),
-      # read the rest of their chunks on their own, then are put back.
-      sub = np.resize(np.asarray(long), rows // 8)
-      fill = np.arange(len(sub)) >= len(long)
-      cache = self.cache.take(jnp.asarray(sub))
-      out, cache = _extend(self.inc.extend_fn, self.verifier.params,
-                           ids[sub, main:], mask[sub, main:] & ~fill[:, None],
-                           cache)
-      self.cache = put_rows(self.cache, jnp.asarray(long), cache)
-      scores[long, main:] = np.asarray(jax.device_get(out))[:len(long)]
+      # read the rest of their chunks on their own.
+      scores[long, main:] = self._extend_rows(
+          ids[long, main:], mask[long, main:], np.asarray(long),
+          pad_to=rows // 8)
     return scores
+
+  def _extend_rows(self, ids: np.ndarray, mask: np.ndarray,
+                   which: np.ndarray | None = None, pad_to: int = 0
+                   ) -> np.ndarray:
+    """Feeds `ids` (`mask`) to cache rows `which` (None: every row, in
+    order), at most `IncrementalVerifier.rows` rows a call; a subset's
+    rows are gathered (repeated up to `pad_to` rows, the copies feeding
+    nothing), extended, and put back.
+
+    Returns:
+      the scores of the fed positions, one row per row of `ids`.
+    """
+    n = len(ids)
+    group = self.inc.rows or max(n, pad_to)
+    if which is None and group >= n:
+      out, self.cache = _extend(self.inc.extend_fn, self.verifier.params,
+                                *self._place((ids, mask)), self.cache)
+      return np.asarray(jax.device_get(out))
+    which = np.arange(n) if which is None else which
+    size = min(group, max(n, pad_to))
+    out = np.zeros(ids.shape, np.float32)
+    index = self.cache.index  # every group writes from the same slot
+    for start in range(0, n, size):
+      real = which[start:start + size]
+      sub = np.resize(real, size)
+      fill = np.arange(size) >= len(real)
+      pick = np.resize(np.arange(start, start + len(real)), size)
+      cache = self._place(self.cache.take(jnp.asarray(sub)).replace(
+          index=index))
+      got, cache = _extend(self.inc.extend_fn, self.verifier.params,
+                           *self._place((ids[pick],
+                                         mask[pick] & ~fill[:, None])),
+                           cache)
+      self.cache = self._place(put_rows(self.cache, jnp.asarray(real), cache))
+      out[start:start + len(real)] = np.asarray(
+          jax.device_get(got))[:len(real)]
+    return out
 
   def take(self, src: np.ndarray) -> None:
     """Rows `src` (the policy's expansion), bookkeeping included."""
