@@ -1,5 +1,6 @@
 """The study console: library logs in the workdir's log file, notices first."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -46,3 +47,22 @@ def test_progress_lines_are_spaced_and_carry_an_eta():
   assert len(lines) == 2  # at 70 s, then the last one
   assert "20/40 generations (50%" in lines[0] and "left" in lines[0]
   assert lines[1].startswith("  search_sweep: 40/40")
+
+
+def test_training_stages_print_a_line_per_tenth_with_loss_and_eta(tmp_path):
+  """`train_role`'s console lines: about one per tenth of the steps (the
+  trainer logs every `log_every`), each with the loss and the time left."""
+  from ttcjax.experiments import embedded  # pylint: disable=g-import-not-at-top
+  config = embedded.micro().replace(pretrain_problems=16)
+  role = dataclasses.replace(config.pretrain, train=dataclasses.replace(
+      config.pretrain.train, total_steps=20, log_every=1,
+      checkpoint_every=20))
+  lines = []
+  ctx = type("Ctx", (), {"name": "pretrain_policy", "log": lines.append,
+                         "work": tmp_path / "work", "out": tmp_path / "out"})()
+  embedded.train_role(ctx, config.policy, role,
+                      embedded.pretraining_examples(config), what="policy")
+  assert len(lines) == 10, lines
+  assert lines[0].startswith("  pretrain_policy/train policy: step 2/20 loss ")
+  assert lines[-1].startswith("  pretrain_policy/train policy: step 20/20 ")
+  assert all("so far, ~" in line and "left)" in line for line in lines)

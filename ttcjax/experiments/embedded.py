@@ -570,7 +570,8 @@ def train_role(ctx: stages.StageContext, model_config: models.ModelConfig,
   began, cpu = time.perf_counter(), time.process_time()
   params, history = training.train(model_config, role.train, source, None,
                                    ctx.work / "train",
-                                   init_params=init_params)
+                                   init_params=init_params,
+                                   on_log=_train_progress(ctx, role, what))
   seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
   checkpoint.save(ctx.out / "model", params, model_config,
                   step=role.train.total_steps)
@@ -589,6 +590,26 @@ def train_role(ctx: stages.StageContext, model_config: models.ModelConfig,
   return {"train_seconds": round(seconds, 2),
           "train_cpu_seconds": round(cpu, 2),
           "tokens_per_sec": [round(r["tokens_per_sec"]) for r in history]}
+
+
+def _train_progress(ctx: stages.StageContext, role: RoleTraining,
+                    what: str, lines: int = 10):
+  """The trainer's `on_log`: a console line (`ctx.log`) about every
+  `1/lines` of the steps, with the loss and the time left; the trainer's
+  own lines go to the log file."""
+  total = role.train.total_steps
+  began, shown = time.perf_counter(), [0]
+
+  def on_log(record: dict, seconds_per_step: float) -> None:
+    step = record["step"]
+    if step * lines // total <= shown[0] and step < total:
+      return
+    shown[0] = step * lines // total
+    spent = stages.duration(time.perf_counter() - began)
+    left = stages.duration((total - step) * seconds_per_step)
+    ctx.log(f"  {ctx.name}/train {what}: step {step}/{total} loss "
+            f"{record['loss']:.4f} ({spent} so far, ~{left} left)")
+  return on_log
 
 
 def _restore_with_head(ctx: stages.StageContext, seed: int,

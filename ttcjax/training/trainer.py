@@ -10,7 +10,7 @@ losses and parameters bit for bit.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from etils import epath
@@ -169,7 +169,8 @@ def evaluate(model_config: models.ModelConfig, objective: str, params: Params,
 def train(model_config: models.ModelConfig, train_config: TrainConfig,
           train_source: BatchSource, eval_source: BatchSource | None,
           workdir: epath.PathLike, mesh: Mesh | None = None,
-          init_params: Params | None = None
+          init_params: Params | None = None,
+          on_log: Callable[[dict[str, Any], float], None] | None = None
           ) -> tuple[Params, list[dict[str, Any]]]:
   """Trains (or resumes training) a model and writes its final checkpoint.
 
@@ -195,6 +196,9 @@ def train(model_config: models.ModelConfig, train_config: TrainConfig,
     init_params: start from these params (e.g. a policy, or a policy plus
       `add_reward_head`) instead of a random init seeded by
       `train_config.seed`. Ignored when resuming. Not donated.
+    on_log: called with each metrics record written (every `log_every`
+      steps, evals and checkpoints) and the seconds per step since the
+      last one, e.g. for a console progress line.
 
   Returns:
     `(params, history)`: with early stopping on, the params of the best
@@ -231,7 +235,7 @@ def train(model_config: models.ModelConfig, train_config: TrainConfig,
       history = records.truncate(latest)
     state, progress = _loop(model_config, cfg, train_source, eval_source,
                             workdir, mesh, state, progress, ckpts, records,
-                            writer, history)
+                            writer, history, on_log)
     with faults.writing(ckpts.directory):
       ckpts.wait()
     params, step = state.params, int(state.step)
@@ -251,7 +255,7 @@ def train(model_config: models.ModelConfig, train_config: TrainConfig,
 
 
 def _loop(model_config, cfg, train_source, eval_source, workdir, mesh, state,
-          progress, ckpts, records, writer, history):
+          progress, ckpts, records, writer, history, on_log=None):
   """Runs steps from `state.step` to `total_steps` or early stopping.
 
   After step s: evaluate (every eval_every and at the end), write a record
@@ -308,6 +312,8 @@ def _loop(model_config, cfg, train_source, eval_source, workdir, mesh, state,
                                   if k != "step"})
       logging.info("%s", metrics_lib.log_line(record, cfg.total_steps,
                                               seconds_per_step))
+      if on_log is not None:
+        on_log(record, seconds_per_step)
     if save:
       # The checkpoint directory, not the step: orbax saves asynchronously,
       # so a failed write of an earlier step may surface here.
