@@ -148,11 +148,13 @@ def lookahead_budgets(budgets: Sequence[int], k: int) -> tuple[int, ...]:
 NO_DIRECTION_NOTICE = (
     "This preset checks the pipeline's wiring; it is too small to show the "
     "direction of the effect (PRM-weighted best-of-N rising with N, "
-    "compute-optimal beating it). No embedded preset shows it yet: "
+    "compute-optimal beating it). docs/results/countdown_cpu/ holds the "
+    "full Countdown run, where PRM-weighted best-of-N rises with N and, "
+    "with the exact value as verifier, beam search beats it in the hardest "
+    "bin, while the learned PRM does not yet beat majority voting; "
     "docs/results/arith_cpu/ holds the full arith_cpu run, a negative "
-    "control (its PRM does not rank one problem's solutions; with the exact "
-    "step checker as verifier, search does), and the README says what "
-    "reproduces.")
+    "control (its PRM does not rank one problem's solutions); the README "
+    "says what reproduces.")
 
 SWEEPS = {
     "smoke": SweepConfig(budgets=(2, 4, 8), revision_lengths=(1, 2, 4),
